@@ -1,0 +1,433 @@
+"""The one config model every command reads.
+
+Precedence: defaults < YAML file < `--set section.key=value` < command-line flags.
+Every problem is collected and reported at once, one `section.key: message` line each.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mlxtune.errors import ConfigError
+
+SCHEMA_URL = "https://raw.githubusercontent.com/mlxtune/mlxtune/main/docs/config.schema.json"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    path: str = Field(
+        "mlx-community/Qwen2.5-0.5B-Instruct-4bit",
+        description="Base model: a local directory in Hugging Face layout or a hub id.",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="Chat template used when the tokenizer has none: 'chatml' or a Jinja string.",
+    )
+    override_chat_template: bool = Field(
+        False, description="Use `chat_template` even when the tokenizer ships its own."
+    )
+    trust_remote_code: bool = Field(False, description="Allow custom tokenizer code from the hub.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+
+
+class DataConfig(Section):
+    dir: Path = Field(
+        Path("data/prepared"),
+        description="Directory with train/valid/test.jsonl that train and evaluate read.",
+    )
+    system_prompt: str | None = Field(
+        None,
+        description="System message added to records that have none, in every verb alike.",
+    )
+
+
+class SourceConfig(Section):
+    path: str = Field(..., description="File, directory, SQLite database or hub dataset id.")
+    type: Literal["auto", "jsonl", "json", "csv", "parquet", "hf", "sqlite"] = Field(
+        "auto", description="Source type; 'auto' picks by file extension."
+    )
+    format: Literal["auto", "chat", "alpaca", "sharegpt", "completions", "text"] = Field(
+        "auto", description="Record format; 'auto' detects it from every row."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rename source columns to format fields, e.g. {instruction: question}.",
+    )
+    query: str | None = Field(None, description="SQL query for a SQLite source.")
+    split: str = Field("train", description="Split to read from a Hugging Face dataset.")
+    name: str | None = Field(None, description="Hugging Face dataset config name.")
+
+
+class PrepareConfig(Section):
+    sources: list[SourceConfig] = Field(
+        default_factory=list, description="Raw data to read, in order."
+    )
+    out_dir: Path | None = Field(None, description="Output directory; defaults to data.dir.")
+    valid_ratio: float = Field(0.1, ge=0, lt=1, description="Share of groups for validation.")
+    test_ratio: float = Field(0.1, ge=0, lt=1, description="Share of groups for test.")
+    seed: int = Field(0, description="Seed for the split; same seed, same split.")
+    group_by: str | None = Field(
+        None,
+        description="Record field whose equal values stay in one split (default: the question).",
+    )
+    stratify: bool = Field(True, description="Balance splits by `category` when present.")
+    dedup: Literal["none", "exact", "normalized"] = Field(
+        "normalized", description="Drop duplicates: exact text, or after case/space folding."
+    )
+    min_answer_chars: int = Field(1, ge=0, description="Drop records with shorter answers.")
+    drop_long: bool = Field(
+        True, description="Drop records longer than train.max_seq_length tokens."
+    )
+
+    @model_validator(mode="after")
+    def _ratios_leave_training_data(self) -> PrepareConfig:
+        if self.valid_ratio + self.test_ratio >= 1:
+            raise ValueError("valid_ratio + test_ratio must be below 1")
+        return self
+
+
+class TrainConfig(Section):
+    method: Literal["lora", "dora", "full"] = Field("lora", description="What to train.")
+    name: str | None = Field(None, description="Run name; defaults to a timestamp.")
+    runs_dir: Path = Field(Path("runs"), description="Where run directories are written.")
+    iters: int = Field(200, gt=0, description="Optimizer steps (ignored when epochs is set).")
+    epochs: float | None = Field(None, gt=0, description="Train for this many passes instead.")
+    batch_size: int = Field(4, gt=0, description="Examples per step; higher uses more memory.")
+    grad_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per update.")
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="Decay after warmup."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 to learning_rate.")
+    min_lr: float = Field(0.0, ge=0, description="Learning rate at the end of a decay schedule.")
+    optimizer: Literal["adam", "adamw", "sgd", "adafactor"] = Field(
+        "adam", description="Optimizer."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (adamw, sgd).")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm.")
+    lora_rank: int = Field(8, gt=0, description="LoRA rank; higher learns more, costs memory.")
+    lora_scale: float = Field(20.0, gt=0, description="LoRA scale (mlx-lm's name for alpha/r).")
+    lora_alpha: float | None = Field(
+        None, gt=0, description="If set, scale = lora_alpha / lora_rank (PEFT convention)."
+    )
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_keys: list[str] | None = Field(
+        None, description="Module keys to adapt (e.g. self_attn.q_proj); default all linear."
+    )
+    num_layers: int = Field(16, ge=-1, description="Adapt the last N blocks; -1 for all.")
+    max_seq_length: int = Field(2048, gt=0, description="Longer examples are truncated.")
+    grad_checkpoint: bool = Field(False, description="Trade compute for activation memory.")
+    quantize_bits: Literal[4, 8] | None = Field(
+        None, description="Quantize the base model at load (QLoRA); hub 4-bit models already are."
+    )
+    mask_prompt: bool = Field(True, description="Train on assistant turns only.")
+    packing: bool = Field(False, description="Pack short examples into full sequences.")
+    seed: int = Field(0, description="Seed for initialisation, dropout and data order.")
+    steps_per_report: int = Field(10, gt=0, description="Steps between train-loss reports.")
+    steps_per_eval: int = Field(50, gt=0, description="Steps between validation runs.")
+    save_every: int = Field(100, gt=0, description="Steps between checkpoints.")
+    val_batches: int = Field(25, ge=-1, description="Validation batches; -1 for the whole set.")
+    keep_best: bool = Field(True, description="Keep the best-validation adapter in best/.")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="Stop after this many evaluations without improvement."
+    )
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0, description="Smallest validation-loss drop that counts as improvement."
+    )
+
+    @model_validator(mode="after")
+    def _one_scale(self) -> TrainConfig:
+        if self.lora_alpha is not None and "lora_scale" in self.model_fields_set:
+            raise ValueError("set lora_alpha or lora_scale, not both")
+        return self
+
+    @property
+    def effective_lora_scale(self) -> float:
+        if self.lora_alpha is not None:
+            return self.lora_alpha / self.lora_rank
+        return self.lora_scale
+
+
+class EvaluateConfig(Section):
+    split: Literal["test", "valid", "train"] = Field("test", description="Split to score.")
+    adapter: Path | None = Field(
+        None, description="Adapter or run directory; defaults to the latest run in runs_dir."
+    )
+    compare_base: bool = Field(True, description="Score the base model too, side by side.")
+    max_tokens: int = Field(64, gt=0, description="Tokens to generate per answer.")
+    batch_size: int = Field(16, gt=0, description="Questions generated together.")
+    max_examples: int | None = Field(None, gt=0, description="Score at most this many.")
+    compute_loss: bool = Field(True, description="Also compute loss and perplexity.")
+    min: dict[str, float] = Field(
+        default_factory=dict,
+        description="Gate: metric (or category/metric) -> minimum, e.g. keyword_accuracy: 0.8.",
+    )
+    min_delta: dict[str, float] = Field(
+        default_factory=dict, description="Gate: metric -> minimum improvement over the base."
+    )
+    out_dir: Path | None = Field(None, description="Reports go here; default <run>/eval.")
+    endpoint: str | None = Field(None, description="Score a running OpenAI-compatible server.")
+    endpoint_model: str | None = Field(None, description="Model name to ask the endpoint for.")
+    allow_template_mismatch: bool = Field(
+        False, description="Evaluate even if the run trained with another prompt template."
+    )
+
+
+class ServeConfig(Section):
+    host: str = Field("127.0.0.1", description="Bind address; loopback unless told otherwise.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    adapters: dict[str, Path] = Field(
+        default_factory=dict, description="Named adapters to serve: name -> adapter directory."
+    )
+    base_name: str = Field("base", description="Model name that selects the base model.")
+    default_model: str | None = Field(
+        None, description="Model used when a request names none; default the first adapter."
+    )
+    api_key: str | None = Field(
+        None, description="Require `Authorization: Bearer KEY` (or env MLXTUNE_API_KEY)."
+    )
+    max_queue: int = Field(64, gt=0, description="Waiting requests before 503 Retry-After.")
+    max_batch_size: int = Field(16, gt=0, description="Sequences decoded together.")
+    max_tokens_cap: int = Field(1024, gt=0, description="Largest max_tokens a request may ask.")
+    default_max_tokens: int = Field(256, gt=0, description="max_tokens when a request omits it.")
+    max_prompt_tokens: int = Field(4096, gt=0, description="Longest prompt accepted.")
+    max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted.")
+    usage_db: Path | None = Field(
+        None, description="SQLite usage log; default usage.sqlite beside the first adapter."
+    )
+
+
+class BenchConfig(Section):
+    what: Literal["train", "generate", "serve", "all"] = Field("all", description="What to time.")
+    repeat: int = Field(1, gt=0, description="Repeat each measurement; min/median/max reported.")
+    baseline: Literal["none", "mlx-lm"] = Field(
+        "none", description="Also run raw mlx-lm on the same workload."
+    )
+    warmup_steps: int = Field(3, ge=0, description="Untimed steps before measuring.")
+    train_steps: int = Field(20, gt=0, description="Timed training steps.")
+    prompt_lengths: list[int] = Field(
+        default_factory=lambda: [32, 256], description="Prompt lengths for generate."
+    )
+    batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 8], description="Batch sizes for generate."
+    )
+    gen_tokens: int = Field(64, gt=0, description="Tokens generated per request.")
+    concurrency: list[int] = Field(
+        default_factory=lambda: [1, 4, 8, 16], description="Concurrent clients for serve."
+    )
+    requests_per_level: int = Field(32, gt=0, description="Requests sent at each level.")
+    sustained_requests: int = Field(100, ge=0, description="Requests in the sustained run.")
+    time_limit_s: float = Field(300, gt=0, description="Stop any load phase after this long.")
+
+
+class Config(Section):
+    """Everything mlxtune needs, one section per verb."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def fingerprint(self) -> str:
+        """Stable hash of the resolved config, for run lineage."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`section.key=value` strings -> {dotted: value}; values are parsed as YAML."""
+    out: dict[str, Any] = {}
+    problems = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or "." not in key:
+            problems.append(f"--set {item!r}: expected section.key=value")
+            continue
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key] = raw
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at `loc` (for did-you-mean suggestions)."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        inner = getattr(ann, "__args__", None)
+        candidates = [ann, *(inner or ())]
+        nxt = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "a string",
+    "dict": "a mapping",
+    "list": "a list",
+    "model": "a mapping",
+    "path": "a path",
+}
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind: str = err["type"]
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    loc = err["loc"]
+    if kind == "extra_forbidden":
+        owner = _model_at(loc)
+        names = list(owner.model_fields) if owner else []
+        guess = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+        hint = f", did you mean {guess[0]}?" if guess else f" (known: {', '.join(names)})"
+        return f"unknown key{hint}"
+    if kind == "missing":
+        return "required"
+    if kind == "literal_error":
+        return f"expected one of {ctx.get('expected')}, got {value!r}"
+    for prefix, word in _TYPE_WORDS.items():
+        if kind.startswith(prefix + "_") or kind == prefix + "_type":
+            return f"expected {word}, got {value!r}"
+    bounds = {
+        "greater_than": ">",
+        "greater_than_equal": ">=",
+        "less_than": "<",
+        "less_than_equal": "<=",
+    }
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "?")
+        return f"must be {bounds[kind]} {limit}, got {value!r}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return str(err["msg"])
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        lines.append(f"{loc}: {_describe(dict(err))}")
+    return lines
+
+
+def load_config(
+    path: Path | str | None = None,
+    overrides: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> Config:
+    """Build the resolved config: defaults < YAML < --set overrides < flags (None = not given)."""
+    tree: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    for dotted, value in parse_overrides(overrides or []).items():
+        _set_dotted(tree, dotted, value)
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            _set_dotted(tree, dotted, value)
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e), source=str(path) if path else None) from None
+    # Relative paths stay relative to the working directory, as in mlx-lm.
+    return cfg
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "mlxtune config"
+    return schema
+
+
+def starter_yaml(model_path: str | None = None) -> str:
+    """A commented config with every field and its default, generated from the model."""
+    lines = [
+        f"# yaml-language-server: $schema={SCHEMA_URL}",
+        "# mlxtune config. Run: mlxtune train -c THIS_FILE",
+        "# Override any key without editing: mlxtune train -c THIS_FILE --set train.iters=500",
+        "",
+    ]
+    defaults = Config().to_dict()
+    if model_path:
+        defaults["model"]["path"] = model_path
+    for section_name, field in Config.model_fields.items():
+        section_model = field.annotation
+        assert isinstance(section_model, type) and issubclass(section_model, BaseModel)
+        lines.append(f"{section_name}:")
+        for key, sub in section_model.model_fields.items():
+            if sub.description:
+                lines.append(f"  # {sub.description}")
+            value = yaml.safe_dump({key: defaults[section_name][key]}, sort_keys=False)
+            lines.extend("  " + v for v in value.rstrip().splitlines())
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""Shared fixtures: no test reaches a hub; one tiny model is built per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DOMAIN_DATA = REPO / "data" / "domain" / "universal_ai_tools.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point every hub cache at a temp dir and forbid downloads."""
+    home = tmp_path_factory.getbasetemp() / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-init Llama whose tokenizer was trained on the shipped data."""
+    from mlxtune.tiny_model import build_tiny_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    corpus = sorted((REPO / "data").rglob("*.jsonl"))
+    build_tiny_model(out, preset="tiny", seed=0, corpus=corpus)
+    return out
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m mlxtune ARGS` in a fresh process, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlxtune", *args],
+        cwd=cwd or REPO,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def chdir_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from conftest import cli_env, run_cli
+from mlxtune import __version__
+from mlxtune.cli import app
+
+runner = CliRunner()
+LIFECYCLE = ["prepare", "validate-format", "train", "evaluate", "serve", "bench"]
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in [*LIFECYCLE, "config", "doctor", "tiny-model"]:
+        assert name in result.output, name
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_lifecycle_commands_take_config_and_set() -> None:
+    for name in LIFECYCLE:
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert "--config" in result.output and "--set" in result.output, name
+
+
+def test_startup_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, json\n"
+        "from mlxtune.cli import app\n"
+        "from typer.testing import CliRunner\n"
+        "r = CliRunner()\n"
+        "for args in (['--help'], ['config', 'show']):\n"
+        "    assert r.invoke(app, args).exit_code == 0, args\n"
+        "heavy = ['mlx', 'mlx.core', 'mlx_lm', 'datasets', 'transformers', 'torch']\n"
+        "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_known_error_is_one_line_without_traceback(tmp_path) -> None:
+    result = run_cli("config", "show", "-c", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "config file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_doctor_json_reports_blas_and_speed() -> None:
+    result = run_cli("doctor", "--json")
+    assert result.returncode in (0, 1), result.stderr
+    report = json.loads(result.stdout)
+    names = {c["name"] for c in report["checks"]}
+    assert {"python", "mlx", "mlx-lm", "device", "blas", "memory", "hub cache"} <= names
+    assert report["facts"]["matmul_gflops"] > 0
+    assert report["facts"]["offline"] is True  # the autouse fixture sets HF_HUB_OFFLINE
