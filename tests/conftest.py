@@ -65,3 +65,57 @@ def run_cli(
 def chdir_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.chdir(tmp_path)
     yield tmp_path
+
+
+@pytest.fixture(scope="session")
+def domain_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped dataset as canonical chat train/valid/test.jsonl, split by paraphrase:
+    paraphrase d of every fact is test, c of every third fact is valid, the rest train.
+    Independent of `mlxtune prepare` so other verbs' tests do not hinge on it."""
+    import json
+
+    from mlxtune.formats import to_canonical
+
+    out = tmp_path_factory.mktemp("domain_data")
+    splits: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+    for i, line in enumerate(DOMAIN_DATA.read_text().splitlines()):
+        row = json.loads(line)
+        suffix = row["id"].rsplit("-", 1)[-1]
+        split = "test" if suffix == "d" else "valid" if suffix == "c" and i % 3 == 0 else "train"
+        splits[split].append(json.dumps(to_canonical(row)))
+    for name, rows in splits.items():
+        (out / f"{name}.jsonl").write_text("\n".join(rows) + "\n")
+    return out
+
+
+def make_adapter(
+    model_dir: Path, out: Path, *, rank: int = 8, b_scale: float = 0.0, seed: int = 0
+) -> Path:
+    """Write an mlx-lm LoRA adapter for `model_dir` without training. b_scale=0 gives an
+    adapter that changes nothing (LoRA's B starts at zero); b_scale>0 one that does."""
+    import json
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model, _ = load(str(model_dir))
+    model.freeze()
+    params = {"rank": rank, "scale": 20.0, "dropout": 0.0}
+    linear_to_lora_layers(model, -1, params)
+    mx.random.seed(seed)
+    weights = dict(tree_flatten(model.trainable_parameters()))
+    for k, v in weights.items():
+        if k.endswith("lora_b"):
+            weights[k] = mx.random.normal(v.shape) * b_scale
+    out.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(out / "adapters.safetensors"), weights)
+    config = {
+        "fine_tune_type": "lora",
+        "num_layers": -1,
+        "lora_parameters": params,
+        "model": str(model_dir),
+    }
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return out
