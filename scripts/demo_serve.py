@@ -1,0 +1,98 @@
+"""Demo step: start `mlxtune serve`, ask one trained question through the OpenAI client with
+the adapter's model name, check that the adapter (not the base) answered, stop the server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from openai import OpenAI
+
+from mlxtune.config import load_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    adapter_name = next(iter(cfg.serve.adapters))
+    record = json.loads((cfg.data.dir / "train.jsonl").read_text().splitlines()[0])
+    question = [m for m in record["messages"] if m["role"] != "assistant"]
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlxtune", "serve", "-c", args.config, "--port", str(port)],
+        env=dict(os.environ),
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None:
+                print(f"serve exited early with code {server.returncode}", file=sys.stderr)
+                return 1
+            try:
+                if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                print("serve did not become healthy in 120 s", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        client = OpenAI(base_url=f"{base_url}/v1", api_key=cfg.serve.api_key or "none")
+        models = [m.id for m in client.models.list().data]
+        answers = {}
+        for name in (adapter_name, cfg.serve.base_name):
+            resp = client.chat.completions.create(
+                model=name, messages=question, max_tokens=48, temperature=0.0
+            )
+            answers[name] = {"model": resp.model, "text": resp.choices[0].message.content}
+        health = httpx.get(f"{base_url}/health", timeout=5).json()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    adapted = answers[adapter_name]["text"] or ""
+    keywords = record.get("keywords", [])
+    result = {
+        "models": models,
+        "question": question[-1]["content"],
+        "keywords": keywords,
+        "answers": answers,
+        "adapter_answered": answers[adapter_name]["model"] == adapter_name,
+        "keywords_found": all(k.lower() in adapted.lower() for k in keywords),
+        "differs_from_base": adapted != answers[cfg.serve.base_name]["text"],
+        "health": health,
+        "server_exit_code": server.returncode,
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"models: {models}")
+    print(f"Q: {result['question']}")
+    for a in answers.values():
+        print(f"A [{a['model']}]: {a['text']}")
+    ok = result["adapter_answered"] and result["differs_from_base"]
+    if not ok:
+        print("the adapter did not answer, or answered like the base model", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
