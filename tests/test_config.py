@@ -122,3 +122,11 @@ def test_cli_config_init_writes_and_refuses_overwrite(tmp_path: Path) -> None:
     load_config(out)
     again = runner.invoke(app, ["config", "init", str(out)])
     assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_shipped_schema_is_current() -> None:
+    """configs/*.yaml point editors at docs/config.schema.json: `make docs` keeps it current."""
+    import json
+
+    shipped = json.loads((REPO / "docs" / "config.schema.json").read_text())
+    assert shipped == json_schema(), "run `make docs` to regenerate docs/config.schema.json"
