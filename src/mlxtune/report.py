@@ -20,6 +20,7 @@ import yaml
 from mlxtune.io import atomic_write_text
 from mlxtune.rundir import RunDir
 from mlxtune.runs import (
+    LOWER_IS_BETTER,
     METRICS,
     RunRecord,
     find_run,
@@ -81,8 +82,8 @@ def _loss_plot(train: list[tuple[int, float]], val: list[tuple[int, float]]) -> 
             f"best {best[1]:.3f} @ {best[0]}",
             best,
             textcoords="offset points",
-            xytext=(0, -16),
-            ha="center",
+            xytext=(-6, 10),
+            ha="right",
             fontsize=8,
             color="#d62728",
         )
@@ -132,13 +133,16 @@ def _eval_plot(report: dict[str, Any], metric: str) -> bytes | None:
     bars_a = ax.bar([x + width / 2 for x in xs], tuned, width, label="fine-tuned", color="#2ca02c")
     for bars in (bars_b, bars_a):
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
-    ax.set_xticks(list(xs), labels, rotation=20 if len(labels) > 5 else 0, ha="right")
+    crowded = len(labels) > 5 or max(len(x) for x in labels) > 12
+    ax.set_xticks(
+        list(xs), labels, rotation=20 if crowded else 0, ha="right" if crowded else "center"
+    )
     top = max([*base, *tuned, 0.0])
-    ax.set_ylim(0, 1.12 if top <= 1 else top * 1.15)
+    ax.set_ylim(0, 1.2 if top <= 1 else top * 1.25)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per category: base vs fine-tuned")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper center", ncol=2, fontsize=8, frameon=False)
     data = _png(fig)
     plt.close(fig)
     return data
@@ -191,26 +195,59 @@ def _lineage(rec: RunRecord) -> list[tuple[str, str]]:
     ]
 
 
-def _eval_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Table rows: scope, metric, base, fine-tuned, delta."""
-    header = ["scope", "n", "metric", "base", "fine-tuned", "delta"]
-    rows = []
+def _eval_table(
+    report: dict[str, Any],
+) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """One row per scope (overall, then categories), one column per metric, each cell
+    `base → fine-tuned (delta)`; plus a CSS class per cell (pos = better, neg = worse)."""
     blocks = [("overall", report.get("overall") or {}, report.get("n_examples"))]
     blocks += [(c, b, b.get("n")) for c, b in sorted((report.get("per_category") or {}).items())]
+    metrics = [
+        m
+        for m in METRICS
+        if any(m in (b.get("adapter") or {}) or m in (b.get("base") or {}) for _, b, _ in blocks)
+    ]
+    header = ["scope", "n", *metrics]
+    rows, classes = [], []
     for scope, block, n in blocks:
         adapter, base, delta = (block.get(k) or {} for k in ("adapter", "base", "delta"))
-        for m in METRICS:
-            if m not in adapter and m not in base:
-                continue
-            d = delta.get(m)
-            if d is None and isinstance(adapter.get(m), int | float) and m in base:
-                d = adapter[m] - base[m]
-            rows.append([scope, _fmt(n), m, _fmt(base.get(m)), _fmt(adapter.get(m)), _fmt(d)])
-    return header, rows
+        row, cls = [scope, _fmt(n)], ["", "num"]
+        for m in metrics:
+            a, b, d = adapter.get(m), base.get(m), delta.get(m)
+            if d is None and isinstance(a, int | float) and isinstance(b, int | float):
+                d = a - b
+            text = f"{_fmt(b)} → {_fmt(a)}"
+            klass = "num"
+            if isinstance(d, int | float):
+                text += f" ({d:+.3g})"
+                better = d < 0 if m in LOWER_IS_BETTER else d > 0
+                klass += "" if d == 0 else " pos" if better else " neg"
+            row.append(text)
+            cls.append(klass)
+        rows.append(row)
+        classes.append(cls)
+    return header, rows, classes
+
+
+def _html_table(
+    header: list[str],
+    rows: list[list[str]],
+    cls: str = "",
+    classes: list[list[str]] | None = None,
+) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        cells = []
+        for j, v in enumerate(row):
+            klass = classes[i][j] if classes else ""
+            cells.append(f'<td class="{klass}">{html.escape(v)}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<table class="{cls}"><tr>{head}</tr>{"".join(body)}</table>'
 
 
 _CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1080px;
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1120px;
 margin:24px auto;padding:0 20px;color:#222;line-height:1.4}
 h1{font-size:1.6em;margin-bottom:0}
 h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:1.6em}
@@ -222,25 +259,11 @@ th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 img{max-width:100%;border:1px solid #eee}
 pre{background:#f7f7f7;padding:10px;overflow-x:auto;font-size:0.85em}
 .preds td{max-width:300px;white-space:pre-wrap;word-break:break-word}
+.row{display:flex;gap:24px;align-items:flex-start;flex-wrap:wrap}
+.row img{max-width:720px}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;background:#eee;font-size:0.85em}
 .badge.completed{background:#d7f5dd}.badge.failed{background:#fbd5d5}
 """
-
-
-def _html_table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = []
-    for row in rows:
-        cells = []
-        for h, v in zip(header, row, strict=True):
-            klass = ""
-            if h == "delta" and v not in ("–", ""):
-                klass = "num neg" if v.startswith("-") else "num pos"
-            elif h in ("base", "fine-tuned", "value", "n"):
-                klass = "num"
-            cells.append(f'<td class="{klass}">{html.escape(v)}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table class="{cls}"><tr>{head}</tr>{"".join(body)}</table>'
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -275,7 +298,7 @@ def build_report(cfg: Config, name: str, out_dir: Path | None = None) -> ReportR
             plots["eval.png"] = eval_png
 
     final_rows = [[k, _fmt(v)] for k, v in rec.final.items()]
-    eval_header, eval_rows = _eval_rows(evaluation) if evaluation else ([], [])
+    eval_header, eval_rows, eval_classes = _eval_table(evaluation) if evaluation else ([], [], [])
     pred_header = ["id", "category", "question", "reference", "base", "fine-tuned"]
     pred_rows = [
         [p["id"], p["category"], p["question"], p["reference"], p["base"], p["adapter"]]
@@ -302,16 +325,21 @@ def build_report(cfg: Config, name: str, out_dir: Path | None = None) -> ReportR
         f" · config {html.escape(_fmt(rec.config_hash))}"
         f" · evaluation gate: {html.escape(gate_text)}</p>",
         "<h2>Training</h2>",
+        "<div class='row'>",
         img("loss.png", "loss curves"),
-        _html_table(["metric", "value"], final_rows) if final_rows else "",
+        _html_table(["metric", "value"], final_rows, classes=[["", "num"]] * len(final_rows))
+        if final_rows
+        else "",
+        "</div>",
         "<h2>Evaluation</h2>",
     ]
     if evaluation:
         parts += [
             f"<p>split <b>{html.escape(_fmt(evaluation.get('split')))}</b>, "
-            f"{html.escape(_fmt(evaluation.get('n_examples')))} examples</p>",
+            f"{html.escape(_fmt(evaluation.get('n_examples')))} examples; "
+            "cells read base → fine-tuned (delta), <span class='pos'>green</span> is better</p>",
             img("eval.png", "evaluation per category"),
-            _html_table(eval_header, eval_rows),
+            _html_table(eval_header, eval_rows, "eval", eval_classes),
         ]
     else:
         parts.append("<p><em>not evaluated (run mlxtune evaluate)</em></p>")
