@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from mlxtune.config import Config
+from mlxtune.formats import CHATML_TEMPLATE
 
 CATEGORIES = ("pricing", "setup", "troubleshooting")
 
@@ -47,7 +48,7 @@ def fabricate_run(
         }
     )
     (root / "config.yaml").write_text(cfg.to_yaml())
-    (root / "chat_template.jinja").write_text("{{ messages }}")
+    (root / "chat_template.jinja").write_text(CHATML_TEMPLATE)
     metrics = []
     for step in range(10, iters + 1, 10):
         loss = final_loss + 2.0 * math.exp(-step / (iters / 4))

@@ -9,6 +9,7 @@ The directory is built beside DIR and renamed into place, so a failed export lea
 from __future__ import annotations
 
 import contextlib
+import io
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -89,24 +90,26 @@ def export_run(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)
+    gguf_path = out / GGUF_NAME if gguf else None
     try:
-        save(tmp, str(model_path), model, tokenizer, config, donate_model=False)
-        # Keep the exact template training rendered with, so the fused model prompts the same.
-        if run.chat_template.is_file():
-            shutil.copyfile(run.chat_template, tmp / "chat_template.jinja")
-        else:
-            (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
-        gguf_path = None
-        if gguf:
-            weights = dict(tree_flatten(model.parameters()))
-            try:
-                convert_to_gguf(tmp, weights, config, str(tmp / GGUF_NAME))
-            except (ValueError, NotImplementedError, KeyError, TypeError) as e:
-                raise MlxtuneError(
-                    f"--gguf: mlx-lm could not convert {base} to GGUF ({type(e).__name__}: {e}); "
-                    "export without --gguf"
-                ) from None
-            gguf_path = out / GGUF_NAME
+        # mlx-lm prints progress; core modules stay silent (the CLI shows a spinner).
+        with contextlib.redirect_stdout(io.StringIO()):
+            save(tmp, str(model_path), model, tokenizer, config, donate_model=False)
+            # The exact template training rendered with, so the fused model prompts the same.
+            if run.chat_template.is_file():
+                shutil.copyfile(run.chat_template, tmp / "chat_template.jinja")
+            else:
+                (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
+            if gguf:
+                weights = dict(tree_flatten(model.parameters()))
+                try:
+                    convert_to_gguf(tmp, weights, config, str(tmp / GGUF_NAME))
+                except (ValueError, NotImplementedError, KeyError, TypeError) as e:
+                    raise MlxtuneError(
+                        f"--gguf: mlx-lm could not convert {base} to GGUF "
+                        f"({type(e).__name__}: {e}); export without --gguf"
+                    ) from None
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
