@@ -127,3 +127,34 @@ def test_export_cli_by_alias(project: tuple[Config, Path], tmp_path: Path) -> No
     assert res.exit_code == 0, res.output
     assert "tuned fused" in res.output
     assert (tmp_path / "m" / "config.json").is_file()
+
+
+@pytest.mark.e2e
+def test_de_quantize_a_quantized_base(tiny_model: Path, tmp_path: Path) -> None:
+    import contextlib
+    import io
+    import json
+
+    from mlx_lm import load
+    from mlx_lm.convert import convert
+
+    from mlxtune.modeling import load_model
+
+    q_model = tmp_path / "tiny-q4"
+    with contextlib.redirect_stdout(io.StringIO()):
+        convert(str(tiny_model), str(q_model), quantize=True, q_bits=4, q_group_size=64)
+    adapter = make_adapter(q_model, tmp_path / "adapter", b_scale=0.05)
+    cfg = load_config(project_config(tmp_path))
+    fabricate_run(cfg.train.runs_dir, "qlora", base_model=str(q_model), adapter_from=adapter)
+
+    with pytest.raises(MlxtuneError, match="quantized; add --de-quantize"):
+        export_run(cfg, "qlora", tmp_path / "g", gguf=True)
+    result = export_run(cfg, "qlora", tmp_path / "fp", dequantize=True)
+    config = json.loads((result.out / "config.json").read_text())
+    assert "quantization" not in config and "quantization_config" not in config
+    fused, fused_tok = load(str(result.out))[:2]
+    tuned, tuned_tok, _ = load_model(
+        cfg.model.model_copy(update={"path": str(q_model)}), cfg.train.runs_dir / "qlora"
+    )
+    for messages in PROMPTS:
+        assert greedy(fused, fused_tok, messages) == greedy(tuned, tuned_tok, messages)

@@ -229,3 +229,43 @@ def test_set_overrides_runs_dir(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert [r["name"] for r in json.loads(res.output)] == ["only"]
+
+
+def test_runs_commands_import_nothing_heavy(project: tuple[Config, Path]) -> None:
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    _, cfg_path = project
+    code = (
+        "import sys, json\n"
+        "from mlxtune.cli import app\n"
+        "from typer.testing import CliRunner\n"
+        "r = CliRunner()\n"
+        f"for args in (['runs', 'list'], ['runs', 'show', 'r1-baseline'],\n"
+        f"             ['runs', 'compare', 'r1-baseline', 'r2-higher-lr']):\n"
+        f"    res = r.invoke(app, [*args, '-c', {str(cfg_path)!r}])\n"
+        "    assert res.exit_code == 0, res.output\n"
+        "heavy = ['mlx', 'mlx.core', 'mlx_lm', 'datasets', 'transformers', 'matplotlib']\n"
+        "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_empty_runs_dir(tmp_path: Path) -> None:
+    res = runner.invoke(
+        app,
+        [
+            "runs",
+            "list",
+            "--set",
+            f"train.runs_dir={tmp_path / 'none'}",
+            "--set",
+            f"train.registry_dir={tmp_path / 'reg'}",
+        ],
+    )
+    assert res.exit_code == 0 and "no runs" in res.output
