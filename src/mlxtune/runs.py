@@ -719,6 +719,33 @@ def is_alias(value: str | Path) -> bool:
     return str(value).startswith("@")
 
 
+@dataclass
+class ServedAdapter:
+    """One `serve.adapters` entry after alias resolution (what /health should report)."""
+
+    model: str
+    path: Path
+    alias: str | None
+    run: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "path": str(self.path), "alias": self.alias, "run": self.run}
+
+
+def resolve_serve_adapters(adapters: dict[str, Path], cfg: Config) -> dict[str, ServedAdapter]:
+    """`serve.adapters` with every "@alias" value resolved to its run directory; plain paths
+    pass through. Serve calls this at start-up and again on its reload endpoint."""
+    out = {}
+    for model, value in adapters.items():
+        text = str(value)
+        if is_alias(text):
+            path = resolve_alias(text, cfg)
+            out[model] = ServedAdapter(model, path, text.removeprefix("@"), path.name)
+        else:
+            out[model] = ServedAdapter(model, Path(value), None, Path(value).name)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Terminal helpers (pure strings; the CLI prints them)
 
