@@ -287,3 +287,11 @@ def test_resolve_serve_adapters_follows_promote_and_rollback(
     assert (served["pinned"].alias, served["pinned"].run) == (None, "r1-baseline")
     rollback(cfg)
     assert resolve_serve_adapters(cfg.serve.adapters, cfg)["prod"].run == "r1-baseline"
+
+
+def test_corrupt_registry_is_a_clear_error(project: tuple[Config, Path]) -> None:
+    cfg, _ = project
+    cfg.train.registry_dir.mkdir(parents=True)
+    (cfg.train.registry_dir / "registry.sqlite").write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(MlxtuneError, match="not a usable run registry"):
+        list_runs(cfg)

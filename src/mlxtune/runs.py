@@ -367,7 +367,14 @@ class Registry:
         except (OSError, sqlite3.Error) as e:
             raise MlxtuneError(f"train.registry_dir: cannot open {db_path} ({e})") from None
         self.conn.row_factory = sqlite3.Row
-        self.conn.executescript(_SCHEMA)
+        try:
+            self.conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            self.conn.close()
+            raise MlxtuneError(
+                f"{db_path}: not a usable run registry ({e}); move it away and rerun "
+                "(it is rebuilt from train.runs_dir, only alias history is lost)"
+            ) from None
 
     @classmethod
     @contextlib.contextmanager
