@@ -234,6 +234,278 @@ def tiny_model(
 # runs / report / export  (issue 9)
 
 
+runs_app = typer.Typer(
+    help="The run registry: list, show, compare, promote and roll back runs.",
+    no_args_is_help=True,
+)
+app.add_typer(runs_app, name="runs")
+
+AliasOpt = Annotated[
+    str, typer.Option("--as", help="Alias to point at the run (serve it as '@ALIAS').")
+]
+
+
+def _delta_cell(m: Any) -> str:
+    d = m.delta
+    if d is None:
+        return "–"
+    colour = {True: "green", False: "red", None: "white"}[m.better]
+    return f"[{colour}]{d:+.4g}[/{colour}]"
+
+
+def _num_cell(v: Any) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@runs_app.command("list")
+@handles_errors
+def runs_list(config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False) -> None:
+    """Every run in train.runs_dir, indexed in the registry (rescanned each time)."""
+    from mlxtune.runs import list_runs
+
+    cfg = resolve(config, set_)
+    records = list_runs(cfg)
+    if json_:
+        sys.stdout.write(json.dumps([r.to_dict() for r in records], indent=2) + "\n")
+        return
+    if not records:
+        console.print(f"no runs in {cfg.train.runs_dir} (run mlxtune train first)")
+        return
+    table = Table(title=f"runs in {cfg.train.runs_dir}")
+    table.add_column("name", no_wrap=True)
+    for col in ("status", "method", "base model", "steps", "val loss", "eval acc", "alias"):
+        table.add_column(
+            col, justify="right" if col in ("steps", "val loss", "eval acc") else "left"
+        )
+    for r in records:
+        ev = r.eval_overall
+        metric = next((m for m in ("keyword_accuracy", "token_f1") if m in ev), None)
+        table.add_row(
+            r.name,
+            r.status,
+            r.method or "–",
+            Path(r.base_model).name if r.base_model else "–",
+            _num_cell(r.final.get("steps")),
+            _num_cell(r.final.get("val_loss")),
+            f"{ev[metric]:.3f}" + ("" if metric == "keyword_accuracy" else " f1")
+            if metric
+            else "–",
+            ", ".join(f"@{a}" for a in r.aliases),
+        )
+    console.print(table)
+
+
+@runs_app.command("show")
+@handles_errors
+def runs_show(
+    name: Annotated[str, typer.Argument(help="Run name or @alias.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """One run: lineage, final metrics, a loss sparkline, evaluation and its config."""
+    import yaml
+    from rich.syntax import Syntax
+
+    from mlxtune.runs import show_run, sparkline
+
+    detail = show_run(resolve(config, set_), name)
+    if json_:
+        sys.stdout.write(json.dumps(detail.to_dict(), indent=2) + "\n")
+        return
+    r = detail.record
+    console.print(f"[bold]{r.name}[/bold]  {r.status}  {r.path}")
+    lineage = Table(show_header=False, box=None)
+    for k, v in (
+        ("method", r.method),
+        ("base model", r.base_model),
+        ("config hash", r.config_hash),
+        ("data manifest", r.data_manifest_sha256),
+        ("mlx / mlx-lm", f"{r.mlx_version or '–'} / {r.mlx_lm_version or '–'}"),
+        ("git commit", r.git_commit),
+        ("started", r.started_at),
+        ("finished", r.finished_at),
+        ("aliases", ", ".join(f"@{a}" for a in r.aliases)),
+    ):
+        lineage.add_row(f"[dim]{k}[/dim]", str(v) if v else "–")
+    console.print(lineage)
+    for label, series in (("train loss", detail.train_loss), ("val loss", detail.val_loss)):
+        if series:
+            vals = [v for _, v in series]
+            console.print(
+                f"{label:>10}  {vals[0]:.3f} [cyan]{sparkline(vals)}[/cyan] {vals[-1]:.3f}"
+                f"  (steps {series[0][0]}–{series[-1][0]})",
+                highlight=False,
+            )
+    if r.final:
+        console.print(
+            "final: " + ", ".join(f"{k} {_num_cell(v)}" for k, v in r.final.items()),
+            highlight=False,
+        )
+    if r.evaluation:
+        table = Table(title=f"evaluation ({r.evaluation.get('split', '?')})")
+        for col in ("scope", "metric", "base", "fine-tuned", "delta"):
+            table.add_column(col)
+        blocks = [("overall", r.evaluation.get("overall") or {})]
+        blocks += sorted((r.evaluation.get("per_category") or {}).items())
+        for scope, block in blocks:
+            adapter, base = block.get("adapter") or {}, block.get("base") or {}
+            for metric in adapter:
+                d = (block.get("delta") or {}).get(metric)
+                table.add_row(
+                    scope,
+                    metric,
+                    _num_cell(base.get(metric)),
+                    _num_cell(adapter[metric]),
+                    f"{d:+.4g}" if isinstance(d, int | float) else "–",
+                )
+        console.print(table)
+    if detail.config:
+        console.print(Syntax(yaml.safe_dump(detail.config, sort_keys=False), "yaml"))
+
+
+@runs_app.command("compare")
+@handles_errors
+def runs_compare(
+    a: Annotated[str, typer.Argument(help="First run (name or @alias).")],
+    b: Annotated[str, typer.Argument(help="Second run; deltas are B - A.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Config diff and metric deltas (B - A), overall and per category."""
+    from mlxtune.runs import compare_runs
+
+    cmp = compare_runs(resolve(config, set_), a, b)
+    if json_:
+        sys.stdout.write(json.dumps(cmp.to_dict(), indent=2, default=str) + "\n")
+        return
+    diff = Table(title=f"config: {cmp.a.name} vs {cmp.b.name}")
+    for col in ("key", cmp.a.name, cmp.b.name):
+        diff.add_column(col)
+    for key, va, vb in [*cmp.lineage_diff, *cmp.config_diff]:
+        diff.add_row(key, json.dumps(va, default=str), json.dumps(vb, default=str))
+    if diff.row_count:
+        console.print(diff)
+    else:
+        console.print("config: identical")
+    sections = [("training", cmp.training), ("evaluation overall", cmp.overall)]
+    sections += [(f"category {c}", ms) for c, ms in cmp.per_category.items()]
+    table = Table(title="metrics (delta = B - A; green is better)")
+    for col in ("scope", "metric", cmp.a.name, cmp.b.name, "delta"):
+        table.add_column(col)
+    for scope, metrics in sections:
+        for m in metrics:
+            table.add_row(scope, m.metric, _num_cell(m.a), _num_cell(m.b), _delta_cell(m))
+    console.print(table)
+
+
+@runs_app.command("promote")
+@handles_errors
+def runs_promote(
+    name: Annotated[str, typer.Argument(help="Run to promote.")],
+    alias: AliasOpt = "current",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Point an alias (default 'current') at a run's adapter; the previous target is kept."""
+    from mlxtune.runs import promote
+
+    change = promote(resolve(config, set_), name, alias)
+    was = f" (was {change.previous})" if change.previous else ""
+    console.print(f"@{change.alias} -> {change.run}{was}  {change.path}", highlight=False)
+
+
+@runs_app.command("rollback")
+@handles_errors
+def runs_rollback(
+    alias: Annotated[str, typer.Argument(help="Alias to move back.")] = "current",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Move an alias back to the run it pointed at before the last promote."""
+    from mlxtune.runs import rollback
+
+    change = rollback(resolve(config, set_), alias)
+    console.print(
+        f"@{change.alias} -> {change.run} (rolled back from {change.previous})  {change.path}",
+        highlight=False,
+    )
+
+
+@runs_app.command("history")
+@handles_errors
+def runs_history(
+    alias: Annotated[str, typer.Argument(help="Alias whose history to show.")] = "current",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Every promote and rollback of an alias, oldest first."""
+    from mlxtune.runs import alias_history
+
+    events = alias_history(resolve(config, set_), alias)
+    if json_:
+        sys.stdout.write(json.dumps([e.to_dict() for e in events], indent=2) + "\n")
+        return
+    table = Table(title=f"@{alias.removeprefix('@')} history")
+    for col in ("at", "action", "run", "previous", "undone"):
+        table.add_column(col)
+    for e in events:
+        table.add_row(e.at, e.action, e.run, e.previous or "–", "yes" if e.undone else "")
+    console.print(table)
+
+
+@app.command()
+@handles_errors
+def report(
+    name: Annotated[str, typer.Argument(help="Run name or @alias.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output directory (default <run>/report).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write a self-contained HTML report and markdown: loss curves, evaluation, samples."""
+    from mlxtune.report import build_report
+
+    with console.status("drawing report"):
+        result = build_report(resolve(config, set_), name, out)
+    console.print(f"wrote {result.html}")
+    console.print(f"wrote {result.markdown} (+ {len(result.plots)} plot(s))")
+
+
+@app.command()
+@handles_errors
+def export(
+    name: Annotated[str, typer.Argument(help="Run name or @alias.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the fused model.")],
+    de_quantize: Annotated[
+        bool, typer.Option("--de-quantize", help="Write full-precision weights.")
+    ] = False,
+    gguf: Annotated[
+        bool, typer.Option("--gguf", help="Also write GGUF (llama, mistral, mixtral only).")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fuse a run's adapter into a standalone model that mlx_lm.load (and serve) can load."""
+    from mlxtune.export import export_run
+
+    cfg = resolve(config, set_)
+    with console.status(f"fusing {name}"):
+        result = export_run(cfg, name, out, dequantize=de_quantize, gguf=gguf, force=force)
+    console.print(
+        f"wrote {result.out}: {result.run} fused into {result.base_model} "
+        f"({result.fused_layers} layers{', de-quantized' if result.dequantized else ''})"
+    )
+    if result.gguf:
+        console.print(f"wrote {result.gguf}")
+
+
 def main() -> None:
     app()
 

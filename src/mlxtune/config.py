@@ -100,6 +100,10 @@ class TrainConfig(Section):
     method: Literal["lora", "dora", "full"] = Field("lora", description="What to train.")
     name: str | None = Field(None, description="Run name; defaults to a timestamp.")
     runs_dir: Path = Field(Path("runs"), description="Where run directories are written.")
+    registry_dir: Path = Field(
+        Path(".mlxtune"),
+        description="Project directory for the run registry (registry.sqlite: index, aliases).",
+    )
     iters: int = Field(200, gt=0, description="Optimizer steps (ignored when epochs is set).")
     epochs: float | None = Field(None, gt=0, description="Train for this many passes instead.")
     batch_size: int = Field(4, gt=0, description="Examples per step; higher uses more memory.")

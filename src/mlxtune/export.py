@@ -1,0 +1,127 @@
+"""`mlxtune export NAME --out DIR`: fuse a run's adapter into a standalone model.
+
+The steps are mlx-lm's `fuse` command (mlx_lm/fuse.py), called in-process: load base + adapter,
+`module.fuse()` every LoRA/DoRA layer, optionally dequantize, `mlx_lm.utils.save`, and
+optionally `mlx_lm.gguf.convert_to_gguf`. The result loads with `mlx_lm.load(DIR)`.
+The directory is built beside DIR and renamed into place, so a failed export leaves nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlxtune.errors import MlxtuneError
+from mlxtune.rundir import RunDir
+from mlxtune.runs import find_run
+
+if TYPE_CHECKING:
+    from mlxtune.config import Config
+
+# Architectures mlx-lm's GGUF writer handles (mlx_lm/fuse.py checks the same list).
+GGUF_MODEL_TYPES = ("llama", "mixtral", "mistral")
+GGUF_NAME = "ggml-model-f16.gguf"
+
+
+@dataclass
+class ExportResult:
+    run: str
+    base_model: str
+    out: Path
+    fused_layers: int
+    dequantized: bool
+    gguf: Path | None
+
+
+def export_run(
+    cfg: Config,
+    name: str,
+    out: Path,
+    *,
+    dequantize: bool = False,
+    gguf: bool = False,
+    force: bool = False,
+) -> ExportResult:
+    from mlx.utils import tree_flatten, tree_unflatten
+    from mlx_lm.gguf import convert_to_gguf
+    from mlx_lm.utils import _download, dequantize_model, load_config, save
+
+    from mlxtune.modeling import load_model
+
+    rec = find_run(cfg, name)
+    run = RunDir(rec.path)
+    if not run.is_adapter():
+        raise MlxtuneError(f"{run.root}: run {rec.name!r} has no adapter to export")
+    out = Path(out)
+    if out.exists() and not force:
+        raise MlxtuneError(f"{out}: already exists (use --force to replace it)")
+    if out.resolve() == run.root.resolve() or run.root.resolve() in out.resolve().parents:
+        raise MlxtuneError(f"{out}: choose a directory outside the run directory")
+
+    # The base the adapter was trained on (run.json, the run's config), else model.path.
+    base = rec.base_model or cfg.model.path
+    model_cfg = cfg.model.model_copy(update={"path": base})
+    model, tokenizer, template = load_model(model_cfg, run.root)
+    model_path = _download(base, revision=cfg.model.revision)
+    config = load_config(model_path)
+    model_type = str(config.get("model_type", "?"))
+    if gguf and model_type not in GGUF_MODEL_TYPES:
+        raise MlxtuneError(
+            f"--gguf: mlx-lm writes GGUF for {', '.join(GGUF_MODEL_TYPES)} only; "
+            f"{base} is {model_type!r} (export without --gguf, or convert with llama.cpp)"
+        )
+    if gguf and config.get("quantization") and not dequantize:
+        raise MlxtuneError(f"--gguf: {base} is quantized; add --de-quantize for a GGUF export")
+
+    fused = [
+        (n, m.fuse(dequantize=dequantize)) for n, m in model.named_modules() if hasattr(m, "fuse")
+    ]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    if dequantize:
+        model = dequantize_model(model)
+        config.pop("quantization", None)
+        config.pop("quantization_config", None)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)
+    gguf_path = out / GGUF_NAME if gguf else None
+    try:
+        # mlx-lm prints progress; core modules stay silent (the CLI shows a spinner).
+        with contextlib.redirect_stdout(io.StringIO()):
+            save(tmp, str(model_path), model, tokenizer, config, donate_model=False)
+            # The exact template training rendered with, so the fused model prompts the same.
+            if run.chat_template.is_file():
+                shutil.copyfile(run.chat_template, tmp / "chat_template.jinja")
+            else:
+                (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
+            if gguf:
+                weights = dict(tree_flatten(model.parameters()))
+                try:
+                    convert_to_gguf(tmp, weights, config, str(tmp / GGUF_NAME))
+                except (ValueError, NotImplementedError, KeyError, TypeError) as e:
+                    raise MlxtuneError(
+                        f"--gguf: mlx-lm could not convert {base} to GGUF "
+                        f"({type(e).__name__}: {e}); export without --gguf"
+                    ) from None
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(tmp)
+        raise
+    return ExportResult(
+        run=rec.name,
+        base_model=base,
+        out=out,
+        fused_layers=len(fused),
+        dequantized=dequantize,
+        gguf=gguf_path,
+    )
