@@ -222,6 +222,174 @@ def tiny_model(
 # evaluate  (issue 6)
 
 
+@app.command("evaluate")
+@handles_errors
+def evaluate_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="Adapter or run directory (default: latest run).")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Split to score: test, valid or train.")] = None,
+    compare_base: Annotated[
+        bool | None,
+        typer.Option("--compare-base/--no-compare-base", help="Score the base model beside it."),
+    ] = None,
+    min_: Annotated[
+        list[str] | None,
+        typer.Option("--min", help="Gate: METRIC=V or CATEGORY/METRIC=V (repeatable)."),
+    ] = None,
+    min_delta: Annotated[
+        list[str] | None,
+        typer.Option("--min-delta", help="Gate on improvement over the base (repeatable)."),
+    ] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="Score a running OpenAI-compatible server at this URL.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model name to ask --endpoint for.")
+    ] = None,
+    max_examples: Annotated[int | None, typer.Option(help="Score at most N examples.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory (default <run>/eval).")] = None,
+    allow_template_mismatch: Annotated[
+        bool | None,
+        typer.Option("--allow-template-mismatch", help="Go on when the run used another template."),
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(help="lm-eval-harness tasks instead, comma-separated (needs lm-eval)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="With --tasks: examples per task.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Score an adapter beside its base model, per category; exit 1 if a threshold fails.
+
+    Exit codes: 0 every threshold holds, 1 one fails (or the adapter changes nothing),
+    2 usage, config or data errors.
+    """
+    from mlxtune.errors import GateFailed
+    from mlxtune.evaluate import evaluate, evaluate_tasks, parse_threshold_flags
+
+    gates = {f"evaluate__min__{k}": v for k, v in parse_threshold_flags(min_, "--min").items()} | {
+        f"evaluate__min_delta__{k}": v
+        for k, v in parse_threshold_flags(min_delta, "--min-delta").items()
+    }
+    cfg = resolve(
+        config,
+        set_,
+        evaluate__adapter=adapter,
+        evaluate__split=split,
+        evaluate__compare_base=compare_base,
+        evaluate__endpoint=endpoint,
+        evaluate__endpoint_model=model,
+        evaluate__max_examples=max_examples,
+        evaluate__out_dir=out,
+        evaluate__allow_template_mismatch=allow_template_mismatch,
+        **gates,
+    )
+    try:
+        if tasks is not None:
+            names = [t.strip() for t in tasks.split(",") if t.strip()]
+            with err_console.status("running lm-eval tasks"):
+                res = evaluate_tasks(cfg, names, limit=limit)
+            sys.stdout.write(json.dumps(res.results, indent=2, default=str) + "\n")
+            err_console.print(f"wrote {res.path}")
+            return
+        with err_console.status("evaluating") as status:
+            result = evaluate(
+                cfg, progress=lambda stage, done, total: status.update(f"{stage} {done}/{total}")
+            )
+    except MlxtuneError as e:
+        # Exit 1 means one thing to CI: a threshold failed. Anything else could not evaluate.
+        if not isinstance(e, GateFailed):
+            e.exit_code = 2
+        raise
+    if json_:
+        sys.stdout.write(json.dumps(result.report, indent=2) + "\n")
+    else:
+        _render_evaluate(result.report)
+        console.print(
+            f"wrote {result.report_path}, {result.markdown_path.name}, "
+            f"{result.predictions_path.name}"
+        )
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(result.markdown + "\n")
+    for warning in result.warnings:
+        err_console.print(f"[bold red]WARNING:[/bold red] {warning}", soft_wrap=True)
+    if not result.passed:
+        raise GateFailed("evaluation gate failed: " + "; ".join(result.failures()))
+
+
+def _render_evaluate(report: dict[str, Any]) -> None:
+    from mlxtune.metrics import METRICS
+
+    def fmt(v: float | None, signed: bool = False) -> str:
+        if v is None:
+            return "-"
+        text = f"{v:+.3f}" if signed else f"{v:.3f}"
+        if signed:
+            return f"[green]{text}[/green]" if v > 0 else f"[red]{text}[/red]" if v < 0 else text
+        return text
+
+    has_base = report["overall"]["base"] is not None
+    title = (
+        f"evaluate {report['split']}: {report['n_examples']} examples, "
+        f"{report['labels']['adapter']}"
+    )
+    table = Table(title=title)
+    for col in (
+        "category",
+        "n",
+        "metric",
+        *(("base", "adapter", "delta") if has_base else ("value",)),
+    ):
+        table.add_column(col, justify="right" if col not in ("category", "metric") else "left")
+    blocks = [("overall", report["overall"] | {"n": report["n_examples"]})]
+    blocks += list(report["per_category"].items())
+    for bi, (name, block) in enumerate(blocks):
+        shown = [
+            m
+            for m in METRICS
+            if block["adapter"].get(m) is not None
+            or (has_base and block["base"].get(m) is not None)
+        ]
+        for i, metric in enumerate(shown):
+            cells = [name if i == 0 else "", str(block["n"]) if i == 0 else "", metric]
+            if has_base:
+                cells += [
+                    fmt(block["base"][metric]),
+                    fmt(block["adapter"][metric]),
+                    fmt(block["delta"][metric], signed=True),
+                ]
+            else:
+                cells.append(fmt(block["adapter"][metric]))
+            table.add_row(*cells, end_section=i == len(shown) - 1 and bi < len(blocks) - 1)
+    console.print(table)
+    if report["thresholds"] or report["guards"]:
+        gate = Table(title="gate")
+        for col in ("check", "required", "actual", "result"):
+            gate.add_column(col)
+        for t in report["thresholds"]:
+            key = f"{t['category']}/{t['metric']}" if t["category"] else t["metric"]
+            op = ">=" if t["kind"] == "min" else "delta >="
+            ok = "[green]pass[/green]" if t["passed"] else "[bold red]FAIL[/bold red]"
+            gate.add_row(key, f"{op} {t['value']:g}", fmt(t["actual"]), ok)
+        for g in report["guards"]:
+            ok = "[green]pass[/green]" if g["passed"] else "[bold red]FAIL[/bold red]"
+            gate.add_row(g["name"], "-", g["message"], ok)
+        console.print(gate)
+    timing = report["timing"]
+    console.print(
+        f"{timing['mode']} generation (batch {timing['batch_size']}): "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in timing["generate_s"].items())
+        + f"; total {timing['total_s']:.1f}s"
+    )
+    verdict = "[green]PASSED[/green]" if report["passed"] else "[bold red]FAILED[/bold red]"
+    console.print(f"gate {verdict}")
+
+
 # ---------------------------------------------------------------------------------------------
 # serve  (issue 7)
 

@@ -1,0 +1,700 @@
+"""`mlxtune evaluate`: score an adapter beside its base model, per category, and gate on it.
+
+One run loads the adapter (then the base model), renders every prompt through
+`formats.encode_prompt`, generates greedily in batches with mlx-lm's `BatchGenerator`, and
+scores keyword accuracy, exact match and token F1; loss and perplexity are taken over the
+answer tokens only (the mask of `formats.encode_for_training`, as training uses it).
+`--endpoint` scores a running OpenAI-compatible server instead, with the same metrics.
+Exit codes (set by the CLI): 0 all thresholds hold, 1 one fails, 2 could not evaluate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlxtune import formats
+from mlxtune.config import Config
+from mlxtune.errors import ConfigError, DataError, MlxtuneError
+from mlxtune.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from mlxtune.metrics import GENERATION_METRICS, LOSS_METRICS, METRICS, mean, score
+from mlxtune.rundir import RunDir, resolve_adapter
+
+SCHEMA_VERSION = 1
+UNCATEGORIZED = "uncategorized"
+SIDES = ("base", "adapter")
+
+# progress(stage, done, total): stage is e.g. "generate adapter", "loss base".
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Example:
+    line: int
+    id: str | None
+    category: str
+    prompt: formats.Messages
+    expected: str
+    keywords: list[str]
+    record: dict[str, Any]
+
+
+@dataclass
+class Threshold:
+    metric: str
+    category: str | None
+    kind: str  # "min" | "min_delta"
+    value: float
+    actual: float | None = None
+    passed: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.category}/{self.metric}" if self.category else self.metric
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "category": self.category,
+            "kind": self.kind,
+            "value": self.value,
+            "actual": self.actual,
+            "passed": self.passed,
+        }
+
+
+@dataclass
+class Guard:
+    name: str
+    passed: bool
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "message": self.message}
+
+
+@dataclass
+class SideOutput:
+    """What one model produced on every example."""
+
+    texts: list[str]
+    generate_s: float
+    generated_tokens: int
+    loss_sums: list[float] | None = None
+    loss_tokens: list[int] | None = None
+    loss_s: float = 0.0
+
+
+@dataclass
+class EvaluateResult:
+    report: dict[str, Any]
+    out_dir: Path
+    report_path: Path
+    markdown_path: Path
+    predictions_path: Path
+    markdown: str
+    thresholds: list[Threshold] = field(default_factory=list)
+    guards: list[Guard] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["passed"])
+
+    @property
+    def adapter_equals_base(self) -> bool:
+        return bool(self.report["adapter_equals_base"])
+
+    def failures(self) -> list[str]:
+        out = [f"{t.key} {t.kind} {t.value:g}: got {_fmt(t.actual)}" for t in self.thresholds]
+        out = [o for o, t in zip(out, self.thresholds, strict=True) if not t.passed]
+        return out + [g.message for g in self.guards if not g.passed]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def parse_threshold_flags(items: list[str] | None, flag: str) -> dict[str, float]:
+    """`["keyword_accuracy=0.8", "arch/token_f1=0.5"]` -> {key: value}; bad items: ConfigError."""
+    out: dict[str, float] = {}
+    problems = []
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        try:
+            if not sep or not key.strip():
+                raise ValueError
+            out[key.strip()] = float(raw)
+        except ValueError:
+            problems.append(f"{flag} {item!r}: expected METRIC=NUMBER or CATEGORY/METRIC=NUMBER")
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _thresholds(cfg: Config, categories: set[str], has_base: bool) -> list[Threshold]:
+    problems: list[str] = []
+    out: list[Threshold] = []
+    for kind, table in (("min", cfg.evaluate.min), ("min_delta", cfg.evaluate.min_delta)):
+        for key, value in table.items():
+            category, _, metric = key.rpartition("/")
+            where = f"evaluate.{kind}.{key}"
+            if metric in LOSS_METRICS:
+                problems.append(
+                    f"{where}: gate on {', '.join(GENERATION_METRICS)} ({metric} is "
+                    "lower-is-better)"
+                )
+            elif metric not in GENERATION_METRICS:
+                problems.append(f"{where}: unknown metric (known: {', '.join(GENERATION_METRICS)})")
+            elif category and category not in categories:
+                known = ", ".join(sorted(categories)) or "none"
+                problems.append(f"{where}: no category {category!r} in the data (known: {known})")
+            elif kind == "min_delta" and not has_base:
+                problems.append(
+                    f"{where}: needs the base model (drop --no-compare-base/--endpoint)"
+                )
+            else:
+                out.append(Threshold(metric, category or None, kind, float(value)))
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def load_examples(data_dir: Path, split: str, max_examples: int | None = None) -> list[Example]:
+    """Chat records of `<data_dir>/<split>.jsonl` whose last message is the expected answer."""
+    path = Path(data_dir) / f"{split}.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: not found (run mlxtune prepare, or set data.dir)")
+    examples: list[Example] = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
+            raise DataError(f"{path}:{n}: messages: evaluate needs chat records")
+        problem = formats.role_order_problem(row["messages"])
+        if problem:
+            raise DataError(f"{path}:{n}: {problem}")
+        keywords = row.get("keywords") or []
+        if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
+            raise DataError(f"{path}:{n}: keywords: expected a list of strings")
+        prompt, expected = formats.prompt_and_answer(row)
+        examples.append(
+            Example(
+                line=n,
+                id=row.get("id"),
+                category=str(row.get("category") or UNCATEGORIZED),
+                prompt=prompt,
+                expected=expected,
+                keywords=keywords,
+                record=row,
+            )
+        )
+        if max_examples and len(examples) >= max_examples:
+            break
+    if not examples:
+        raise DataError(f"{path}: no records")
+    return examples
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a model
+
+
+def _generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    max_tokens: int,
+    batch_size: int,
+    report: Callable[[int], None],
+) -> tuple[list[str], int]:
+    """Greedy answers for token prompts. batch_size 1 is true one-at-a-time decoding (the
+    baseline the batched path is measured against); otherwise mlx-lm's BatchGenerator."""
+    import mlx.core as mx
+    from mlx_lm.generate import BatchGenerator, generate_step
+
+    eos = set(tokenizer.eos_token_ids)
+    tokens: list[list[int]] = [[] for _ in prompts]
+    if batch_size == 1:
+        for i, ids in enumerate(prompts):
+            for token, _ in generate_step(mx.array(ids), model, max_tokens=max_tokens):
+                if int(token) in eos:
+                    break
+                tokens[i].append(int(token))
+            report(i + 1)
+    else:
+        gen = BatchGenerator(
+            model,
+            stop_tokens=[[t] for t in eos],
+            completion_batch_size=batch_size,
+            prefill_batch_size=batch_size,
+        )
+        try:
+            uids = gen.insert(prompts, [max_tokens] * len(prompts))
+            index = {uid: i for i, uid in enumerate(uids)}
+            done = 0
+            while responses := gen.next_generated():
+                for r in responses:
+                    if r.finish_reason != "stop":
+                        tokens[index[r.uid]].append(int(r.token))
+                    if r.finish_reason is not None:
+                        done += 1
+                        report(done)
+        finally:
+            gen.close()
+    texts = [tokenizer.decode(t).strip() for t in tokens]
+    return texts, sum(len(t) for t in tokens)
+
+
+def _losses(
+    model: Any,
+    tokenizer: Any,
+    examples: list[Example],
+    max_seq_length: int,
+    batch_size: int,
+    report: Callable[[int], None],
+) -> tuple[list[float], list[int]]:
+    """Per-example summed cross-entropy and token count over the answer tokens only."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    encoded = []
+    for ex in examples:
+        ids, mask = formats.encode_for_training(tokenizer, ex.record, mask_prompt=True)
+        encoded.append((ids[:max_seq_length], mask[:max_seq_length]))
+    sums = [0.0] * len(examples)
+    counts = [0] * len(examples)
+    order = sorted(range(len(examples)), key=lambda i: len(encoded[i][0]))
+    done = 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(encoded[i][0]) for i in idx)
+        batch = mx.array([encoded[i][0] + [0] * (width - len(encoded[i][0])) for i in idx])
+        flags = mx.array([encoded[i][1] + [False] * (width - len(encoded[i][1])) for i in idx])
+        logits = model(batch[:, :-1])
+        target_mask = flags[:, 1:].astype(mx.float32)
+        ce = nn.losses.cross_entropy(logits, batch[:, 1:]).astype(mx.float32) * target_mask
+        row_sums: Any = ce.sum(axis=1).tolist()
+        row_counts: Any = target_mask.sum(axis=1).tolist()
+        for j, i in enumerate(idx):
+            sums[i] = float(row_sums[j])
+            counts[i] = int(row_counts[j])
+        done += len(idx)
+        report(done)
+    return sums, counts
+
+
+def _run_local(
+    cfg: Config,
+    model: Any,
+    tokenizer: Any,
+    examples: list[Example],
+    label: str,
+    progress: Progress | None,
+) -> SideOutput:
+    ev = cfg.evaluate
+    prompts = [formats.encode_prompt(tokenizer, ex.prompt) for ex in examples]
+    total = len(examples)
+
+    def stage(name: str) -> Callable[[int], None]:
+        return lambda done: progress(f"{name} {label}", done, total) if progress else None
+
+    t0 = time.perf_counter()
+    texts, n_tokens = _generate(
+        model, tokenizer, prompts, ev.max_tokens, ev.batch_size, stage("generate")
+    )
+    out = SideOutput(texts, time.perf_counter() - t0, n_tokens)
+    if ev.compute_loss:
+        t0 = time.perf_counter()
+        out.loss_sums, out.loss_tokens = _losses(
+            model, tokenizer, examples, cfg.train.max_seq_length, ev.batch_size, stage("loss")
+        )
+        out.loss_s = time.perf_counter() - t0
+    return out
+
+
+def _chat_url(endpoint: str) -> str:
+    base = endpoint.rstrip("/")
+    if base.endswith("/chat/completions"):
+        return base
+    if not base.endswith("/v1"):
+        base += "/v1"
+    return base + "/chat/completions"
+
+
+def _run_endpoint(
+    cfg: Config, examples: list[Example], progress: Progress | None, timeout_s: float = 120.0
+) -> SideOutput:
+    """Ask a running OpenAI-compatible server; it renders the messages with its own template."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    ev = cfg.evaluate
+    url = _chat_url(str(ev.endpoint))
+    headers = {"Authorization": f"Bearer {cfg.serve.api_key}"} if cfg.serve.api_key else {}
+    total = len(examples)
+    done = 0
+
+    def ask(client: httpx.Client, ex: Example) -> tuple[str, int]:
+        body = {
+            "model": ev.endpoint_model,
+            "messages": ex.prompt,
+            "temperature": 0.0,
+            "max_tokens": ev.max_tokens,
+        }
+        try:
+            r = client.post(url, json=body, headers=headers)
+        except httpx.HTTPError as e:
+            raise MlxtuneError(f"{url}: {type(e).__name__}: {e}", exit_code=2) from None
+        if r.status_code != 200:
+            raise MlxtuneError(f"{url}: HTTP {r.status_code}: {r.text[:200]}", exit_code=2)
+        try:
+            data = r.json()
+            text = data["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise MlxtuneError(f"{url}: not an OpenAI chat completion: {r.text[:200]}") from None
+        return str(text).strip(), int((data.get("usage") or {}).get("completion_tokens") or 0)
+
+    t0 = time.perf_counter()
+    results: list[tuple[str, int]] = []
+    with (
+        httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0)) as client,
+        ThreadPoolExecutor(max_workers=min(ev.batch_size, 8)) as pool,
+    ):
+        for res in pool.map(lambda ex: ask(client, ex), examples):
+            results.append(res)
+            done += 1
+            if progress:
+                progress("generate endpoint", done, total)
+    return SideOutput([t for t, _ in results], time.perf_counter() - t0, sum(n for _, n in results))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring and the report
+
+
+def _aggregate(rows: list[dict[str, Any]], side: str) -> dict[str, float | None]:
+    scores = [r["scores"][side] for r in rows]
+    out: dict[str, float | None] = {m: mean(s[m] for s in scores) for m in GENERATION_METRICS}
+    sums = [r["_loss"][side] for r in rows if r["_loss"].get(side)]
+    if sums:
+        tokens = sum(n for _, n in sums)
+        loss = sum(s for s, _ in sums) / tokens if tokens else None
+        out["loss"] = loss
+        out["perplexity"] = math.exp(min(loss, 700.0)) if loss is not None else None
+    else:
+        out["loss"] = out["perplexity"] = None
+    return out
+
+
+def _delta(base: dict[str, float | None], adapter: dict[str, float | None]) -> dict[str, Any]:
+    out: dict[str, float | None] = {}
+    for m in METRICS:
+        a, b = adapter.get(m), base.get(m)
+        out[m] = a - b if a is not None and b is not None else None
+    return out
+
+
+def _block(rows: list[dict[str, Any]], has_base: bool) -> dict[str, Any]:
+    adapter = _aggregate(rows, "adapter")
+    base = _aggregate(rows, "base") if has_base else None
+    return {
+        "n": len(rows),
+        "base": base,
+        "adapter": adapter,
+        "delta": _delta(base, adapter) if base else None,
+    }
+
+
+def _fmt(v: float | None, signed: bool = False) -> str:
+    if v is None:
+        return "–"
+    return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    lines = [
+        f"## mlxtune evaluate: {verdict}",
+        "",
+        f"- split `{report['split']}`, {report['n_examples']} examples, model `{report['model']}`",
+        f"- scored: `{report['labels']['adapter']}`"
+        + (f" vs `{report['labels']['base']}`" if report["labels"].get("base") else ""),
+        "",
+    ]
+    lines += [f"> **WARNING:** {w}" for w in report["warnings"]]
+    if report["warnings"]:
+        lines.append("")
+    has_base = report["overall"]["base"] is not None
+    cols = ["category", "n", "metric", *(["base", "adapter", "delta"] if has_base else ["value"])]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    overall = {**report["overall"], "n": report["n_examples"]}
+    blocks = [("**overall**", overall), *report["per_category"].items()]
+    for name, block in blocks:
+        for metric in METRICS:
+            a = block["adapter"].get(metric)
+            if a is None and (not has_base or block["base"].get(metric) is None):
+                continue
+            if has_base:
+                lines.append(
+                    f"| {name} | {block['n']} | {metric} | {_fmt(block['base'][metric])} | "
+                    f"{_fmt(a)} | {_fmt(block['delta'][metric], signed=True)} |"
+                )
+            else:
+                lines.append(f"| {name} | {block['n']} | {metric} | {_fmt(a)} |")
+    if report["thresholds"] or report["guards"]:
+        lines += ["", "| check | required | actual | result |", "|---|---|---|---|"]
+        for t in report["thresholds"]:
+            key = f"{t['category']}/{t['metric']}" if t["category"] else t["metric"]
+            op = ">=" if t["kind"] == "min" else "delta >="
+            res = "pass" if t["passed"] else "**FAIL**"
+            lines.append(f"| {key} | {op} {t['value']:g} | {_fmt(t['actual'])} | {res} |")
+        for g in report["guards"]:
+            res = "pass" if g["passed"] else "**FAIL**"
+            lines.append(f"| {g['name']} | – | {g['message']} | {res} |")
+    return "\n".join(lines) + "\n"
+
+
+def _check_template(run: RunDir, template: str, allow: bool) -> str | None:
+    """Error (or, when allowed, a warning) if training rendered with another template."""
+    recorded: str | None = None
+    source = ""
+    if run.chat_template.is_file():
+        recorded = formats.template_fingerprint(run.chat_template.read_text(encoding="utf-8"))
+        source = str(run.chat_template)
+    elif run.read_run().get("template_sha"):
+        recorded, source = str(run.read_run()["template_sha"]), f"{run.run_json} template_sha"
+    ours = formats.template_fingerprint(template)
+    if recorded is None or recorded == ours:
+        return None
+    message = (
+        f"{source}: the run trained with template {recorded}, evaluate renders with {ours} "
+        "(check model.chat_template; --allow-template-mismatch to go on)"
+    )
+    if not allow:
+        raise MlxtuneError(message, exit_code=2)
+    return "template mismatch: " + message
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("mlx", "mlx-lm", "mlxtune"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult:
+    """Score the adapter (or an endpoint) and, unless told not to, the base model beside it."""
+    ev = cfg.evaluate
+    started = time.perf_counter()
+    if ev.endpoint and not ev.endpoint_model:
+        raise ConfigError("evaluate.endpoint_model: required with --endpoint (use --model NAME)")
+    has_base = ev.compare_base and not ev.endpoint
+    examples = load_examples(cfg.data.dir, ev.split, ev.max_examples)
+    categories = sorted({ex.category for ex in examples})
+    thresholds = _thresholds(cfg, set(categories), has_base)
+    warnings: list[str] = []
+    outputs: dict[str, SideOutput] = {}
+    timing: dict[str, Any] = {"load_s": 0.0}
+    run: RunDir | None = None
+    template_sha: str | None = None
+
+    if ev.endpoint:
+        labels = {"adapter": f"{ev.endpoint_model} @ {ev.endpoint}", "base": None}
+        outputs["adapter"] = _run_endpoint(cfg, examples, progress)
+        out_dir = ev.out_dir or cfg.train.runs_dir / "endpoint-eval"
+        mode = "endpoint"
+    else:
+        from mlxtune.modeling import load_model
+
+        try:
+            run = resolve_adapter(ev.adapter, cfg.train.runs_dir)
+        except MlxtuneError as e:
+            raise MlxtuneError(str(e), exit_code=2) from None
+        import mlx.core as mx
+
+        t0 = time.perf_counter()
+        model, tokenizer, template = load_model(cfg.model, run.root)
+        timing["load_s"] += time.perf_counter() - t0
+        template_sha = formats.template_fingerprint(template)
+        mismatch = _check_template(run, template, ev.allow_template_mismatch)
+        if mismatch:
+            warnings.append(mismatch)
+        outputs["adapter"] = _run_local(cfg, model, tokenizer, examples, "adapter", progress)
+        del model
+        mx.clear_cache()
+        if has_base:
+            t0 = time.perf_counter()
+            model, tokenizer, _ = load_model(cfg.model)
+            timing["load_s"] += time.perf_counter() - t0
+            outputs["base"] = _run_local(cfg, model, tokenizer, examples, "base", progress)
+            del model
+            mx.clear_cache()
+        labels = {"adapter": str(run.root), "base": cfg.model.path if has_base else None}
+        out_dir = ev.out_dir or run.eval_dir
+        mode = "sequential" if ev.batch_size == 1 else "batched"
+
+    rows: list[dict[str, Any]] = []
+    for i, ex in enumerate(examples):
+        row: dict[str, Any] = {
+            "id": ex.id,
+            "line": ex.line,
+            "category": ex.category,
+            "prompt": ex.prompt,
+            "expected": ex.expected,
+            "keywords": ex.keywords,
+            "base": outputs["base"].texts[i] if has_base else None,
+            "adapter": outputs["adapter"].texts[i],
+            "scores": {},
+            "_loss": {},
+        }
+        for side, out in outputs.items():
+            row["scores"][side] = score(out.texts[i], ex.expected, ex.keywords)
+            if out.loss_sums is not None and out.loss_tokens is not None and out.loss_tokens[i]:
+                s, n = out.loss_sums[i], out.loss_tokens[i]
+                row["_loss"][side] = (s, n)
+                row["scores"][side]["loss"] = s / n
+        rows.append(row)
+
+    overall = _block(rows, has_base)
+    per_category = {
+        c: _block([r for r in rows if r["category"] == c], has_base) for c in categories
+    }
+    for t in thresholds:
+        block = per_category[t.category] if t.category else overall
+        source = block["adapter"] if t.kind == "min" else block["delta"]
+        t.actual = source.get(t.metric)
+        t.passed = t.actual is not None and t.actual >= t.value - 1e-12
+
+    guards: list[Guard] = []
+    equal = has_base and all(r["base"] == r["adapter"] for r in rows)
+    if has_base:
+        same = sum(r["base"] == r["adapter"] for r in rows)
+        message = (
+            f"adapter outputs equal the base model's on all {len(rows)} examples: "
+            "the adapter is not doing anything"
+            if equal
+            else f"adapter changes {len(rows) - same} of {len(rows)} answers"
+        )
+        guards.append(Guard("adapter_differs_from_base", not equal, message))
+        if equal:
+            warnings.append(message)
+
+    timing.update(
+        mode=mode,
+        batch_size=ev.batch_size,
+        max_tokens=ev.max_tokens,
+        generate_s={k: round(o.generate_s, 3) for k, o in outputs.items()},
+        generated_tokens={k: o.generated_tokens for k, o in outputs.items()},
+        loss_s={k: round(o.loss_s, 3) for k, o in outputs.items() if o.loss_sums is not None},
+        load_s=round(timing["load_s"], 3),
+        total_s=round(time.perf_counter() - started, 3),
+    )
+    passed = all(t.passed for t in thresholds) and all(g.passed for g in guards)
+    report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "run": run.name if run else None,
+        "adapter": str(run.root) if run else None,
+        "endpoint": ev.endpoint,
+        "endpoint_model": ev.endpoint_model,
+        "model": cfg.model.path,
+        "labels": labels,
+        "split": ev.split,
+        "data_dir": str(cfg.data.dir),
+        "n_examples": len(rows),
+        "template_sha": template_sha,
+        "overall": {k: overall[k] for k in ("base", "adapter", "delta")},
+        "per_category": per_category,
+        "thresholds": [t.to_dict() for t in thresholds],
+        "guards": [g.to_dict() for g in guards],
+        "passed": passed,
+        "adapter_equals_base": equal,
+        "warnings": warnings,
+        "timing": timing,
+        "versions": _versions(),
+    }
+    markdown = render_markdown(report)
+    out_dir = Path(out_dir)
+    paths = (out_dir / "report.json", out_dir / "report.md", out_dir / "predictions.jsonl")
+    atomic_write_jsonl(paths[2], ({k: v for k, v in r.items() if k != "_loss"} for r in rows))
+    atomic_write_text(paths[1], markdown)
+    atomic_write_json(paths[0], report)
+    return EvaluateResult(
+        report, out_dir, paths[0], paths[1], paths[2], markdown, thresholds, guards, warnings
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# lm-evaluation-harness tasks
+
+
+LM_EVAL_MISSING = (
+    "lm-eval is not installed: pip install lm-eval (or pip install 'mlx-lm[evaluate]')"
+)
+
+
+@dataclass
+class TasksResult:
+    results: dict[str, Any]
+    path: Path
+
+
+def evaluate_tasks(
+    cfg: Config, tasks: list[str], *, limit: int | None = None, num_shots: int | None = None
+) -> TasksResult:
+    """lm-eval-harness tasks through mlx-lm's `MLXLM`, with the adapter applied (and the base
+    model beside it when compare_base is on), which `mlx_lm.evaluate` alone cannot do."""
+    if importlib.util.find_spec("lm_eval") is None:
+        raise MlxtuneError(LM_EVAL_MISSING, exit_code=2)
+    if not tasks:
+        raise ConfigError("--tasks: name at least one lm-eval task, e.g. hellaswag")
+    import lm_eval
+    from lm_eval.api.model import LM
+    from mlx_lm.evaluate import MLXLM
+
+    from mlxtune.modeling import load_model
+
+    ev = cfg.evaluate
+    try:
+        run = resolve_adapter(ev.adapter, cfg.train.runs_dir)
+    except MlxtuneError as e:
+        raise MlxtuneError(str(e), exit_code=2) from None
+    sides = {"adapter": run.root, **({"base": None} if ev.compare_base else {})}
+    results: dict[str, Any] = {}
+    for side, adapter in sides.items():
+        model, tokenizer, _ = load_model(cfg.model, adapter)
+        # MLXLM loads by path only; build it around the model load_model gave us.
+        lm = MLXLM.__new__(MLXLM)
+        LM.__init__(lm)
+        lm._model, lm.tokenizer = model, tokenizer
+        lm._max_tokens, lm._batch_size, lm._sampler = ev.max_tokens, ev.batch_size, None
+        lm.use_chat_template = tokenizer.chat_template is not None
+        out = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            num_fewshot=num_shots,
+            limit=limit,
+            apply_chat_template=lm.use_chat_template,
+        )
+        results[side] = (out or {}).get("results", {})
+    path = (ev.out_dir or run.eval_dir) / "lm_eval.json"
+    atomic_write_json(path, {"schema_version": 1, "tasks": tasks, "limit": limit, **results})
+    return TasksResult(results, path)
