@@ -244,7 +244,7 @@ def _read_all(cfg: Config, say: Progress) -> tuple[list[_Item], list[dict[str, A
                 ]
                 order = formats.role_order_problem(record["messages"])
                 if order:
-                    field_name, _, msg = order.partition(" ")
+                    field_name, _, msg = order.partition(" is ")
                     if not field_name.startswith("messages["):
                         field_name, msg = "messages", order
                     problems.append(f"{where}: {field_name}: {msg}")
@@ -267,10 +267,13 @@ def _read_all(cfg: Config, say: Progress) -> tuple[list[_Item], list[dict[str, A
         more = len(problems) - MAX_LISTED
         listed = problems[:MAX_LISTED] + ([f"... and {more} more"] if more > 0 else [])
         raise DataError("\n".join(listed), exit_code=1)
-    kind, mixed = rec.majority_format(kinds)
+    shape, mixed = rec.majority_format(kinds)
     if mixed:
-        raise DataError(f"{mixed[0]}: format: chat and plain text mixed: {mixed[1]}", exit_code=1)
-    return items, sources_meta, kind or "chat"
+        raise DataError(
+            f"{mixed[0]}: format: {mixed[1]} (sources must be all conversations or all text)",
+            exit_code=1,
+        )
+    return items, sources_meta, shape or "chat"
 
 
 def _sha256(path: Path) -> str | None:

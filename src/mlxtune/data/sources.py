@@ -35,6 +35,11 @@ EXTENSIONS = {
 JSON_FIELDS = ("messages", "conversations", "keywords", "tools")
 
 
+def _bad(message: str) -> DataError:
+    """Bad input data: exit 1, like validate-format's data problems (2 is for usage errors)."""
+    return DataError(message, exit_code=1)
+
+
 @dataclass
 class Row:
     """One raw record and where it came from. `line` is the 1-based line in a text file
@@ -94,7 +99,7 @@ def _map_columns(row: Row, columns: dict[str, str], *, tabular: bool) -> dict[st
     if columns:
         missing = [col for col in columns.values() if col not in data]
         if missing:
-            raise DataError(
+            raise _bad(
                 f"{row.where}: {missing[0]}: column not found (have: {', '.join(map(str, data))})"
             )
         mapped = {field: data[col] for field, col in columns.items()}
@@ -118,10 +123,14 @@ def _parse_nested(row: Row, key: str, value: str) -> Any:
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
-            raise DataError(f"{row.where}: {key}: invalid JSON in cell ({e.msg})") from None
+            raise _bad(f"{row.where}: {key}: invalid JSON in cell ({e.msg})") from None
     if key == "keywords":
         return [k.strip() for k in text.split(";") if k.strip()]
     return value
+
+
+def json_error(e: json.JSONDecodeError) -> str:
+    return f"invalid JSON at column {e.colno}: {e.msg.removesuffix(' at')}"
 
 
 def parse_json_line(text: str, path: str, line: int) -> dict[str, Any]:
@@ -129,11 +138,9 @@ def parse_json_line(text: str, path: str, line: int) -> dict[str, Any]:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(
-            f"{path}:{line}: json: invalid JSON ({e.msg} at column {e.colno})"
-        ) from None
+        raise _bad(f"{path}:{line}: json: {json_error(e)}") from None
     if not isinstance(obj, dict):
-        raise DataError(f"{path}:{line}: json: expected an object, got {type(obj).__name__}")
+        raise _bad(f"{path}:{line}: json: expected an object, got {type(obj).__name__}")
     return obj
 
 
@@ -144,7 +151,7 @@ def iter_jsonl_lines(path: str) -> Iterator[tuple[int, str]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{number}: encoding: not UTF-8 ({e.reason})") from None
+                raise _bad(f"{path}:{number}: encoding: not UTF-8 ({e.reason})") from None
             if text.strip():
                 yield number, text
 
@@ -158,21 +165,21 @@ def _read_json(src: SourceConfig) -> Iterator[Row]:
     try:
         text = Path(src.path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{src.path}: encoding: not UTF-8 ({e.reason})") from None
+        raise _bad(f"{src.path}: encoding: not UTF-8 ({e.reason})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # JSON Lines saved as .json
             yield from _read_jsonl(src)
             return
-        raise DataError(f"{src.path}:{e.lineno}: json: invalid JSON ({e.msg})") from None
+        raise _bad(f"{src.path}:{e.lineno}: json: invalid JSON ({e.msg})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
-        raise DataError(f"{src.path}:1: json: expected a list of records")
+        raise _bad(f"{src.path}:1: json: expected a list of records")
     for i, obj in enumerate(data, 1):
         if not isinstance(obj, dict):
-            raise DataError(f"{src.path}:{i}: json: record {i} is {type(obj).__name__}, not object")
+            raise _bad(f"{src.path}:{i}: json: record {i} is {type(obj).__name__}, not object")
         yield Row(obj, src.path, i)
 
 
@@ -183,13 +190,13 @@ def _read_csv(src: SourceConfig) -> Iterator[Row]:
         try:
             for record in reader:
                 if None in record:
-                    raise DataError(f"{src.path}:{start}: csv: more cells than header columns")
+                    raise _bad(f"{src.path}:{start}: csv: more cells than header columns")
                 yield Row({k: v for k, v in record.items() if v != ""}, src.path, start)
                 start = reader.line_num + 1
         except csv.Error as e:
-            raise DataError(f"{src.path}:{reader.line_num}: csv: {e}") from None
+            raise _bad(f"{src.path}:{reader.line_num}: csv: {e}") from None
         except UnicodeDecodeError as e:
-            raise DataError(f"{src.path}: encoding: not UTF-8 ({e.reason})") from None
+            raise _bad(f"{src.path}: encoding: not UTF-8 ({e.reason})") from None
 
 
 def _read_parquet(src: SourceConfig) -> Iterator[Row]:
@@ -198,7 +205,7 @@ def _read_parquet(src: SourceConfig) -> Iterator[Row]:
     try:
         table = pq.read_table(src.path)
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...
-        raise DataError(f"{src.path}: parquet: cannot read ({e})") from None
+        raise _bad(f"{src.path}: parquet: cannot read ({e})") from None
     for i, record in enumerate(table.to_pylist(), 1):
         yield Row(record, src.path, i)
 
@@ -216,7 +223,7 @@ def _read_hf(src: SourceConfig) -> Iterator[Row]:
             ds = datasets.load_dataset(src.path, src.name, split=src.split)
     except Exception as e:  # hub / file errors come in many types
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"{src.path}: datasets: cannot load ({first})") from None
+        raise _bad(f"{src.path}: datasets: cannot load ({first})") from None
     if isinstance(ds, datasets.DatasetDict):
         if src.split not in ds:
             raise ConfigError(
@@ -232,7 +239,7 @@ def _read_sqlite(src: SourceConfig) -> Iterator[Row]:
     try:
         con = sqlite3.connect(f"file:{src.path}?mode=ro", uri=True)
     except sqlite3.Error as e:
-        raise DataError(f"{src.path}: sqlite: cannot open ({e})") from None
+        raise _bad(f"{src.path}: sqlite: cannot open ({e})") from None
     try:
         cur = con.execute(src.query)
         names = [d[0] for d in cur.description or ()]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlxtune import formats
 from mlxtune.data import records as rec
-from mlxtune.data.sources import iter_jsonl_lines
+from mlxtune.data.sources import iter_jsonl_lines, json_error
 from mlxtune.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -124,6 +124,8 @@ def resolve_paths(cfg: Config, paths: list[Path] | None) -> list[Path]:
             files.extend(found)
         elif target.is_file():
             files.append(target)
+        elif not paths:
+            raise ConfigError(f"data.dir: {target}: not found (run mlxtune prepare)")
         else:
             raise ConfigError(f"{target}: no such file or directory")
     order = {s: i for i, s in enumerate(SPLITS)}
@@ -159,7 +161,7 @@ def validate_format(
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
-                add(where, "json", f"invalid JSON ({e.msg} at column {e.colno})", "json")
+                add(where, "json", json_error(e), "json")
                 continue
             if not isinstance(obj, dict):
                 add(where, "json", f"expected an object, got {type(obj).__name__}", "json")
@@ -188,7 +190,7 @@ def validate_format(
         if "messages" in record:
             order = formats.role_order_problem(record["messages"])
             if order:
-                fld, _, message = order.partition(" ")
+                fld, _, message = order.partition(" is ")
                 if not fld.startswith("messages["):
                     fld, message = "messages", order
                 add(where, fld, message, "roles")
