@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import DOMAIN_DATA, run_cli
 from typer.testing import CliRunner
 
+from conftest import DOMAIN_DATA, run_cli
 from mlxtune.cli import app
 from mlxtune.config import load_config
 from mlxtune.data.prepare import prepare
@@ -98,7 +98,8 @@ SOURCES = {
     "parquet": lambda t: {"path": str(_parquet(t))},
     "sqlite": lambda t: {
         "path": str(_sqlite(t)),
-        "query": "SELECT q AS instruction, a AS output, kind AS category FROM jobs WHERE status='done'",
+        "query": "SELECT q AS instruction, a AS output, kind AS category "
+        "FROM jobs WHERE status = 'done'",
     },
     "hf": lambda t: {"path": str(_hf_dir(t))},
 }
@@ -204,7 +205,8 @@ def test_leakage(tmp_path: Path, tiny_model: Path) -> None:
     report = json.loads(val.stdout)
     assert [p["text"] for p in report["problems"]] == [
         f"{d}/valid.jsonl:2: leakage: same question as {d}/train.jsonl:3 (train)",
-        f"{d}/test.jsonl:1: leakage: same question after normalisation as {d}/train.jsonl:1 (train)",
+        f"{d}/test.jsonl:1: leakage: same question after normalisation as "
+        f"{d}/train.jsonl:1 (train)",
     ]
     assert report["problem_counts"] == {"leakage": 2}
     # prepare removes both as duplicates, and its output has no leakage
