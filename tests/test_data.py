@@ -343,3 +343,91 @@ def test_cli_json_in_a_real_process(tmp_path: Path, tiny_model: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] and report["rows"] == 6 and report["format"] == "chat"
+
+
+# ---------------------------------------------------------------------------------------------
+# Units: the fast schema path agrees with jsonschema; batched lengths agree with training
+
+
+BAD_VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("chat", {"messages": []}),
+    ("chat", {"messages": [{"role": "bot", "content": "x"}]}),
+    ("chat", {"messages": [{"role": "user", "content": 3}]}),
+    ("chat", {"messages": [{"role": "user"}]}),
+    ("chat", {"messages": "hi"}),
+    ("chat", {"messages": [{"role": "user", "content": "q"}], "id": True}),
+    ("chat", {"messages": [{"role": "user", "content": "q"}], "keywords": ["a", 1]}),
+    ("alpaca", {"instruction": "q"}),
+    ("alpaca", {"instruction": "q", "output": None}),
+    ("sharegpt", {"conversations": [{"from": "robot", "value": "x"}]}),
+    ("completions", {"prompt": "q", "completion": ["a"]}),
+    ("text", {"text": 1.5}),
+]
+
+
+@pytest.mark.parametrize(("fmt", "row"), BAD_VARIANTS)
+def test_fast_schema_path_matches_jsonschema(fmt: str, row: dict[str, Any]) -> None:
+    import jsonschema
+
+    from mlxtune.data.records import _fast, schema_problems
+    from mlxtune.formats import schema
+
+    fast = _fast(fmt)
+    assert fast is not None
+    assert not fast(row)
+    assert not jsonschema.Draft202012Validator(schema(fmt)).is_valid(row)
+    assert schema_problems(row, fmt)
+
+
+def test_good_fixture_rows_pass_both_schema_paths() -> None:
+    import jsonschema
+
+    from mlxtune.data.records import _fast
+    from mlxtune.formats import detect_format, schema
+
+    for path in GOOD.glob("*.jsonl"):
+        for row in read_jsonl(path):
+            fmt = detect_format(row)
+            assert fmt is not None
+            fast = _fast(fmt)
+            assert fast is not None and fast(row)
+            jsonschema.validate(row, schema(fmt))
+
+
+def test_clean_text_and_keys() -> None:
+    from mlxtune.data.records import clean_text, exact_key, normalized_key
+
+    assert clean_text("\ufeff  Ｐort　８０８０ \r\n\r\n\r\n\r\nok\u200b  ") == "Port 8080\n\nok"
+    a = {
+        "messages": [
+            {"role": "user", "content": "Which port?"},
+            {"role": "assistant", "content": "8080"},
+        ]
+    }
+    b = {
+        "messages": [
+            {"role": "user", "content": "which  PORT"},
+            {"role": "assistant", "content": "8080"},
+        ]
+    }
+    c = {
+        "messages": [
+            {"role": "user", "content": "Other?"},
+            {"role": "assistant", "content": "8080"},
+        ]
+    }
+    assert exact_key(a) != exact_key(b) and normalized_key(a) == normalized_key(b)
+    assert normalized_key(a) != normalized_key(c)  # same answer, different question: kept
+
+
+@pytest.mark.e2e
+def test_batched_lengths_equal_training_lengths(tiny_model: Path) -> None:
+    from mlxtune import formats
+    from mlxtune.config import ModelConfig
+    from mlxtune.data.records import load_tokenizer
+
+    tok, _, _ = load_tokenizer(ModelConfig(path=str(tiny_model)))
+    recs = [formats.to_canonical(r) for r in read_jsonl(GOOD / "chat.jsonl")]
+    recs.append({"text": "héllo wörld"})
+    want = [len(formats.encode_for_training(tok, r)[0]) for r in recs]
+    assert formats.training_lengths(tok, recs) == want

@@ -230,9 +230,11 @@ def training_lengths(tokenizer: Any, records: list[dict[str, Any]] | Any) -> lis
         return []
     hf = _hf(tokenizer)
     texts = [training_text(tokenizer, r) for r in records]
-    if callable(hf):
-        ids = hf(texts, add_special_tokens=False)["input_ids"]
-    else:  # pragma: no cover - tokenizers without batch __call__
+    backend = getattr(hf, "backend_tokenizer", None)
+    ids: list[list[int]]
+    if backend is not None:  # the Rust tokenizer, batched, without transformers' wrapping
+        ids = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    else:
         ids = [encode(tokenizer, t) for t in texts]
     eos = getattr(hf, "eos_token_id", None)
     out = []
