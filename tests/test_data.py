@@ -431,3 +431,31 @@ def test_batched_lengths_equal_training_lengths(tiny_model: Path) -> None:
     recs.append({"text": "héllo wörld"})
     want = [len(formats.encode_for_training(tok, r)[0]) for r in recs]
     assert formats.training_lengths(tok, recs) == want
+
+
+BAD_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' %}<|im_start|>bot: {{ m['content'] }}<|im_end|>\n"
+    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_prompt_train_and_serve_disagree(tmp_path: Path, tiny_model: Path) -> None:
+    """A template whose generation header differs from the trained one is caught, and so is
+    data prepared with another template than the model renders with now."""
+    cfg_path = write_config(tmp_path, tiny_model, [{"path": str(GOOD / "chat.jsonl")}])
+    assert cli("prepare", "-c", str(cfg_path)).exit_code == 0
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["model"].update(chat_template=BAD_TEMPLATE, override_chat_template=True)
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    res = cli("validate-format", "-c", str(cfg_path), "--json")
+    assert res.exit_code == 1
+    report = json.loads(res.stdout)
+    assert report["problem_counts"] == {"prompt": 2}
+    texts = [p["text"] for p in report["problems"]]
+    out = tmp_path / "prepared"
+    assert texts[0].startswith(f"{out}/train.jsonl:1: prompt: training prompt (")
+    assert "differs from the generation prompt" in texts[0]
+    assert texts[1].startswith(f"{out}/manifest.json: template.fingerprint: prepared with template")

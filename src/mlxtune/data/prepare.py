@@ -227,6 +227,7 @@ def _read_all(cfg: Config, say: Progress) -> tuple[list[_Item], list[dict[str, A
         else:
             fmt = src.format
         n_before = len(items)
+        source_name = Path(src.path).name
         for row in rows:
             where = rec.Located(row.path, row.line)
             if formats.detect_format(row.data) is None and src.format == "auto":
@@ -249,7 +250,7 @@ def _read_all(cfg: Config, say: Progress) -> tuple[list[_Item], list[dict[str, A
                         field_name, msg = "messages", order
                     problems.append(f"{where}: {field_name}: {msg}")
                     continue
-            record.setdefault("source", Path(src.path).name)
+            record.setdefault("source", source_name)
             items.append(_Item(record, where))
             kinds.append(("text" if "text" in record else "chat", where))
         sources_meta.append(

@@ -282,9 +282,9 @@ def validate_format(
                 )
 
     examples = [preview(tokenizer, r.record, str(r.where)) for r in rows[:show]]
-    problems.sort(
-        key=lambda p: (files.index(Path(p.path)) if Path(p.path) in files else -1, p.line or 0)
-    )
+    # file order (train, valid, test), then line; problems about other files go last
+    rank = {str(p): i for i, p in enumerate(files)}
+    problems.sort(key=lambda p: (rank.get(p.path, len(files)), p.line or 0))
     return ValidateResult(
         files=reports,
         problems=problems,
