@@ -459,3 +459,37 @@ def test_prompt_train_and_serve_disagree(tmp_path: Path, tiny_model: Path) -> No
     assert texts[0].startswith(f"{out}/train.jsonl:1: prompt: training prompt (")
     assert "differs from the generation prompt" in texts[0]
     assert texts[1].startswith(f"{out}/manifest.json: template.fingerprint: prepared with template")
+
+
+def test_not_utf8_and_missing_group_field(tmp_path: Path, tiny_model: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    good = (GOOD / "chat.jsonl").read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([*good[:2], '{"text": "caf\xe9"}\n'.encode("latin-1"), *good[2:]]))
+    cfg_path = write_config(tmp_path, tiny_model, [{"path": str(path)}])
+    line = f"{path}:3: encoding: not UTF-8 (byte 14: invalid continuation byte)"
+    prep = cli("prepare", "-c", str(cfg_path))
+    assert prep.exit_code == 1 and line in prep.stderr
+    val = cli("validate-format", "-c", str(cfg_path), str(path))
+    assert val.exit_code == 1 and line in val.stdout
+
+    cfg_path = write_config(tmp_path, tiny_model, [{"path": str(GOOD / "completions.jsonl")}])
+    prep = cli("prepare", "-c", str(cfg_path), "--set", "prepare.group_by=fact")
+    assert prep.exit_code == 1
+    assert (
+        f"{GOOD / 'completions.jsonl'}:1: fact: missing (prepare.group_by needs it)" in prep.stderr
+    )
+
+
+def test_system_prompt_and_sqlite_rows(tmp_path: Path, tiny_model: Path) -> None:
+    src = SOURCES["sqlite"](tmp_path)
+    cfg_path = write_config(tmp_path, tiny_model, [src])
+    res = cli("prepare", "-c", str(cfg_path), "--set", "data.system_prompt=Answer briefly.")
+    assert res.exit_code == 0, res.output
+    rows = [
+        r
+        for s in ("train", "valid", "test")
+        for r in read_jsonl(tmp_path / "prepared" / f"{s}.jsonl")
+    ]
+    assert len(rows) == 8  # the failed job is filtered by the query
+    assert all(r["messages"][0] == {"role": "system", "content": "Answer briefly."} for r in rows)
+    assert {r["source"] for r in rows} == {"jobs.db"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,14 +144,21 @@ def parse_json_line(text: str, path: str, line: int) -> dict[str, Any]:
     return obj
 
 
-def iter_jsonl_lines(path: str) -> Iterator[tuple[int, str]]:
-    """(line number, text) of every non-blank line, decoding UTF-8 line by line."""
+def iter_jsonl_lines(
+    path: str, on_bad_encoding: Callable[[int, str], None] | None = None
+) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every non-blank line, decoding UTF-8 line by line. A line that
+    is not UTF-8 raises, or goes to `on_bad_encoding(line, message)` and is skipped."""
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise _bad(f"{path}:{number}: encoding: not UTF-8 ({e.reason})") from None
+                message = f"not UTF-8 (byte {e.start + 1}: {e.reason})"
+                if on_bad_encoding is None:
+                    raise _bad(f"{path}:{number}: encoding: {message}") from None
+                on_bad_encoding(number, message)
+                continue
             if text.strip():
                 yield number, text
 

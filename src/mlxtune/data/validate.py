@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mlxtune import formats
 from mlxtune.data import records as rec
 from mlxtune.data.sources import iter_jsonl_lines, json_error
-from mlxtune.errors import ConfigError, DataError
+from mlxtune.errors import ConfigError
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
@@ -150,13 +150,11 @@ def validate_format(
     parsed: list[tuple[dict[str, Any], str, rec.Located, str]] = []
     for path in files:
         split = path.stem
-        try:
-            lines = list(iter_jsonl_lines(str(path)))
-        except DataError as e:
-            loc, _, rest = str(e).partition(": ")
-            add(loc, "encoding", rest.partition(": ")[2], "json")
-            continue
-        for number, text in lines:
+
+        def bad_encoding(number: int, message: str, path: Path = path) -> None:
+            add(rec.Located(str(path), number), "encoding", message, "json")
+
+        for number, text in iter_jsonl_lines(str(path), bad_encoding):
             where = rec.Located(str(path), number)
             try:
                 obj = json.loads(text)
