@@ -234,6 +234,8 @@ def test_usage_errors_exit_2(tmp_path: Path, tiny_model: Path) -> None:
 def test_batch_size_and_show(tmp_path: Path, tiny_model: Path) -> None:
     cfg_path = write_config(tmp_path, tiny_model, [{"path": str(GOOD / "chat.jsonl")}])
     assert cli("prepare", "-c", str(cfg_path)).exit_code == 0
+    res = cli("prepare", "-c", str(cfg_path), "--force", "--set", "train.batch_size=8")
+    assert "warning: valid.jsonl: 2 rows < train.batch_size 8" in res.stderr
     res = cli("validate-format", "-c", str(cfg_path), "--set", "train.batch_size=8", "--show", "1")
     assert res.exit_code == 1
     out = tmp_path / "prepared"

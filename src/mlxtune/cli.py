@@ -259,6 +259,8 @@ def prepare(
         f"(max_seq_length {result.manifest['max_seq_length']}); "
         f"template {result.manifest['template']['fingerprint']}; {result.wall_s:.1f} s"
     )
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 
 
 @app.command("validate-format")

@@ -65,6 +65,7 @@ class PrepareResult:
     splits: dict[str, int]
     categories: dict[str, dict[str, int]]
     wall_s: float
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def read(self) -> int:
@@ -175,6 +176,12 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
 
     say(f"writing {out_dir}")
     _write(out_dir, split_rows, manifest, force)
+    warnings = [
+        f"{split}.jsonl: {len(split_rows[split])} rows < train.batch_size {cfg.train.batch_size}"
+        " (mlx-lm will refuse to train on it)"
+        for split in ("train", "valid")
+        if len(split_rows[split]) < cfg.train.batch_size
+    ]
     return PrepareResult(
         out_dir=out_dir,
         manifest=manifest,
@@ -182,6 +189,7 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
         splits=manifest["splits"],
         categories=manifest["categories"],
         wall_s=time.perf_counter() - started,
+        warnings=warnings,
     )
 
 
