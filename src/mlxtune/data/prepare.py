@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from mlxtune import __version__, formats
 from mlxtune.data import records as rec
 from mlxtune.data.sources import read_source, source_type
-from mlxtune.errors import DataError, MlxtuneError
+from mlxtune.errors import ConfigError, DataError, MlxtuneError
 from mlxtune.io import atomic_write_json, atomic_write_jsonl, sha256_file
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
     pc = cfg.prepare
     out_dir = Path(pc.out_dir or cfg.data.dir)
     if not pc.sources:
-        raise DataError("prepare.sources: no sources configured", exit_code=2)
+        raise ConfigError("prepare.sources: no sources configured")
     _check_out_dir(out_dir, force)
 
     say("loading tokenizer")

@@ -249,11 +249,6 @@ def load_tokenizer(model_cfg: ModelConfig) -> tuple[Any, str, str]:
     return tokenizer, template, "tokenizer" if own and template == own else "config"
 
 
-def token_lengths(tokenizer: Any, records: Sequence[dict[str, Any]]) -> list[int]:
-    """Training length of each record in tokens, as `formats.encode_for_training` counts it."""
-    return formats.training_lengths(tokenizer, records)
-
-
 def percentile(values: Sequence[int], q: float) -> int:
     if not values:
         return 0
