@@ -214,6 +214,120 @@ def tiny_model(
 # prepare / validate-format  (issue 4)
 
 
+@app.command()
+@handles_errors
+def prepare(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output directory.")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Output directory (default: data.dir).", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Read, clean, deduplicate and split raw data into train/valid/test.jsonl + manifest.json."""
+    from mlxtune.data.prepare import prepare as run_prepare
+
+    cfg = resolve(config, set_, prepare__out_dir=out)
+    with err_console.status("preparing") as status:
+        result = run_prepare(cfg, force=force, progress=lambda msg: status.update(msg))
+    table = Table(title=f"prepare -> {result.out_dir}", show_header=True)
+    table.add_column("step")
+    table.add_column("rows", justify="right")
+    table.add_column("dropped", justify="right")
+    table.add_row("read", str(result.read), "")
+    for f in result.filters:
+        table.add_row(f.name, str(f.after), str(f.dropped) if f.dropped else "")
+    for split, n in result.splits.items():
+        table.add_row(f"[bold]{split}[/bold]", str(n), "")
+    console.print(table)
+    if any(result.categories):
+        cats = Table(title="per category", show_header=True)
+        cats.add_column("category")
+        for split in result.splits:
+            cats.add_column(split, justify="right")
+        for name, counts in result.categories.items():
+            cats.add_row(name or "(none)", *(str(counts[s]) for s in result.splits))
+        console.print(cats)
+    lengths = result.manifest["token_lengths"]["all"]
+    console.print(
+        f"tokens p50 {lengths['p50']}, p95 {lengths['p95']}, max {lengths['max']} "
+        f"(max_seq_length {result.manifest['max_seq_length']}); "
+        f"template {result.manifest['template']['fingerprint']}; {result.wall_s:.1f} s"
+    )
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+
+
+@app.command("validate-format")
+@handles_errors
+def validate_format(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="JSONL files or directories (default: data.dir).", show_default=False),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+    show: Annotated[
+        int, typer.Option("--show", help="Print N rendered examples: prompt dim, answer bold.")
+    ] = 0,
+) -> None:
+    """Check every row: JSON, format, schema, roles, lengths, leakage, batch size, prompt.
+
+    Exit 0 when clean, 1 when the data has problems, 2 on a usage or config error."""
+    from rich.markup import escape
+
+    from mlxtune.data.validate import validate_format as run_validate
+
+    cfg = resolve(config, set_)
+    result = run_validate(cfg, paths or None, show=show)
+    if json_:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        for problem in result.problems:
+            console.print(escape(str(problem)), highlight=False, soft_wrap=True)
+        # without colour (a pipe, NO_COLOR) the trained part is marked with «guillemets»
+        plain = not console.is_terminal or console.no_color
+        for ex in result.examples:
+            console.rule(f"{ex.where}: {ex.tokens} tokens, {ex.trained_tokens} trained")
+            console.print(
+                "".join(
+                    (
+                        f"«{escape(s.text)}»"
+                        if plain
+                        else f"[bold green]{escape(s.text)}[/bold green]"
+                    )
+                    if s.trained
+                    else f"[dim]{escape(s.text)}[/dim]"
+                    for s in ex.segments
+                ),
+                highlight=False,
+                soft_wrap=True,
+            )
+        if show:
+            legend = "«trained answer»" if plain else "[bold green]trained answer[/bold green]"
+            console.print(f"[dim]masked prompt[/dim]  {legend}")
+        files = ", ".join(f"{f.split} {f.rows}" for f in result.files)
+        counts = ", ".join(f"{k} {v}" for k, v in result.counts().items())
+        if result.ok:
+            console.print(
+                f"[green]ok[/green] {result.rows} rows ({files}), format {result.format}, "
+                f"template {result.template_fingerprint}"
+            )
+        else:
+            console.print(
+                f"[red]{len(result.problems)} problem(s)[/red] in {result.rows} rows "
+                f"({files}): {counts}"
+            )
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 # ---------------------------------------------------------------------------------------------
 # train  (issue 5)
 

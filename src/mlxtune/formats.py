@@ -214,3 +214,34 @@ def encode_for_training(
         for j in range(start, min(end, len(tokens))):
             mask[j] = True
     return tokens, mask
+
+
+def training_text(tokenizer: Any, record: dict[str, Any]) -> str:
+    """The text `encode_for_training` tokenizes for a record (before any EOS it appends)."""
+    if "text" in record and "messages" not in record:
+        return str(record["text"])
+    return render(tokenizer, record["messages"])
+
+
+def training_lengths(tokenizer: Any, records: list[dict[str, Any]] | Any) -> list[int]:
+    """`len(encode_for_training(tokenizer, r)[0])` for many records, encoded in one batch."""
+    records = list(records)
+    if not records:
+        return []
+    hf = _hf(tokenizer)
+    texts = [training_text(tokenizer, r) for r in records]
+    backend = getattr(hf, "backend_tokenizer", None)
+    ids: list[list[int]]
+    if backend is not None:  # the Rust tokenizer, batched, without transformers' wrapping
+        ids = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    else:
+        ids = [encode(tokenizer, t) for t in texts]
+    eos = getattr(hf, "eos_token_id", None)
+    out = []
+    for record, tokens in zip(records, ids, strict=True):
+        n = len(tokens)
+        is_text = "text" in record and "messages" not in record
+        if is_text and eos is not None and (not tokens or tokens[-1] != eos):
+            n += 1
+        out.append(n)
+    return out

@@ -1,0 +1,1 @@
+"""Data preparation and validation (issue 4): sources -> prepare -> validate-format."""

@@ -1,0 +1,401 @@
+"""`mlxtune prepare`: raw sources -> cleaned, deduplicated, split train/valid/test.jsonl.
+
+Steps, each counted in manifest.json: read every source (format detected from every row,
+JSON Schema per row, role order) -> clean (NFKC, whitespace) -> drop empty turns -> minimum
+answer length -> exact and normalised duplicates -> token length with the real tokenizer ->
+grouped, stratified split -> atomic write. Bad rows stop the run with every problem listed;
+filtered rows are counted, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlxtune import __version__, formats
+from mlxtune.data import records as rec
+from mlxtune.data.sources import read_source, source_type
+from mlxtune.errors import ConfigError, DataError, MlxtuneError
+from mlxtune.io import atomic_write_json, atomic_write_jsonl, sha256_file
+
+if TYPE_CHECKING:
+    from mlxtune.config import Config
+
+SPLITS = ("train", "valid", "test")
+MAX_LISTED = 20  # problems listed before "... and N more"
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Filter:
+    name: str
+    before: int
+    after: int
+    examples: list[str] = field(default_factory=list)  # first few dropped rows, path:line
+
+    @property
+    def dropped(self) -> int:
+        return self.before - self.after
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "before": self.before,
+            "after": self.after,
+            "dropped": self.dropped,
+            "examples": self.examples,
+        }
+
+
+@dataclass
+class PrepareResult:
+    out_dir: Path
+    manifest: dict[str, Any]
+    filters: list[Filter]
+    splits: dict[str, int]
+    categories: dict[str, dict[str, int]]
+    wall_s: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def read(self) -> int:
+        return int(self.manifest["counts"]["read"])
+
+    @property
+    def written(self) -> int:
+        return int(self.manifest["counts"]["written"])
+
+
+@dataclass
+class _Item:
+    record: dict[str, Any]
+    where: rec.Located
+    tokens: int = 0
+
+
+def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = None) -> PrepareResult:
+    """Run the whole preparation for `cfg` and write `prepare.out_dir` (default `data.dir`)."""
+    started = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    pc = cfg.prepare
+    out_dir = Path(pc.out_dir or cfg.data.dir)
+    if not pc.sources:
+        raise ConfigError("prepare.sources: no sources configured")
+    _check_out_dir(out_dir, force)
+
+    say("loading tokenizer")
+    tokenizer, template, origin = rec.load_tokenizer(cfg.model)
+
+    items, sources_meta, kind = _read_all(cfg, say)
+    filters: list[Filter] = []
+
+    def apply(name: str, keep: Callable[[_Item], bool]) -> None:
+        nonlocal items
+        kept: list[_Item] = []
+        dropped: list[_Item] = []
+        for item in items:
+            (kept if keep(item) else dropped).append(item)
+        filters.append(Filter(name, len(items), len(kept), [str(d.where) for d in dropped[:10]]))
+        items = kept
+
+    say("cleaning")
+    apply("empty_turns", lambda it: not rec.empty_turns(it.record) and bool(rec.answer(it.record)))
+    apply("min_answer_chars", lambda it: len(rec.answer(it.record)) >= pc.min_answer_chars)
+    if pc.dedup in ("exact", "normalized"):
+        apply("duplicates_exact", _first_of(rec.exact_key))
+    if pc.dedup == "normalized":
+        apply("duplicates_normalized", _first_of(rec.normalized_key))
+
+    say(f"counting tokens of {len(items)} rows")
+    for item, n in zip(
+        items, formats.training_lengths(tokenizer, [i.record for i in items]), strict=True
+    ):
+        item.tokens = n
+    max_len = cfg.train.max_seq_length
+    if pc.drop_long:
+        apply("max_seq_length", lambda it: it.tokens <= max_len)
+    if not items:
+        raise DataError(f"{pc.sources[0].path}: no rows left after filtering", exit_code=1)
+
+    say("splitting")
+    assigned = _split(items, cfg)
+    split_rows = {s: [it for it in items if assigned[id(it)] == s] for s in SPLITS}
+
+    categories: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(SPLITS, 0))
+    for s, rows in split_rows.items():
+        for it in rows:
+            categories[str(it.record.get("category", ""))][s] += 1
+    group_counts = {
+        s: len({_group(it, pc.group_by) for it in rows}) for s, rows in split_rows.items()
+    }
+
+    manifest: dict[str, Any] = {
+        "schema_version": 1,
+        "mlxtune_version": __version__,
+        "sources": sources_meta,
+        "format": kind,
+        "system_prompt": cfg.data.system_prompt,
+        "counts": {"read": filters[0].before, "written": len(items)},
+        "filters": [f.to_dict() for f in filters],
+        "splits": {s: len(rows) for s, rows in split_rows.items()},
+        "groups": group_counts,
+        "categories": {k: categories[k] for k in sorted(categories)},
+        "seed": pc.seed,
+        "valid_ratio": pc.valid_ratio,
+        "test_ratio": pc.test_ratio,
+        "group_by": pc.group_by or "question",
+        "stratify": pc.stratify,
+        "dedup": pc.dedup,
+        "min_answer_chars": pc.min_answer_chars,
+        "max_seq_length": max_len,
+        "template": {
+            "fingerprint": formats.template_fingerprint(template),
+            "origin": origin,
+        },
+        "tokenizer": {
+            "path": cfg.model.path,
+            "class": type(formats._hf(tokenizer)).__name__,
+            "vocab_size": len(formats._hf(tokenizer)),
+        },
+        "token_lengths": {
+            s: rec.length_stats([it.tokens for it in rows]) for s, rows in split_rows.items()
+        }
+        | {"all": rec.length_stats([it.tokens for it in items])},
+        "files": {},
+    }
+
+    say(f"writing {out_dir}")
+    _write(out_dir, split_rows, manifest, force)
+    warnings = [
+        f"{split}.jsonl: {len(split_rows[split])} rows < train.batch_size {cfg.train.batch_size}"
+        " (mlx-lm will refuse to train on it)"
+        for split in ("train", "valid")
+        if len(split_rows[split]) < cfg.train.batch_size
+    ]
+    return PrepareResult(
+        out_dir=out_dir,
+        manifest=manifest,
+        filters=filters,
+        splits=manifest["splits"],
+        categories=manifest["categories"],
+        wall_s=time.perf_counter() - started,
+        warnings=warnings,
+    )
+
+
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a directory", exit_code=2)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise DataError(
+            f"{out_dir}: output directory exists and is not empty (use --force to replace it)",
+            exit_code=2,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def _read_all(cfg: Config, say: Progress) -> tuple[list[_Item], list[dict[str, Any]], str]:
+    items: list[_Item] = []
+    sources_meta = []
+    problems: list[str] = []
+    kinds: list[tuple[str, rec.Located]] = []
+    for src in cfg.prepare.sources:
+        kind = source_type(src)
+        say(f"reading {src.path} ({kind})")
+        rows = list(read_source(src))
+        if not rows:
+            raise DataError(f"{src.path}: no rows", exit_code=1)
+        fmt: str
+        if src.format == "auto":
+            found = []
+            for row in rows:
+                detected = formats.detect_format(row.data)
+                if detected is None:
+                    keys = ", ".join(map(str, row.data)) or "none"
+                    problems.append(f"{row.where}: format: matches no known format (keys: {keys})")
+                else:
+                    found.append((detected, rec.Located(row.path, row.line)))
+            fmt_name, mixed = rec.majority_format(found)
+            if mixed:
+                raise DataError(f"{mixed[0]}: format: {mixed[1]}", exit_code=1)
+            fmt = fmt_name or "chat"
+        else:
+            fmt = src.format
+        n_before = len(items)
+        source_name = Path(src.path).name
+        for row in rows:
+            where = rec.Located(row.path, row.line)
+            if formats.detect_format(row.data) is None and src.format == "auto":
+                continue  # already reported
+            bad = rec.schema_problems(row.data, fmt)
+            if bad:
+                problems.extend(f"{where}: {f}: {m}" for f, m in bad)
+                continue
+            record = formats.to_canonical(row.data, fmt, system_prompt=cfg.data.system_prompt)
+            record = rec.clean_record(record)
+            if "messages" in record:
+                # an empty system message is noise, not a reason to drop the row
+                record["messages"] = [
+                    m for m in record["messages"] if m["role"] != "system" or m["content"]
+                ]
+                order = formats.role_order_problem(record["messages"])
+                if order:
+                    field_name, _, msg = order.partition(" is ")
+                    if not field_name.startswith("messages["):
+                        field_name, msg = "messages", order
+                    problems.append(f"{where}: {field_name}: {msg}")
+                    continue
+            record.setdefault("source", source_name)
+            items.append(_Item(record, where))
+            kinds.append(("text" if "text" in record else "chat", where))
+        sources_meta.append(
+            {
+                "path": src.path,
+                "type": kind,
+                "format": fmt,
+                "rows": len(items) - n_before,
+                "sha256": _sha256(Path(src.path)),
+                **({"query": src.query} if src.query else {}),
+                **({"columns": src.columns} if src.columns else {}),
+            }
+        )
+    if problems:
+        more = len(problems) - MAX_LISTED
+        listed = problems[:MAX_LISTED] + ([f"... and {more} more"] if more > 0 else [])
+        raise DataError("\n".join(listed), exit_code=1)
+    shape, mixed = rec.majority_format(kinds)
+    if mixed:
+        raise DataError(
+            f"{mixed[0]}: format: {mixed[1]} (sources must be all conversations or all text)",
+            exit_code=1,
+        )
+    return items, sources_meta, shape or "chat"
+
+
+def _sha256(path: Path) -> str | None:
+    if path.is_file():
+        return sha256_file(path)
+    if path.is_dir():  # a saved dataset: hash its files in order
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(path)).encode())
+            h.update(sha256_file(f).encode())
+        return h.hexdigest()
+    return None  # a hub id: the revision identifies it
+
+
+def _first_of(key: Callable[[dict[str, Any]], str]) -> Callable[[_Item], bool]:
+    seen: set[str] = set()
+
+    def keep(item: _Item) -> bool:
+        k = key(item.record)
+        if k in seen:
+            return False
+        seen.add(k)
+        return True
+
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting
+
+
+def _group(item: _Item, group_by: str | None) -> str:
+    if group_by is None:
+        return rec.question_key(item.record)
+    value = item.record.get(group_by)
+    if value is None:
+        raise DataError(
+            f"{item.where}: {group_by}: missing (prepare.group_by needs it)", exit_code=1
+        )
+    return str(value)
+
+
+def _split(items: list[_Item], cfg: Config) -> dict[int, str]:
+    """Assign whole groups to splits: shuffled with the seed, stratified by category, with
+    the ratios applied by systematic sampling so small categories still get their share."""
+    pc = cfg.prepare
+    groups: dict[str, list[_Item]] = {}
+    for item in items:
+        groups.setdefault(_group(item, pc.group_by), []).append(item)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for key, members in groups.items():
+        category = str(members[0].record.get("category", "")) if pc.stratify else ""
+        strata[category].append(key)
+    rng = random.Random(pc.seed)
+    chosen: dict[str, str] = {}
+    acc_test = acc_valid = 0.5  # start half-way: round to nearest, not down
+    for category in sorted(strata):
+        keys = sorted(strata[category])
+        rng.shuffle(keys)
+        for key in keys:
+            acc_test += pc.test_ratio
+            acc_valid += pc.valid_ratio
+            if acc_test >= 1:
+                acc_test -= 1
+                chosen[key] = "test"
+            elif acc_valid >= 1:
+                acc_valid -= 1
+                chosen[key] = "valid"
+            else:
+                chosen[key] = "train"
+    # mlx-lm needs a non-empty valid split to train; take one group from train if we can
+    for split, ratio in (("valid", pc.valid_ratio), ("test", pc.test_ratio)):
+        counts = Counter(chosen.values())
+        if ratio > 0 and counts[split] == 0 and counts["train"] > 1:
+            last_train = [k for k in chosen if chosen[k] == "train"][-1]
+            chosen[last_train] = split
+    return {id(item): chosen[key] for key, members in groups.items() for item in members}
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _write(
+    out_dir: Path, split_rows: dict[str, list[_Item]], manifest: dict[str, Any], force: bool
+) -> None:
+    """Write into a temp directory beside out_dir, then swap it into place."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        for split, rows in split_rows.items():
+            path = tmp / f"{split}.jsonl"
+            atomic_write_jsonl(path, (it.record for it in rows))
+            manifest["files"][f"{split}.jsonl"] = {"rows": len(rows), "sha256": sha256_file(path)}
+        atomic_write_json(tmp / "manifest.json", manifest)
+        os.chmod(tmp, 0o755)
+        _check_out_dir(out_dir, force)
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(tmp)
+        raise
+
+
+def manifest_sha256(out_dir: Path) -> str:
+    """The "data manifest hash" runs record."""
+    path = out_dir / "manifest.json"
+    if not path.is_file():
+        raise MlxtuneError(f"{path}: not found (run mlxtune prepare)")
+    return sha256_file(path)

@@ -1,0 +1,334 @@
+"""`mlxtune validate-format`: check prepared (or any) JSONL files before training does.
+
+Every row: JSON parses, one known format, its JSON Schema, role order, no empty turns,
+length within `train.max_seq_length`. Across files: one format, no question in two splits
+(exact or normalised), enough rows for `train.batch_size`. Prompts: a chat template exists
+and the prompt training masks is token-for-token the prompt evaluate and serve generate from
+(and what raw mlx-lm tokenizes). Each problem is `path:line: field: message`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlxtune import formats
+from mlxtune.data import records as rec
+from mlxtune.data.sources import iter_jsonl_lines, json_error
+from mlxtune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mlxtune.config import Config
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Problem:
+    path: str
+    line: int | None
+    field: str
+    message: str
+    check: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{where}: {self.field}: {self.message}"
+
+
+@dataclass
+class FileReport:
+    path: str
+    split: str
+    rows: int
+    format: str | None
+    token_lengths: dict[str, int]
+    too_long: int
+
+
+@dataclass
+class Segment:
+    text: str
+    trained: bool
+
+
+@dataclass
+class Example:
+    where: str
+    segments: list[Segment]
+    tokens: int
+    trained_tokens: int
+
+
+@dataclass
+class ValidateResult:
+    files: list[FileReport]
+    problems: list[Problem]
+    examples: list[Example] = field(default_factory=list)
+    format: str | None = None
+    template_fingerprint: str = ""
+    max_seq_length: int = 0
+    batch_size: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.problems:
+            out[p.check] = out.get(p.check, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "rows": self.rows,
+            "format": self.format,
+            "template_fingerprint": self.template_fingerprint,
+            "max_seq_length": self.max_seq_length,
+            "batch_size": self.batch_size,
+            "files": [asdict(f) for f in self.files],
+            "problem_counts": self.counts(),
+            "problems": [{**asdict(p), "text": str(p)} for p in self.problems],
+            "examples": [asdict(e) for e in self.examples],
+        }
+
+
+@dataclass
+class _Row:
+    record: dict[str, Any]  # canonical
+    where: rec.Located
+    split: str
+
+
+def resolve_paths(cfg: Config, paths: list[Path] | None) -> list[Path]:
+    """Files to check: the given files, each given directory's split files, or data.dir's."""
+    targets = list(paths) if paths else [Path(cfg.data.dir)]
+    files: list[Path] = []
+    for target in targets:
+        if target.is_dir():
+            found = [target / f"{s}.jsonl" for s in SPLITS if (target / f"{s}.jsonl").is_file()]
+            if not found:
+                label = "data.dir: " if not paths else ""
+                raise ConfigError(
+                    f"{label}{target}: no train.jsonl, valid.jsonl or test.jsonl "
+                    "(run mlxtune prepare)"
+                )
+            files.extend(found)
+        elif target.is_file():
+            files.append(target)
+        elif not paths:
+            raise ConfigError(f"data.dir: {target}: not found (run mlxtune prepare)")
+        else:
+            raise ConfigError(f"{target}: no such file or directory")
+    order = {s: i for i, s in enumerate(SPLITS)}
+    return sorted(dict.fromkeys(files), key=lambda p: order.get(p.stem, len(SPLITS)))
+
+
+def validate_format(
+    cfg: Config, paths: list[Path] | None = None, *, show: int = 0
+) -> ValidateResult:
+    files = resolve_paths(cfg, paths)
+    tokenizer, template, _ = rec.load_tokenizer(cfg.model)
+    max_len = cfg.train.max_seq_length
+    problems: list[Problem] = []
+
+    def add(where: rec.Located | str, fld: str, message: str, check: str) -> None:
+        if isinstance(where, rec.Located):
+            problems.append(Problem(where.path, where.line, fld, message, check))
+        else:
+            problems.append(Problem(where, None, fld, message, check))
+
+    # 1. parse every row and detect its format
+    parsed: list[tuple[dict[str, Any], str, rec.Located, str]] = []
+    for path in files:
+        split = path.stem
+
+        def bad_encoding(number: int, message: str, path: Path = path) -> None:
+            add(rec.Located(str(path), number), "encoding", message, "json")
+
+        for number, text in iter_jsonl_lines(str(path), bad_encoding):
+            where = rec.Located(str(path), number)
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                add(where, "json", json_error(e), "json")
+                continue
+            if not isinstance(obj, dict):
+                add(where, "json", f"expected an object, got {type(obj).__name__}", "json")
+                continue
+            fmt = formats.detect_format(obj)
+            if fmt is None:
+                keys = ", ".join(obj) or "none"
+                add(where, "format", f"matches no known format (keys: {keys})", "format")
+                continue
+            parsed.append((obj, fmt, where, split))
+
+    # 2. one format across every file
+    major, mixed = rec.majority_format([(fmt, where) for _, fmt, where, _ in parsed])
+    if mixed:
+        add(mixed[0], "format", mixed[1], "format")
+
+    # 3. per row: schema, role order, empty turns
+    rows: list[_Row] = []
+    for obj, fmt, where, split in parsed:
+        bad = rec.schema_problems(obj, fmt)
+        for fld, message in bad:
+            add(where, fld, message, "schema")
+        if bad:
+            continue
+        record = formats.to_canonical(obj, fmt)
+        if "messages" in record:
+            order = formats.role_order_problem(record["messages"])
+            if order:
+                fld, _, message = order.partition(" is ")
+                if not fld.startswith("messages["):
+                    fld, message = "messages", order
+                add(where, fld, message, "roles")
+            for i in rec.empty_turns(record):
+                role = record["messages"][i]["role"]
+                add(where, f"messages[{i}].content", f"empty {role} turn", "empty")
+            if order:
+                continue
+        elif not str(record["text"]).strip():
+            add(where, "text", "empty text", "empty")
+        rows.append(_Row(record, where, split))
+
+    # 4. lengths against max_seq_length, with the real tokenizer and template
+    lengths = formats.training_lengths(tokenizer, [r.record for r in rows])
+    for row, n in zip(rows, lengths, strict=True):
+        if n > max_len:
+            add(
+                row.where,
+                "tokens",
+                f"{n} tokens > train.max_seq_length {max_len} (mlx-lm would truncate it)",
+                "length",
+            )
+
+    # 5. leakage: the same question in two splits
+    seen_exact: dict[str, _Row] = {}
+    seen_norm: dict[str, _Row] = {}
+    for row in rows:
+        exact, norm = rec.question(row.record), rec.question_key(row.record)
+        first = seen_exact.get(exact)
+        if first is not None and first.split != row.split:
+            add(row.where, "leakage", f"same question as {first.where} ({first.split})", "leakage")
+        elif (other := seen_norm.get(norm)) is not None and other.split != row.split:
+            add(
+                row.where,
+                "leakage",
+                f"same question after normalisation as {other.where} ({other.split})",
+                "leakage",
+            )
+        seen_exact.setdefault(exact, row)
+        seen_norm.setdefault(norm, row)
+
+    # 6. enough rows for a batch (mlx-lm checks train and valid only when it gets there)
+    reports = []
+    for path in files:
+        file_rows = [
+            (r, n) for r, n in zip(rows, lengths, strict=True) if r.where.path == str(path)
+        ]
+        n_rows = sum(1 for _, _, w, _ in parsed if w.path == str(path))
+        if path.stem in ("train", "valid") and n_rows < cfg.train.batch_size:
+            add(
+                str(path),
+                "rows",
+                f"{n_rows} rows < train.batch_size {cfg.train.batch_size}",
+                "batch_size",
+            )
+        fmts = {fmt for _, fmt, w, _ in parsed if w.path == str(path)}
+        reports.append(
+            FileReport(
+                path=str(path),
+                split=path.stem,
+                rows=n_rows,
+                format=fmts.pop() if len(fmts) == 1 else ("mixed" if fmts else None),
+                token_lengths=rec.length_stats([n for _, n in file_rows]),
+                too_long=sum(1 for _, n in file_rows if n > max_len),
+            )
+        )
+
+    # 7. one prompt: what training masks == what evaluate/serve generate from
+    chat = next((r for r in rows if "messages" in r.record), None)
+    if chat is not None:
+        for message in prompt_mismatches(tokenizer, chat.record):
+            add(chat.where, "prompt", message, "prompt")
+
+    # 8. prepared with the same template as the model renders now
+    fingerprint = formats.template_fingerprint(template)
+    for directory in dict.fromkeys(p.parent for p in files):
+        manifest = directory / "manifest.json"
+        if manifest.is_file():
+            try:
+                was = json.loads(manifest.read_text())["template"]["fingerprint"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if was != fingerprint:
+                add(
+                    str(manifest),
+                    "template.fingerprint",
+                    f"prepared with template {was}, model.path now renders with {fingerprint}",
+                    "prompt",
+                )
+
+    examples = [preview(tokenizer, r.record, str(r.where)) for r in rows[:show]]
+    # file order (train, valid, test), then line; problems about other files go last
+    rank = {str(p): i for i, p in enumerate(files)}
+    problems.sort(key=lambda p: (rank.get(p.path, len(files)), p.line or 0))
+    return ValidateResult(
+        files=reports,
+        problems=problems,
+        examples=examples,
+        format=major,
+        template_fingerprint=fingerprint,
+        max_seq_length=max_len,
+        batch_size=cfg.train.batch_size,
+    )
+
+
+def prompt_mismatches(tokenizer: Any, record: dict[str, Any]) -> list[str]:
+    """Render one record the way train does and the way evaluate/serve do; say where they
+    differ. Also compare with how raw mlx-lm tokenizes the same record."""
+    out = []
+    prompt, _ = formats.prompt_and_answer(record)
+    generation = formats.encode_prompt(tokenizer, prompt)
+    tokens, mask = formats.encode_for_training(tokenizer, record, mask_prompt=True)
+    starts = [i for i in range(1, len(mask)) if mask[i] and not mask[i - 1]]
+    start = starts[-1] if starts else len(tokens)
+    trained_prompt = tokens[:start]
+    if trained_prompt != generation:
+        at = next(
+            (i for i, (a, b) in enumerate(zip(trained_prompt, generation, strict=False)) if a != b),
+            min(len(trained_prompt), len(generation)),
+        )
+        out.append(
+            f"training prompt ({len(trained_prompt)} tokens) differs from the generation "
+            f"prompt ({len(generation)} tokens) at token {at}"
+        )
+    raw = formats._hf(tokenizer).apply_chat_template(record["messages"], return_dict=False)
+    if list(raw) != tokens:
+        out.append(
+            f"raw mlx-lm tokenizes this record to {len(raw)} tokens, mlxtune to {len(tokens)}"
+        )
+    return out
+
+
+def preview(tokenizer: Any, record: dict[str, Any], where: str) -> Example:
+    """Tokens of a record cut into runs of masked prompt and trained answer, decoded."""
+    tokens, mask = formats.encode_for_training(tokenizer, record, mask_prompt=True)
+    hf = formats._hf(tokenizer)
+    segments: list[Segment] = []
+    start = 0
+    for i in range(1, len(tokens) + 1):
+        if i == len(tokens) or mask[i] != mask[start]:
+            segments.append(Segment(hf.decode(tokens[start:i]), mask[start]))
+            start = i
+    return Example(where, segments, len(tokens), sum(mask))
