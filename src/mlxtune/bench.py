@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import socket
 import statistics
@@ -247,11 +246,6 @@ def _vm_hwm_mb(pid: int) -> float | None:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return None
-
-
-def _self_max_rss_mb() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
 @dataclass
@@ -621,29 +615,59 @@ def _baseline_generate(cfg: Config, length: int, batch: int) -> dict[str, float]
     return out
 
 
-def bench_generate(
-    cfg: Config, rec: _Recorder, targets: list[Target], repeat: int, progress: Progress
-) -> None:
+def generate_cell(cfg: Config, length: int, batch: int) -> dict[str, float | None]:
+    """mlxtune's generation path on one (prompt length, batch) cell: load, warm up with the
+    full workload once (as mlx_lm benchmark does), then time one run."""
     from mlxtune.modeling import load_model
 
-    b = cfg.bench
-    progress(f"generate: loading {cfg.model.path}")
     model, tokenizer, _ = load_model(cfg.model)
     # Fixed lengths need generation past EOS; mlx_lm benchmark does the same.
     tokenizer._eos_token_ids = set()
+    prompts = make_prompts(tokenizer, length, batch)
+    _generate_once(model, tokenizer, prompts, cfg.bench.gen_tokens)
+    return _generate_once(model, tokenizer, prompts, cfg.bench.gen_tokens)
+
+
+# Each cell runs in a fresh process on both sides, so max RSS and warm-up are like for like.
+_CELL_MAIN = r"""
+import json, sys
+from mlxtune.bench import generate_cell
+from mlxtune.config import load_config
+figs = generate_cell(load_config(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+print("MLXTUNE_BENCH " + json.dumps(figs), flush=True)
+"""
+
+
+def _mlxtune_generate(cfg_file: Path, length: int, batch: int, timeout: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-c", _CELL_MAIN, str(cfg_file), str(length), str(batch)]
+    run = run_child(cmd, timeout=timeout)
+    line = next((x for x in run.lines if x.startswith("MLXTUNE_BENCH ")), None)
+    if run.timed_out or run.returncode != 0 or line is None:
+        raise MlxtuneError(f"bench generate (mlxtune): exit {run.returncode}: {_tail(run.lines)}")
+    out: dict[str, Any] = json.loads(line.split(" ", 1)[1])
+    out["max_rss_mb"] = run.max_rss_mb
+    return out
+
+
+def bench_generate(
+    cfg: Config,
+    rec: _Recorder,
+    targets: list[Target],
+    repeat: int,
+    progress: Progress,
+    work: Path,
+) -> None:
+    b = cfg.bench
+    cfg_file = work / "generate.yaml"
+    cfg_file.write_text(cfg.to_yaml())
     cells = [(p, bs) for p in b.prompt_lengths for bs in b.batch_sizes]
-    prompts = {cell: make_prompts(tokenizer, *cell) for cell in cells}
-    for p, bs in cells:  # warm-up: compile and allocate once per shape, untimed
-        _generate_once(model, tokenizer, prompts[(p, bs)], min(b.gen_tokens, 8))
     for r in range(repeat):
         for p, bs in cells:
             case = f"p={p} b={bs}"
             for target in targets:
                 progress(f"generate {case} [{target}] repeat {r + 1}/{repeat}")
-                figs: dict[str, float | None]
                 if target == "mlxtune":
-                    figs = _generate_once(model, tokenizer, prompts[(p, bs)], b.gen_tokens)
-                    figs["max_rss_mb"] = _self_max_rss_mb()
+                    figs = _mlxtune_generate(cfg_file, p, bs, b.time_limit_s)
                 else:
                     figs = dict(_baseline_generate(cfg, p, bs))
                 rec.add("generate", case, target, figs)
@@ -1019,7 +1043,7 @@ def bench(
                     say(f"train [{target}] repeat {r + 1}/{repeat}")
                     rec.add("train", "lora", target, bench_train_once(cfg, target, work, say))
         if "generate" in sections:
-            bench_generate(cfg, rec, targets_for(None), repeat, say)
+            bench_generate(cfg, rec, targets_for(None), repeat, say, work)
         if "serve" in sections:
             targets = targets_for("serve")
             if not targets:
