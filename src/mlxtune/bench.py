@@ -180,7 +180,7 @@ def _version(dist: str) -> str | None:
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
             capture_output=True,
             text=True,
             timeout=5,
@@ -780,6 +780,7 @@ async def drive(
     requests: int,
     max_tokens: int,
     time_limit_s: float,
+    api_key: str | None = None,
 ) -> LoadResult:
     """Send `requests` streaming chat completions, at most `concurrency` at a time, all within
     `time_limit_s`; requests cut off by the limit count as timed out."""
@@ -804,7 +805,8 @@ async def drive(
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     t0 = time.perf_counter()
-    async with httpx.AsyncClient(limits=limits, timeout=time_limit_s) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    async with httpx.AsyncClient(limits=limits, timeout=time_limit_s, headers=headers) as client:
         tasks = [asyncio.ensure_future(worker(i, client)) for i in range(requests)]
         _, pending = await asyncio.wait(tasks, timeout=time_limit_s)
         for task in pending:
@@ -945,10 +947,12 @@ def bench_serve_once(
     work: Path,
     rec: _Recorder,
     progress: Progress,
+    notes: list[str] | None = None,
 ) -> None:
     b = cfg.bench
     name, _ = _serve_adapter(cfg)
     model = None if target == "mlx-lm" else name  # mlx_lm.server: no name = the --model it loaded
+    key = (cfg.serve.api_key or os.environ.get("MLXTUNE_API_KEY")) if target == "mlxtune" else None
     prompts = serve_prompts()
     log = work / f"server-{target}.log"
     with running_server(
@@ -963,6 +967,7 @@ def bench_serve_once(
             requests=1,
             max_tokens=8,
             time_limit_s=b.time_limit_s,
+            api_key=key,
         )
         phases = [(f"c={c}", c, b.requests_per_level) for c in b.concurrency]
         if b.sustained_requests:
@@ -977,6 +982,7 @@ def bench_serve_once(
                 requests=n,
                 max_tokens=b.gen_tokens,
                 time_limit_s=b.time_limit_s,
+                api_key=key,
             )
             if res.ok == 0:
                 raise MlxtuneError(
@@ -984,6 +990,12 @@ def bench_serve_once(
                     f"{'; '.join(res.error_samples) or 'timed out'}"
                 )
             rec.add("serve", case, target, res.figures())
+            if (res.errors or res.timed_out) and notes is not None:
+                samples = "; ".join(res.error_samples) or "no sample"
+                notes.append(
+                    f"serve {case} [{target}]: {res.errors} errors, {res.timed_out} timed out"
+                    f" ({samples})"
+                )
         server.scrape_memory()
     rec.add(
         "serve",
@@ -1051,7 +1063,7 @@ def bench(
             for r in range(repeat):
                 for target in targets:
                     say(f"serve [{target}] repeat {r + 1}/{repeat}")
-                    bench_serve_once(cfg, target, work, rec, say)
+                    bench_serve_once(cfg, target, work, rec, say, notes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     env["loadavg_end"] = list(os.getloadavg())
