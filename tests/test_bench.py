@@ -249,3 +249,44 @@ def test_train_bench_without_data_is_one_line_error(tmp_path: Path) -> None:
     cfg = load_config(None, [f"data.dir={tmp_path}", "model.path=/nonexistent"])
     with pytest.raises(MlxtuneError, match=r"train\.jsonl not found"):
         B.bench_train_once(cfg, "mlx-lm", tmp_path)
+
+
+def test_bench_to_md_renders_ratio_and_environment(repo_root: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_to_md", repo_root / "scripts/bench_to_md.py"
+    )
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rec = B._Recorder()
+    rec.add("serve", "c=4", "mlxtune", {"completion_tps": 300.0})
+    rec.add("serve", "c=4", "mlx-lm", {"completion_tps": 200.0})
+    rec.add("serve", "c=4", "mlxtune", {"completion_tps": 320.0})
+    env = {
+        "date": "2026-01-01T00:00:00+00:00",
+        "git_commit": "abc",
+        "cpu": "CPU",
+        "cpu_count": 2,
+        "machine": "Linux",
+        "device": "cpu",
+        "versions": {"mlxtune": "0", "mlx": "1", "mlx_lm": "2", "python": "3"},
+        "blas": "OpenBLAS",
+        "loadavg_start": [1.0, 0, 0],
+        "loadavg_end": [2.0, 0, 0],
+    }
+    result = B.BenchResult(["serve"], "mlx-lm", 2, list(rec.figures.values()), env, {"model": "m"})
+    md = mod.render(json.loads(json.dumps(result.to_dict())), "x.json")
+    assert "| serve | c=4 | completion_tps (tok/s) | 310 (300–320) | 200 | 1.55x |" in md
+    assert "mlx-lm 2" in md and "load average at start / end: 1.00 / 2.00" in md
+
+
+def test_cli_rejects_unknown_what_in_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from mlxtune.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--what", "everything"])
+    assert res.exit_code == 2
+    assert "bench.what" in res.output and "Traceback" not in res.output
