@@ -117,6 +117,7 @@ def test_generate_bench_on_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
             "bench.prompt_lengths=[16]",
             "bench.batch_sizes=[1,2]",
             "bench.gen_tokens=8",
+            "bench.trials=1",
         ],
     )
     seen: list[str] = []
@@ -213,6 +214,8 @@ def test_bench_cli_writes_json(tiny_model: Path, tmp_path: Path) -> None:
         "bench.batch_sizes=[1]",
         "--set",
         "bench.gen_tokens=8",
+        "--set",
+        "bench.trials=2",
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr

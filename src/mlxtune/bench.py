@@ -601,7 +601,8 @@ def _baseline_generate(cfg: Config, length: int, batch: int) -> dict[str, float]
     cmd = [
         sys.executable, "-m", "mlx_lm", "benchmark",
         "--model", cfg.model.path,
-        "-p", str(length), "-g", str(cfg.bench.gen_tokens), "-b", str(batch), "-n", "1",
+        "-p", str(length), "-g", str(cfg.bench.gen_tokens), "-b", str(batch),
+        "-n", str(cfg.bench.trials),
     ]  # fmt: skip
     run = run_child(cmd, timeout=cfg.bench.time_limit_s)
     if run.timed_out:
@@ -617,7 +618,7 @@ def _baseline_generate(cfg: Config, length: int, batch: int) -> dict[str, float]
 
 def generate_cell(cfg: Config, length: int, batch: int) -> dict[str, float | None]:
     """mlxtune's generation path on one (prompt length, batch) cell: load, warm up with the
-    full workload once (as mlx_lm benchmark does), then time one run."""
+    full workload once, then average `bench.trials` timed runs (as mlx_lm benchmark does)."""
     from mlxtune.modeling import load_model
 
     model, tokenizer, _ = load_model(cfg.model)
@@ -625,7 +626,20 @@ def generate_cell(cfg: Config, length: int, batch: int) -> dict[str, float | Non
     tokenizer._eos_token_ids = set()
     prompts = make_prompts(tokenizer, length, batch)
     _generate_once(model, tokenizer, prompts, cfg.bench.gen_tokens)
-    return _generate_once(model, tokenizer, prompts, cfg.bench.gen_tokens)
+    runs = [
+        _generate_once(model, tokenizer, prompts, cfg.bench.gen_tokens)
+        for _ in range(cfg.bench.trials)
+    ]
+    out: dict[str, float | None] = {}
+    for key in runs[0]:
+        values = [v for r in runs if (v := r[key]) is not None]
+        if not values:
+            out[key] = None
+        elif key == "peak_memory_gb":
+            out[key] = max(values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out
 
 
 # Each cell runs in a fresh process on both sides, so max RSS and warm-up are like for like.
