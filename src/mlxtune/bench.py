@@ -1060,6 +1060,12 @@ def bench(
         return out
 
     try:
+        if what == "all":
+            try:
+                _check_data(cfg)
+            except MlxtuneError as e:  # `all` still times what it can
+                sections.remove("train")
+                notes.append(f"train skipped: {e}")
         if "train" in sections:
             targets = targets_for("train")
             if not targets:
