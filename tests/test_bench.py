@@ -3,6 +3,7 @@ mlx-lm output, and short real runs on the tiny model (generate in process, serve
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -293,3 +294,54 @@ def test_cli_rejects_unknown_what_in_one_line() -> None:
     res = CliRunner().invoke(app, ["bench", "--what", "everything"])
     assert res.exit_code == 2
     assert "bench.what" in res.output and "Traceback" not in res.output
+
+
+def test_train_commands_match_on_both_sides(tmp_path: Path) -> None:
+    import yaml
+
+    from mlxtune.config import load_config as load
+
+    cfg = load(
+        None,
+        [
+            "model.path=some/model",
+            "data.dir=d",
+            "train.batch_size=3",
+            "train.learning_rate=0.001",
+            "train.lora_rank=4",
+            "train.lora_alpha=8",
+            "train.max_seq_length=99",
+            "train.packing=true",
+            "bench.warmup_steps=2",
+            "bench.train_steps=4",
+        ],
+    )
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    base = B.train_command(cfg, "mlx-lm", tmp_path / "a")
+    lora = yaml.safe_load((tmp_path / "a" / "lora.yaml").read_text())
+    assert base[-2:] == ["-c", str(tmp_path / "a" / "lora.yaml")]
+    assert (lora["iters"], lora["steps_per_report"], lora["batch_size"]) == (6, 2, 3)
+    assert lora["lora_parameters"] == {"rank": 4, "scale": 2.0, "dropout": 0.0}
+    assert (lora["max_seq_length"], lora["mask_prompt"], lora["learning_rate"]) == (99, True, 1e-3)
+
+    ours = B.train_command(cfg, "mlxtune", tmp_path / "b")
+    assert ours[1:4] == ["-m", "mlxtune", "train"] and "--json" in ours
+    sets = dict(v.split("=", 1) for k, v in itertools.pairwise(ours) if k == "--set")
+    assert sets["train.iters"] == "6" and sets["train.steps_per_report"] == "2"
+    assert sets["train.packing"] == "false"
+    written = load(tmp_path / "b" / "config.yaml", [f"{k}={v}" for k, v in sets.items()])
+    assert written.train.batch_size == 3 and written.train.iters == 6 and not written.train.packing
+
+
+def test_server_commands(tmp_path: Path) -> None:
+    adapter = tmp_path / "ad"
+    cfg = load_config(None, ["model.path=m", f"serve.adapters={{tuned: {adapter}}}"])
+    base = B.server_command(cfg, "mlx-lm", 4321, tmp_path)
+    assert base[1:4] == ["-m", "mlx_lm", "server"]
+    assert base[base.index("--adapter-path") + 1] == str(adapter)
+    assert base[base.index("--host") + 1] == "127.0.0.1" and "4321" in base
+    ours = B.server_command(cfg, "mlxtune", 4321, tmp_path)
+    assert ours[1:4] == ["-m", "mlxtune", "serve"] and ours[-2:] == ["--port", "4321"]
+    assert B._serve_adapter(cfg) == ("tuned", adapter)
+    assert B._serve_adapter(load_config(None, [])) == ("base", None)

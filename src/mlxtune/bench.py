@@ -228,6 +228,14 @@ def environment() -> dict[str, Any]:
     }
 
 
+def child_config_yaml(cfg: Config) -> str:
+    """The resolved config for a child process: only the keys that were set (by file, --set or
+    flag), so defaults stay defaults and pairs like lora_alpha/lora_scale do not both appear."""
+    import yaml
+
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=True), sort_keys=False)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -448,20 +456,26 @@ def _num_layers(cfg: Config) -> int:
     return n
 
 
-def bench_train_once(
-    cfg: Config, target: Target, work: Path, progress: Progress | None = None
-) -> dict[str, float | None]:
-    """One training run of warmup + train_steps; returns it/s, tokens/s, memory."""
+def train_command(cfg: Config, target: Target, out: Path) -> list[str]:
+    """The command for one timed training run, files it needs written under `out`. Both sides
+    get the same model, data, steps, report interval and hyper-parameters; features raw mlx-lm
+    lacks (packing, grad clipping, schedules, early stopping) are turned off on mlxtune's side."""
     b, t = cfg.bench, cfg.train
     iters, every = train_schedule(b.warmup_steps, b.train_steps)
-    data = _check_data(cfg)
-    out = Path(tempfile.mkdtemp(prefix=f"train-{target}-", dir=work))
-    timeout = b.time_limit_s
     if target == "mlx-lm":
+        import yaml
+
+        lora_parameters: dict[str, Any] = {
+            "rank": t.lora_rank,
+            "scale": t.effective_lora_scale,
+            "dropout": t.lora_dropout,
+        }
+        if t.lora_keys:
+            lora_parameters["keys"] = t.lora_keys
         lora_cfg = {
             "model": cfg.model.path,
             "train": True,
-            "data": str(data),
+            "data": str(cfg.data.dir),
             "fine_tune_type": t.method,
             "optimizer": t.optimizer,
             "num_layers": _num_layers(cfg),
@@ -478,50 +492,55 @@ def bench_train_once(
             "grad_checkpoint": t.grad_checkpoint,
             "grad_accumulation_steps": t.grad_accumulation_steps,
             "seed": t.seed,
-            "lora_parameters": {
-                "rank": t.lora_rank,
-                "scale": t.effective_lora_scale,
-                "dropout": t.lora_dropout,
-            },
+            "lora_parameters": lora_parameters,
         }
-        import yaml
-
         (out / "lora.yaml").write_text(yaml.safe_dump(lora_cfg))
-        cmd = [sys.executable, "-c", _LORA_SHIM, "-c", str(out / "lora.yaml")]
-        run = run_child(cmd, timeout=timeout)
-        reports = parse_lora_output(run.lines)
-    else:
-        cfg_file = out / "config.yaml"
-        cfg_file.write_text(cfg.to_yaml())
-        sets = {
-            "train.iters": iters,
-            "train.num_layers": _num_layers(cfg),
-            "train.epochs": "null",
-            "train.steps_per_report": every,
-            "train.steps_per_eval": iters + 1,
-            "train.save_every": iters + 1,
-            "train.val_batches": 1,
-            "train.runs_dir": str(out / "runs"),
-            "train.name": "bench",
-            "train.lr_schedule": "constant",
-            "train.warmup_steps": 0,
-            "train.early_stopping_patience": "null",
-        }
-        cmd = [*_cli_cmd(), "train", "-c", str(cfg_file), "--json"]
-        for k, v in sets.items():
-            cmd += ["--set", f"{k}={v}"]
-        run = run_child(cmd, timeout=timeout)
-        reports = parse_train_json(run.lines)
+        return [sys.executable, "-c", _LORA_SHIM, "-c", str(out / "lora.yaml")]
+    cfg_file = out / "config.yaml"
+    cfg_file.write_text(child_config_yaml(cfg))
+    sets = {
+        "train.iters": iters,
+        "train.epochs": "null",
+        "train.num_layers": _num_layers(cfg),
+        "train.steps_per_report": every,
+        "train.steps_per_eval": iters + 1,
+        "train.save_every": iters + 1,
+        "train.val_batches": 1,
+        "train.runs_dir": str(out / "runs"),
+        "train.name": "bench",
+        "train.lr_schedule": "constant",
+        "train.warmup_steps": 0,
+        "train.packing": "false",
+        "train.grad_clip": "null",
+        "train.early_stopping_patience": "null",
+    }
+    cmd = [*_cli_cmd(), "train", "-c", str(cfg_file), "--json"]
+    for k, v in sets.items():
+        cmd += ["--set", f"{k}={v}"]
+    return cmd
+
+
+def bench_train_once(
+    cfg: Config, target: Target, work: Path, progress: Progress | None = None
+) -> dict[str, float | None]:
+    """One training run of warmup + train_steps; returns it/s, tokens/s, memory."""
+    b = cfg.bench
+    _check_data(cfg)
+    _, every = train_schedule(b.warmup_steps, b.train_steps)
+    out = Path(tempfile.mkdtemp(prefix=f"train-{target}-", dir=work))
+    try:
+        run = run_child(train_command(cfg, target, out), timeout=b.time_limit_s)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    reports = parse_lora_output(run.lines) if target == "mlx-lm" else parse_train_json(run.lines)
     if run.timed_out:
-        raise MlxtuneError(f"bench train ({target}): over bench.time_limit_s={timeout:g}s")
+        raise MlxtuneError(f"bench train ({target}): over bench.time_limit_s={b.time_limit_s:g}s")
     if run.returncode != 0 or not reports:
         raise MlxtuneError(
             f"bench train ({target}): exit {run.returncode}, no timing reports: {_tail(run.lines)}"
         )
     figures: dict[str, float | None] = dict(aggregate_train(reports, b.warmup_steps, every))
-    if run.max_rss_mb:
-        figures["max_rss_mb"] = run.max_rss_mb
-    shutil.rmtree(out, ignore_errors=True)
+    figures["max_rss_mb"] = run.max_rss_mb
     return figures
 
 
@@ -673,7 +692,7 @@ def bench_generate(
 ) -> None:
     b = cfg.bench
     cfg_file = work / "generate.yaml"
-    cfg_file.write_text(cfg.to_yaml())
+    cfg_file.write_text(child_config_yaml(cfg))
     cells = [(p, bs) for p in b.prompt_lengths for bs in b.batch_sizes]
     for r in range(repeat):
         for p, bs in cells:
@@ -947,7 +966,7 @@ def server_command(cfg: Config, target: Target, port: int, work: Path) -> list[s
             cmd += ["--adapter-path", str(adapter)]
         return cmd
     cfg_file = work / f"serve-{port}.yaml"
-    cfg_file.write_text(cfg.to_yaml())
+    cfg_file.write_text(child_config_yaml(cfg))
     return [*_cli_cmd(), "serve", "-c", str(cfg_file), "--port", str(port)]
 
 
