@@ -512,6 +512,80 @@ def _render_evaluate(report: dict[str, Any]) -> None:
 # bench  (issue 8)
 
 
+def _fmt_num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.3g}"
+
+
+def _fmt_spread(values: list[float]) -> str:
+    from statistics import median
+
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return _fmt_num(values[0])
+    lo, mid, hi = min(values), median(values), max(values)
+    return f"{_fmt_num(mid)} [dim]({_fmt_num(lo)}–{_fmt_num(hi)})[/dim]"
+
+
+@app.command("bench")
+@handles_errors
+def bench_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    what: Annotated[
+        str | None, typer.Option("--what", help="train, generate, serve or all.")
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option("--baseline", help="none, or mlx-lm: run raw mlx-lm beside each figure."),
+    ] = None,
+    repeat: Annotated[
+        int | None, typer.Option("--repeat", help="Runs per figure; min/median/max shown.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write figures and environment to FILE.")
+    ] = None,
+) -> None:
+    """Time train, generate and serve (speed and memory), beside raw mlx-lm with the ratio."""
+    from mlxtune.bench import bench
+    from mlxtune.io import atomic_write_json
+
+    cfg = resolve(config, set_, bench__what=what, bench__baseline=baseline, bench__repeat=repeat)
+    with console.status("bench") as status:
+        result = bench(cfg, progress=lambda msg: status.update(f"bench: {msg}"))
+    env = result.environment
+    table = Table(
+        title=f"mlxtune bench · {result.settings['model']} · repeat {result.repeat}",
+        caption=(
+            f"{env['cpu']} · {env['device']} · mlx {env['versions']['mlx']} · "
+            f"mlx-lm {env['versions']['mlx_lm']} · load {env['loadavg_start'][0]:.1f}"
+            " · median (min–max)"
+        ),
+    )
+    for col in ("what", "case", "metric", "mlxtune"):
+        table.add_column(col, justify="right" if col == "mlxtune" else "left")
+    has_baseline = result.baseline != "none"
+    if has_baseline:
+        table.add_column(result.baseline, justify="right")
+        table.add_column("ratio", justify="right")
+    for fig in result.figures:
+        row = [fig.section, fig.case, f"{fig.metric} ({fig.unit})", _fmt_spread(fig.mlxtune)]
+        if has_baseline:
+            r = fig.ratio
+            good = r is not None and (r >= 0.95 if fig.higher_is_better else r <= 1.05)
+            ratio_txt = "-" if r is None else f"[{'green' if good else 'yellow'}]{r:.2f}x[/]"
+            row += [_fmt_spread(fig.baseline), ratio_txt]
+        table.add_row(*row)
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note[/yellow] {note}")
+    if json_out:
+        atomic_write_json(json_out, result.to_dict())
+        console.print(f"wrote {json_out}")
+
+
 # ---------------------------------------------------------------------------------------------
 # runs / report / export  (issue 9)
 

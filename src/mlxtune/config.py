@@ -226,6 +226,9 @@ class BenchConfig(Section):
         default_factory=lambda: [1, 8], description="Batch sizes for generate."
     )
     gen_tokens: int = Field(64, gt=0, description="Tokens generated per request.")
+    trials: int = Field(
+        3, gt=0, description="Timed runs averaged per generate cell (mlx_lm benchmark -n)."
+    )
     concurrency: list[int] = Field(
         default_factory=lambda: [1, 4, 8, 16], description="Concurrent clients for serve."
     )
