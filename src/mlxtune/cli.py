@@ -270,10 +270,10 @@ def train_cmd(
         args = [a for a in sys.argv[2:]]
         args = _strip_launch_args(args)
         with tempfile.TemporaryDirectory(prefix="mlxtune-ranks-") as tmp:
-            result = core.launch(
+            launched = core.launch(
                 args, launch, backend=backend, hostfile=hostfile, status_dir=Path(tmp)
             )
-        core.check_launch(result)
+        core.check_launch(launched)
         if not json_:
             console.print(f"[green]ok[/green] {launch} ranks completed")
         return

@@ -79,8 +79,6 @@ def config_problems(cfg: Config, world_size: int = 1) -> list[str]:
         problems.append(
             f"train.batch_size: {t.batch_size} is not divisible by the world size {world_size}"
         )
-    if t.method == "full" and (t.lora_keys or "lora_rank" in t.model_fields_set):
-        problems.append("train.lora_*: LoRA settings have no effect with method: full")
     if t.method == "dora" and t.quantize_bits:
         problems.append("train.quantize_bits: DoRA on a quantized base is not supported")
     if t.warmup_steps and t.lr_schedule == "constant" and t.warmup_steps >= t.iters:
@@ -137,8 +135,10 @@ def _setup_model(cfg: Config) -> tuple[Any, Any, str]:
     n_layers = len(model.layers)
     if t.num_layers > n_layers:
         raise ConfigError(f"train.num_layers: {t.num_layers} > the model's {n_layers} layers")
-    if t.method == "full":
-        for layer in model.layers[-t.num_layers if t.num_layers > 0 else 0 :]:
+    if t.method == "full" and t.num_layers == -1:
+        model.unfreeze()  # everything, embeddings and head included (mlx-lm: blocks only)
+    elif t.method == "full":
+        for layer in model.layers[-t.num_layers :]:
             layer.unfreeze()
     else:
         params = _lora_parameters(t)
@@ -192,21 +192,18 @@ def _schedule(t: TrainConfig, total_steps: int) -> Any:
     import mlx.optimizers as optim
 
     decay_steps = max(1, total_steps - t.warmup_steps)
+    main: Any
     if t.lr_schedule == "cosine":
         main = optim.cosine_decay(t.learning_rate, decay_steps, t.min_lr)
     elif t.lr_schedule == "linear":
         main = optim.linear_schedule(t.learning_rate, t.min_lr, decay_steps)
+    elif not t.warmup_steps:
+        return t.learning_rate
     else:
-        main = t.learning_rate
+        main = optim.linear_schedule(t.learning_rate, t.learning_rate, 1)  # constant
     if not t.warmup_steps:
         return main
     warm = optim.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
-    if not callable(main):
-        const = main
-
-        def main(_: Any) -> float:
-            return const
-
     return optim.join_schedules([warm, main], [t.warmup_steps])
 
 
@@ -226,7 +223,9 @@ def _optimizer(t: TrainConfig, total_steps: int) -> Any:
 def _count(tree: Any) -> int:
     from mlx.utils import tree_flatten
 
-    return sum(v.size for _, v in tree_flatten(tree))
+    flat: Any = tree_flatten(tree)
+    leaves: list[Any] = [v for _, v in flat]
+    return sum(int(v.size) for v in leaves)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +302,7 @@ class _Trainer:
             total = mx.distributed.all_sum(total, stream=mx.cpu)
             ntok = mx.distributed.all_sum(ntok, stream=mx.cpu)
         self.model.train()
-        return float((total / mx.maximum(ntok, 1)).item())
+        return _item(total / mx.maximum(ntok, 1))
 
 
 def _save_adapter(model: Any, cfg: Config, out: Path) -> None:
@@ -333,7 +332,8 @@ def _save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     _save_adapter(model, cfg, tmp)
     mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-    rng = np.array(mx.random.state[0]).tolist()
+    rng_list: Any = mx.random.state
+    rng = np.array(rng_list[0]).tolist()
     atomic_write_json(tmp / "state.json", {**state, "rng_state": rng})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -486,11 +486,12 @@ def _train(
     started_at = _now()
     if ckpt is not None:
         model.load_weights(str(ckpt / "adapters.safetensors"), strict=False)
-        opt_state = mx.load(str(ckpt / "optimizer.safetensors"))
+        opt_state: Any = mx.load(str(ckpt / "optimizer.safetensors"))
         optimizer.state.clear()
         optimizer.state.update(tree_unflatten(list(opt_state.items())))
         st = json.loads((ckpt / "state.json").read_text())
-        mx.random.state[0] = mx.array(np.array(st["rng_state"], dtype=np.uint32))
+        rng_list: Any = mx.random.state
+        rng_list[0] = mx.array(np.array(st["rng_state"], dtype=np.uint32))
         step, best_val, best_step = st["step"], st["best_val"], st["best_step"]
         since_best, trained_tokens = st["since_best"], st["trained_tokens"]
         wall_before = st["wall_s"]
@@ -576,18 +577,18 @@ def _train(
                     loss_sum = mx.distributed.all_sum(loss_sum, stream=mx.cpu)
                     trained = mx.distributed.all_sum(trained, stream=mx.cpu)
                     counts = mx.distributed.all_sum(counts, stream=mx.cpu)
-                last_train_loss = float(loss_sum.item()) / float(counts[1].item())
-                all_tokens = int(counts[0].item())
-                trained_tokens += int(trained.item())
+                last_train_loss = _item(loss_sum) / _item(counts[1])
+                all_tokens = int(_item(counts[0]))
+                trained_tokens += int(_item(trained))
                 event = {
                     "event": "train",
                     "step": step,
                     "total_steps": total_steps,
                     "train_loss": last_train_loss,
-                    "lr": float(optimizer.learning_rate.item()),
+                    "lr": _item(optimizer.learning_rate),
                     "it_per_s": window_steps / window_time,
                     "tokens_per_s": all_tokens / window_time,
-                    "trained_tokens_per_s": float(trained.item()) / window_time,
+                    "trained_tokens_per_s": _item(trained) / window_time,
                     "trained_tokens": trained_tokens,
                     "peak_memory_gb": mx.get_peak_memory() / 1e9,
                 }
@@ -657,6 +658,10 @@ def _train(
         atomic_write_json(run.run_json, run_info)
     emit({"event": "done", "run_dir": str(run.root), "status": status, **final})
     return TrainResult(run_dir=run.root, status=status, plan=plan, final=final)
+
+
+def _item(x: Any) -> float:
+    return float(x.item())
 
 
 def _missing(cfg: Config, split: str) -> bool:
