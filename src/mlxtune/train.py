@@ -132,9 +132,7 @@ def _setup_model(cfg: Config) -> tuple[Any, Any, str]:
         nn.quantize(model, bits=t.quantize_bits, group_size=64)
     mx.random.seed(t.seed)
     model.freeze()
-    n_layers = len(model.layers)
-    if t.num_layers > n_layers:
-        raise ConfigError(f"train.num_layers: {t.num_layers} > the model's {n_layers} layers")
+    # num_layers beyond the model is reported with the data problems, all at once.
     if t.method == "full" and t.num_layers == -1:
         model.unfreeze()  # everything, embeddings and head included (mlx-lm: blocks only)
     elif t.method == "full":
@@ -404,8 +402,7 @@ def _train(
     callback: Callback | None,
 ) -> TrainResult:
     import mlx.core as mx
-    import numpy as np
-    from mlx.utils import tree_unflatten
+    from mlx.utils import tree_map_with_path
 
     emit: Callback = callback or (lambda _e: None)
     t = cfg.train
@@ -487,11 +484,10 @@ def _train(
     if ckpt is not None:
         model.load_weights(str(ckpt / "adapters.safetensors"), strict=False)
         opt_state: Any = mx.load(str(ckpt / "optimizer.safetensors"))
-        optimizer.state.clear()
-        optimizer.state.update(tree_unflatten(list(opt_state.items())))
+        merged = tree_map_with_path(lambda k, v: opt_state.get(k, v), optimizer.state)
+        optimizer.state.update(merged)  # in place: the compiled step holds this dict
         st = json.loads((ckpt / "state.json").read_text())
-        rng_list: Any = mx.random.state
-        rng_list[0] = mx.array(np.array(st["rng_state"], dtype=np.uint32))
+        mx.random.seed(_step_seed(t.seed, st["step"]))
         step, best_val, best_step = st["step"], st["best_val"], st["best_step"]
         since_best, trained_tokens = st["since_best"], st["trained_tokens"]
         wall_before = st["wall_s"]
@@ -627,6 +623,9 @@ def _train(
                     }
                     path = _save_checkpoint(run, model, optimizer, cfg, state)
                     emit({"event": "save", "step": step, "path": str(path)})
+                # The RNG (dropout) restarts from (seed, step) at every checkpoint, so a resumed
+                # run draws exactly what the uninterrupted one drew.
+                mx.random.seed(_step_seed(t.seed, step))
                 if world_size > 1:  # keep ranks in step while rank 0 writes
                     mx.eval(mx.distributed.all_sum(mx.array(1.0), stream=mx.cpu))
             if stopped_early:
@@ -658,6 +657,10 @@ def _train(
         atomic_write_json(run.run_json, run_info)
     emit({"event": "done", "run_dir": str(run.root), "status": status, **final})
     return TrainResult(run_dir=run.root, status=status, plan=plan, final=final)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**32)
 
 
 def _item(x: Any) -> float:
