@@ -1,0 +1,151 @@
+"""Training data for `mlxtune train`: tokenise, check, batch and (optionally) pack.
+
+Batch order is a pure function of (seed, micro-step): resuming at step N replays exactly the
+batches an uninterrupted run would have seen, with no iterator state to save.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlxtune.errors import DataError
+from mlxtune.formats import encode_for_training, role_order_problem
+
+PAD_TO = 8  # pad lengths to a multiple of 8: few compiled shapes, little wasted compute
+
+
+@dataclass
+class Example:
+    tokens: list[int]
+    mask: list[bool]  # True where the loss is taken (mask[i] refers to tokens[i])
+
+
+def read_split(path: Path) -> list[dict[str, Any]]:
+    """Rows of one split, checked row by row: a bad row names its file and line."""
+    rows: list[dict[str, Any]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found (run mlxtune prepare, or set data.dir)") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or ("messages" not in row and "text" not in row):
+            raise DataError(f"{path}:{n}: expected a canonical record with messages or text")
+        if "messages" in row:
+            problem = role_order_problem(row["messages"])
+            if problem:
+                raise DataError(f"{path}:{n}: {problem}")
+        rows.append(row)
+    return rows
+
+
+def tokenize(
+    rows: list[dict[str, Any]], tokenizer: Any, *, mask_prompt: bool, max_seq_length: int
+) -> tuple[list[Example], int]:
+    """Examples (truncated to max_seq_length + 1 tokens: inputs and shifted targets) and how
+    many were truncated."""
+    out: list[Example] = []
+    truncated = 0
+    for row in rows:
+        tokens, mask = encode_for_training(tokenizer, row, mask_prompt=mask_prompt)
+        if len(tokens) > max_seq_length + 1:
+            truncated += 1
+            tokens, mask = tokens[: max_seq_length + 1], mask[: max_seq_length + 1]
+        out.append(Example(tokens, mask))
+    return out, truncated
+
+
+def pack(examples: list[Example], max_seq_length: int) -> list[Example]:
+    """Concatenate examples (longest first, first fit) into rows of <= max_seq_length + 1
+    tokens. Later examples in a row attend to earlier ones (no block-diagonal mask: mlx-lm
+    models take one causal mask); the loss of each example's first token is masked anyway
+    because it is the prompt (or masked explicitly for text records)."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].tokens))
+    bins: list[Example] = []
+    limit = max_seq_length + 1
+    for i in order:
+        ex = examples[i]
+        first = Example(ex.tokens, [False, *ex.mask[1:]])  # never predict across a seam
+        for b in bins:
+            if len(b.tokens) + len(ex.tokens) <= limit:
+                b.tokens = b.tokens + first.tokens
+                b.mask = b.mask + first.mask
+                break
+        else:
+            bins.append(Example(list(ex.tokens), list(ex.mask)))
+    return bins
+
+
+class Batches:
+    """Length-bucketed batches (like mlx-lm), shuffled per epoch from the seed alone."""
+
+    def __init__(
+        self,
+        examples: list[Example],
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].tokens))
+        self.examples = examples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world = world
+        self.groups = [
+            order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)
+        ]
+        self._perm_epoch = -1
+        self._perm: np.ndarray = np.arange(len(self.groups))
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def indices(self, micro_step: int) -> list[int]:
+        """The example indices this rank trains on at `micro_step` (0-based)."""
+        epoch, pos = divmod(micro_step, len(self.groups))
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.groups))
+            self._perm_epoch = epoch
+        group = self.groups[int(self._perm[pos])]
+        return group[self.rank :: self.world]
+
+    def arrays(self, idx: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(inputs, targets, loss mask, real tokens) as numpy, padded to a multiple of PAD_TO."""
+        return collate([self.examples[i] for i in idx])
+
+    def tokens_per_epoch(self) -> tuple[int, int]:
+        """(all tokens, trained tokens) in one pass over the batches."""
+        used = [i for g in self.groups for i in g]
+        return (
+            sum(len(self.examples[i].tokens) - 1 for i in used),
+            sum(sum(self.examples[i].mask[1:]) for i in used),
+        )
+
+
+def collate(batch: list[Example]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    longest = max(len(e.tokens) for e in batch) - 1
+    width = max(PAD_TO, PAD_TO * ((longest + PAD_TO - 1) // PAD_TO))
+    inputs = np.zeros((len(batch), width), np.int32)
+    targets = np.zeros((len(batch), width), np.int32)
+    mask = np.zeros((len(batch), width), np.float32)
+    real = 0
+    for j, e in enumerate(batch):
+        n = len(e.tokens) - 1
+        inputs[j, :n] = e.tokens[:-1]
+        targets[j, :n] = e.tokens[1:]
+        mask[j, :n] = e.mask[1:]
+        real += n
+    return inputs, targets, mask, real

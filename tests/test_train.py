@@ -1,0 +1,214 @@
+"""mlxtune train: masking, batching, run directory, exact resume after SIGKILL, 2 ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import cli_env, run_cli
+from mlxtune.train_data import Batches, Example, collate, pack
+
+
+def _config(tmp: Path, model: Path, data: Path, **train: object) -> Path:
+    cfg = {
+        "model": {"path": str(model)},
+        "data": {"dir": str(data)},
+        "train": {
+            "method": "lora",
+            "runs_dir": str(tmp / "runs"),
+            "name": "t",
+            "iters": 12,
+            "batch_size": 4,
+            "learning_rate": 2e-4,
+            "lr_schedule": "cosine",
+            "warmup_steps": 2,
+            "lora_rank": 4,
+            "num_layers": -1,
+            "lora_dropout": 0.1,  # exercises the RNG state across resume
+            "max_seq_length": 128,
+            "steps_per_report": 2,
+            "steps_per_eval": 4,
+            "save_every": 4,
+            "val_batches": 2,
+            **train,
+        },
+    }
+    path = tmp / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_three_turn_chat_mask_reaches_the_loss(tiny_model: Path) -> None:
+    """Every assistant turn is trained, system/user turns are not, in the collated batch."""
+    from mlx_lm import load
+
+    from mlxtune.formats import encode_for_training, resolve_template
+    from mlxtune.train_data import tokenize
+
+    _, tok = load(str(tiny_model))
+    resolve_template(tok)
+    record = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Port of the API?"},
+            {"role": "assistant", "content": "8080"},
+            {"role": "user", "content": "And the gateway?"},
+            {"role": "assistant", "content": "8082"},
+            {"role": "user", "content": "Metrics?"},
+            {"role": "assistant", "content": "8083"},
+        ]
+    }
+    examples, truncated = tokenize([record], tok, mask_prompt=True, max_seq_length=512)
+    assert truncated == 0
+    tokens, _ = encode_for_training(tok, record)
+    assert examples[0].tokens == tokens
+    _, targets, loss_mask, _ = collate(examples)
+    trained = [int(t) for t, m in zip(targets[0], loss_mask[0], strict=True) if m]
+    text = tok.decode(trained)
+    for answer in ("8080", "8082", "8083"):
+        assert answer in text
+    for prompt in ("Be brief", "Port of the API", "gateway", "Metrics"):
+        assert prompt not in text
+
+
+def test_batch_order_is_a_function_of_seed_and_step() -> None:
+    examples = [Example(list(range(n + 2)), [True] * (n + 2)) for n in range(20)]
+    a = Batches(examples, 4, seed=3)
+    b = Batches(examples, 4, seed=3)
+    seq_a = [a.indices(s) for s in range(12)]
+    assert [b.indices(s) for s in (7, 2, 11)] == [seq_a[7], seq_a[2], seq_a[11]]
+    assert sorted(i for s in range(5) for i in a.indices(s)) == list(range(20))  # one epoch
+    assert seq_a[:5] != seq_a[5:10]  # reshuffled per epoch
+    # Ranks split each batch with no overlap.
+    r0, r1 = Batches(examples, 4, seed=3, rank=0, world=2), Batches(examples, 4, seed=3, world=2)
+    r1.rank = 1
+    assert sorted(r0.indices(4) + r1.indices(4)) == sorted(seq_a[4])
+
+
+def test_packing_fills_rows_and_never_trains_across_a_seam() -> None:
+    examples = [Example([1, 2, 3, 4], [False, False, True, True]) for _ in range(6)]
+    packed = pack(examples, max_seq_length=11)
+    assert [len(p.tokens) for p in packed] == [12, 12]
+    for p in packed:
+        for seam in (4, 8):
+            assert p.mask[seam] is False
+    inputs, _, _, real = collate(packed)
+    assert inputs.shape[1] % 8 == 0 and real == 22
+
+
+@pytest.mark.e2e
+def test_bad_config_exits_2_and_writes_nothing(
+    tiny_model: Path, domain_data: Path, tmp_path: Path
+) -> None:
+    cfg = _config(tmp_path, tiny_model, domain_data, batch_size=1000, num_layers=99)
+    proc = run_cli("train", "-c", str(cfg))
+    assert proc.returncode == 2, proc.stderr
+    assert "train.batch_size" in proc.stderr and "train.num_layers" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.e2e
+def test_dry_run_plans_without_writing(tiny_model: Path, domain_data: Path, tmp_path: Path) -> None:
+    cfg = _config(tmp_path, tiny_model, domain_data)
+    proc = run_cli("train", "-c", str(cfg), "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout.splitlines()[-1])
+    assert plan["event"] == "plan" and plan["steps"] == 12 and not plan["problems"]
+    assert 0 < plan["trainable_params"] < plan["total_params"]
+    assert plan["tokens_per_epoch"] > plan["trained_tokens_per_epoch"] > 0
+    assert plan["est_time_s"] > 0 and plan["est_peak_memory_gb"] > 0
+    assert not (tmp_path / "runs").exists()
+
+
+def _final_weights(run: Path) -> dict[str, object]:
+    import mlx.core as mx
+    import numpy as np
+
+    return {k: np.array(v) for k, v in mx.load(str(run / "adapters.safetensors")).items()}
+
+
+@pytest.mark.e2e
+def test_sigkill_then_resume_matches_uninterrupted_run(
+    tiny_model: Path, domain_data: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    cfg = _config(straight, tiny_model, domain_data)
+    proc = run_cli("train", "-c", str(cfg), "--json")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert {"train", "val", "save", "done"} <= {e["event"] for e in events}
+    train_ev = next(e for e in events if e["event"] == "train")
+    for key in ("step", "train_loss", "lr", "it_per_s", "tokens_per_s", "peak_memory_gb"):
+        assert key in train_ev
+    done = events[-1]
+    run = straight / "runs" / "t"
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed" and info["final"]["steps"] == 12
+    assert (run / "best" / "adapters.safetensors").is_file()
+    adapter_cfg = json.loads((run / "adapter_config.json").read_text())
+    assert adapter_cfg["fine_tune_type"] == "lora" and adapter_cfg["lora_parameters"]["rank"] == 4
+
+    # Kill the same run once its step-4 checkpoint is on disk, mid-way to step 8.
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    cfg2 = _config(killed, tiny_model, domain_data)
+    run2 = killed / "runs" / "t"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mlxtune", "train", "-c", str(cfg2), "--json"],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert child.stdout is not None
+    for line in child.stdout:
+        if json.loads(line).get("event") == "train" and json.loads(line)["step"] >= 6:
+            break
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert (run2 / "checkpoints" / "step_0000004" / "state.json").is_file()
+    assert not (run2 / "checkpoints" / "step_0000008").exists()
+    assert json.loads((run2 / "run.json").read_text())["status"] == "running"
+
+    proc = run_cli("train", "--resume", str(run2), "--json")
+    assert proc.returncode == 0, proc.stderr
+    resumed = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert resumed[-1]["steps"] == 12
+    assert resumed[-1]["train_loss"] == pytest.approx(done["train_loss"], rel=1e-4)
+    assert resumed[-1]["val_loss"] == pytest.approx(done["val_loss"], rel=1e-4)
+    a, b = _final_weights(run), _final_weights(run2)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6)
+    steps = [json.loads(x)["step"] for x in (run2 / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps.count(6) == 1  # no duplicate lines after resume
+
+
+@pytest.mark.e2e
+def test_two_ranks_under_mlx_launch(tiny_model: Path, domain_data: Path, tmp_path: Path) -> None:
+    cfg = _config(tmp_path, tiny_model, domain_data, iters=4, save_every=2, steps_per_eval=2)
+    t0 = time.time()
+    proc = run_cli("train", "-c", str(cfg), "--launch", "2", timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    info = json.loads((tmp_path / "runs" / "t" / "run.json").read_text())
+    assert info["world_size"] == 2 and info["status"] == "completed"
+    assert time.time() - t0 < 240
+
+    # A rank that fails (batch 3 is not divisible by 2) must fail the launch, though
+    # mlx.launch itself exits 0.
+    bad = _config(tmp_path, tiny_model, domain_data, batch_size=3, name="bad")
+    proc = run_cli("train", "-c", str(bad), "--launch", "2", timeout=240)
+    assert proc.returncode != 0
+    assert "rank" in proc.stderr and "divisible" in proc.stderr
