@@ -14,6 +14,7 @@ import asyncio
 import hmac
 import json
 import os
+import signal
 import socket
 import sqlite3
 import threading
@@ -282,6 +283,8 @@ class ApiError(Exception):
             status, message, type_, param, code,
         )  # fmt: skip
         self.headers = headers or {}
+        self.model: str | None = None  # for the usage log
+        self.logged = False  # the usage log already has this request
 
 
 def _error_json(status: int, message: str, type_: str, param: str | None, code: str | None) -> Any:
@@ -407,13 +410,25 @@ def create_app(cfg: Config, models: dict[str, LoadedModel] | None = None) -> Fas
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    def log_refusal(request: Request, status: int, model: str | None) -> None:
+        state: ServeState = app.state.serve
+        path = request.url.path
+        if path.startswith("/v1/") and request.method == "POST":
+            endpoint = "chat" if path.endswith("chat/completions") else "completions"
+            state.usage.log(endpoint=endpoint, model=model, status=status, latency_s=0.0)
+            label = model if model in state.models else "unknown"  # bounded label values
+            state.metrics.requests.labels(label, str(status)).inc()
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        if not exc.logged:
+            log_refusal(request, exc.status, exc.model)
         body = _error_json(exc.status, exc.message, exc.type, exc.param, exc.code)
         return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        log_refusal(request, 400, None)
         errors = exc.errors()
         first = errors[0] if errors else {}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
@@ -425,6 +440,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        log_refusal(request, exc.status_code, None)
         return JSONResponse(
             _error_json(exc.status_code, str(exc.detail), "invalid_request_error", None, None),
             status_code=exc.status_code,
@@ -528,11 +544,12 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:
     def pick_model(body: _Body) -> str:
         name = body.model or state.default_model
         if name not in state.models:
-            state.metrics.requests.labels("unknown", "404").inc()
-            raise ApiError(
-                404, f"model {name!r} not found; served: {', '.join(state.models)}",
+            err = ApiError(
+                404, f"model {name[:100]!r} not found; served: {', '.join(state.models)}",
                 param="model", code="model_not_found",
             )  # fmt: skip
+            err.model = name[:100]
+            raise err
         return name
 
     async def generate(
@@ -566,10 +583,12 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:
             state.engine.submit(req)
         except QueueFull as e:
             finish(req, endpoint, 503, None)
-            raise ApiError(
+            busy = ApiError(
                 503, f"server busy: {e}; retry later", type_="server_error",
                 code="overloaded", headers={"Retry-After": str(RETRY_AFTER_S)},
-            ) from None  # fmt: skip
+            )  # fmt: skip
+            busy.logged = True
+            raise busy from None
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         if body.stream:
@@ -589,7 +608,9 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:
                     finish_reason = payload
                 else:
                     finish(req, endpoint, 503, None)
-                    raise ApiError(503, str(payload), type_="server_error")
+                    failed = ApiError(503, str(payload), type_="server_error")
+                    failed.logged = True
+                    raise failed
         except asyncio.CancelledError:
             req.cancel()
             finish(req, endpoint, 499, "cancelled")
@@ -751,7 +772,13 @@ def serve(cfg: Config, on_ready: Callable[[str, list[str]], None] | None = None)
         server.startup = startup  # type: ignore[method-assign]
     # uvicorn handles SIGINT/SIGTERM: stop accepting, finish in-flight requests, then the
     # lifespan exit stops the worker.
-    server.run(sockets=[sock])
+    # uvicorn re-raises the signal it caught after its graceful shutdown; a no-op SIGTERM
+    # handler turns that into a normal return (exit 0, usage log closed).
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     total = int(sum(s.value for s in _counter_samples(state.metrics)))
     return ServeResult(url=url, models=list(state.models), requests=total)
 
