@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from conftest import REPO, cli_env, make_adapter, run_cli
 
 pytestmark = pytest.mark.e2e
