@@ -122,12 +122,20 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.error: str | None = None
         self.active_count = 0
+        self._active: dict[str, int] = dict.fromkeys(models, 0)  # decoding, per model
 
     # -- any thread ---------------------------------------------------------------------------
 
+    def _pending(self) -> int:
+        return len(self._inbox) + sum(len(q) for q in self._waiting.values())
+
+    def _free(self, model: str) -> int:
+        return max(0, self.max_batch_size - self._active[model])
+
     def queue_depth(self) -> int:
+        """Requests waiting for a decoding slot (those about to take a free slot excluded)."""
         with self._lock:
-            return len(self._inbox) + sum(len(q) for q in self._waiting.values())
+            return max(0, self._pending() - sum(self._free(m) for m in self.models))
 
     def submit(self, req: GenRequest) -> None:
         """Queue a request or raise QueueFull at once (fail fast, never unbounded latency)."""
@@ -138,9 +146,10 @@ class Engine:
                 raise QueueFull("generation worker failed (see /health)")
             if self._stop:
                 raise QueueFull("server is shutting down")
-            waiting = len(self._inbox) + sum(len(q) for q in self._waiting.values())
-            if waiting >= self.max_queue:
-                raise QueueFull(f"queue full ({waiting} waiting)")
+            # A burst may fill free decoding slots plus max_queue waiting places, no more.
+            pending = self._pending()
+            if pending >= self.max_queue + self._free(req.model):
+                raise QueueFull(f"queue full ({self.max_queue} waiting)")
             self._inbox.append(req)
             self._wake.notify()
 
@@ -205,6 +214,7 @@ class Engine:
                         if req.cancelled:
                             continue
                         admit.append(req)
+                        self._active[name] += 1
                         room -= 1
                 if stopping:  # drain: refuse what has not started, finish what has
                     for queue in self._waiting.values():
@@ -221,6 +231,9 @@ class Engine:
             for slot in slots.values():
                 if slot.active:
                     self._step(slot)
+            with self._lock:
+                for name, slot in slots.items():
+                    self._active[name] = len(slot.active)
             self.active_count = sum(len(s.active) for s in slots.values())
             if self.on_step is not None:
                 self.on_step(self.active_count, self.queue_depth())
