@@ -310,7 +310,7 @@ def test_usage_log_and_metrics(server: Server) -> None:
         'mlxtune_tokens_total{direction="out",model="ad1"}',
         "mlxtune_queue_depth",
         "mlxtune_batch_size",
-        'mlxtune_memory_bytes{kind="active"}',
+        "mlxtune_peak_memory_bytes",
     ):
         assert name in text, name
     assert httpx.get(server.url + "/docs").status_code == 200

@@ -193,9 +193,11 @@ class Metrics:
         )  # fmt: skip
         self.queue_depth = Gauge("mlxtune_queue_depth", "Requests waiting", registry=r)
         self.batch_size = Gauge("mlxtune_batch_size", "Sequences being decoded", registry=r)
-        self.memory = Gauge(
-            "mlxtune_memory_bytes", "MLX memory", ["kind"], registry=r
-        )  # active, peak, cache
+        # One gauge per reading; `mlxtune bench` scrapes *peak_memory_bytes.
+        self.memory = {
+            kind: Gauge(f"mlxtune_{kind}_memory_bytes", f"MLX {kind} memory", registry=r)
+            for kind in ("active", "peak", "cache")
+        }
 
     def on_step(self, active: int, queued: int) -> None:
         self.batch_size.set(active)
@@ -204,9 +206,9 @@ class Metrics:
     def sample_memory(self) -> None:
         import mlx.core as mx
 
-        self.memory.labels("active").set(mx.get_active_memory())
-        self.memory.labels("peak").set(mx.get_peak_memory())
-        self.memory.labels("cache").set(mx.get_cache_memory())
+        self.memory["active"].set(mx.get_active_memory())
+        self.memory["peak"].set(mx.get_peak_memory())
+        self.memory["cache"].set(mx.get_cache_memory())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -577,7 +579,7 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:
 
         req = GenRequest(
             model=name, prompt=prompt, max_tokens=max_tokens, temperature=body.temperature,
-            top_p=body.top_p, seed=body.seed, stop=body.stops(), emit=emit,
+            top_p=body.top_p, seed=body.seed, stop=body.stops(), emit=emit, stream=body.stream,
         )  # fmt: skip
         try:
             state.engine.submit(req)
@@ -597,29 +599,26 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        text: list[str] = []
-        finish_reason: str | None = None
+        # Not streaming: the worker keeps the text on the request and sends only the finish.
+        watcher = asyncio.create_task(watch_disconnect(request, req))
         try:
-            while finish_reason is None:
-                kind, payload = await next_event(request, req, events)
-                if kind == "text":
-                    text.append(payload)
-                elif kind == "done":
-                    finish_reason = payload
-                else:
-                    finish(req, endpoint, 503, None)
-                    failed = ApiError(503, str(payload), type_="server_error")
-                    failed.logged = True
-                    raise failed
+            kind, finish_reason = await events.get()
         except asyncio.CancelledError:
             req.cancel()
             finish(req, endpoint, 499, "cancelled")
             raise
+        finally:
+            watcher.cancel()
+        if kind == "error":
+            finish(req, endpoint, 503, None)
+            failed = ApiError(503, str(finish_reason), type_="server_error")
+            failed.logged = True
+            raise failed
         if finish_reason == "cancelled":
             finish(req, endpoint, 499, "cancelled")
             return Response(status_code=499)
         finish(req, endpoint, 200, finish_reason)
-        content = "".join(text)
+        content = req.text
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason, "logprobs": None}
         if chat:
             choice["message"] = {"role": "assistant", "content": content}
@@ -636,17 +635,12 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:
             }
         )
 
-    async def next_event(
-        request: Request, req: GenRequest, events: asyncio.Queue[tuple[str, Any]]
-    ) -> tuple[str, Any]:
-        """The next event from the worker; cancels the generation if the client went away."""
-        while True:
-            try:
-                return await asyncio.wait_for(events.get(), timeout=0.5)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    req.cancel()
-                    return ("done", "cancelled")
+    async def watch_disconnect(request: Request, req: GenRequest) -> None:
+        """Cancel the generation when the client goes away (the worker then finishes it)."""
+        while not req.cancelled:
+            await asyncio.sleep(0.25)
+            if await request.is_disconnected():
+                req.cancel()
 
     async def stream(
         request: Request,
@@ -673,11 +667,12 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:
             return f"data: {json.dumps(payload)}\n\n"
 
         status, finish_reason = 499, "cancelled"
+        watcher = asyncio.create_task(watch_disconnect(request, req))
         try:
             if chat:
                 yield chunk("", None, role=True)
             while True:
-                kind, payload = await next_event(request, req, events)
+                kind, payload = await events.get()
                 if kind == "text":
                     yield chunk(payload, None)
                 elif kind == "done":
@@ -697,6 +692,7 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:
                     status, finish_reason = 503, "error"
                     break
         finally:
+            watcher.cancel()
             if status != 200:
                 req.cancel()
             finish(req, endpoint, status, finish_reason)

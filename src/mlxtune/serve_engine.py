@@ -44,6 +44,7 @@ class GenRequest:
     stop: list[str] = field(default_factory=list)
     # emit(kind, payload): ("text", str) per piece, ("done", finish_reason), ("error", message)
     emit: Callable[[str, Any], None] = lambda kind, payload: None
+    stream: bool = True  # False: no text events; read `text` after ("done", ...)
     cancelled: bool = False
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
@@ -212,6 +213,7 @@ class Engine:
                     while queue and room > 0:
                         req = queue.popleft()
                         if req.cancelled:
+                            req.emit("done", "cancelled")
                             continue
                         admit.append(req)
                         self._active[name] += 1
@@ -289,6 +291,8 @@ class Engine:
     @staticmethod
     def _flush(req: GenRequest, *, final: bool) -> None:
         """Send new text, holding back a tail that could still become a stop string."""
+        if not req.stream:
+            return
         hold = 0 if final or not req.stop else max(len(s) for s in req.stop) - 1
         upto = max(req.sent, len(req.text) - hold)
         if upto > req.sent:
