@@ -260,6 +260,13 @@ def serve(
             raise MlxtuneError(f"--adapter {item!r}: expected NAME=PATH")
         flags[f"serve__adapters__{name.strip()}"] = path.strip()
     cfg = resolve(config, set_, **flags)
+    if cfg.serve.host not in ("127.0.0.1", "localhost", "::1") and not (
+        cfg.serve.api_key or os.environ.get("MLXTUNE_API_KEY")
+    ):
+        err_console.print(
+            f"[yellow]warning:[/yellow] binding {cfg.serve.host} with no API key: anyone who "
+            "can reach this port can use the models (set serve.api_key or MLXTUNE_API_KEY)"
+        )
 
     def ready(url: str, names: list[str]) -> None:
         console.print(f"[green]serving[/green] {', '.join(names)} at {url}  (docs: {url}/docs)")
