@@ -274,28 +274,42 @@ def test_overload_answers_503_at_once(server: Server) -> None:
     assert max(r[1] for r in refused) < min(r[1] for r in served)
 
 
-def test_disconnect_cancels_generation(server: Server) -> None:
-    body = {"model": "base", "prompt": "MLX", "max_tokens": 1000, "stream": True}
-    with server.http() as http, http.stream("POST", "/v1/completions", json=body) as r:
-        assert r.status_code == 200
-        for _ in r.iter_lines():
-            break  # read one chunk, then hang up
+@pytest.mark.parametrize("stream", [True, False])
+def test_disconnect_cancels_generation(server: Server, stream: bool) -> None:
+    def cancelled_rows() -> list[tuple[int, int]]:
+        with sqlite3.connect(server.usage_db) as db:
+            query = "SELECT status, completion_tokens FROM requests WHERE finish_reason = ?"
+            return db.execute(query, ("cancelled",)).fetchall()
+
+    before = len(cancelled_rows())
+    body = {"model": "base", "prompt": "MLX", "max_tokens": 1000, "stream": stream}
+    if stream:
+        with server.http() as http, http.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            for _ in r.iter_lines():
+                break  # read one chunk, then hang up
+    else:
+        with server.http() as http, pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/completions", json=body, timeout=0.5)  # give up mid-generation
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if httpx.get(server.url + "/health").json()["active"] == 0:
-            break
+    while time.monotonic() < deadline and len(cancelled_rows()) == before:
         time.sleep(0.1)
+    rows = cancelled_rows()
+    assert len(rows) == before + 1
+    assert rows[-1][0] == 499 and rows[-1][1] < 1000  # stopped early, not run to max_tokens
+    deadline = time.monotonic() + 2
+    while httpx.get(server.url + "/health").json()["active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert httpx.get(server.url + "/health").json()["active"] == 0
-    time.sleep(0.3)
-    with sqlite3.connect(server.usage_db) as db:
-        row = db.execute(
-            "SELECT status, finish_reason, completion_tokens FROM requests "
-            "WHERE finish_reason = 'cancelled' ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-    assert row is not None and row[0] == 499 and row[2] < 1000
 
 
 def test_usage_log_and_metrics(server: Server) -> None:
+    with server.http() as http:
+        for model, code in (("ad1", 200), ("nope", 404)):
+            body = {"model": model, "prompt": "MLX", "max_tokens": 4}
+            assert http.post("/v1/completions", json=body).status_code == code
+        assert http.post("/v1/completions", json={"prompt": ""}).status_code == 400
+    time.sleep(0.2)
     with sqlite3.connect(server.usage_db) as db:
         rows = db.execute("SELECT model, status, prompt_tokens, completion_tokens FROM requests")
         rows = rows.fetchall()
