@@ -232,6 +232,8 @@ def test_unknown_model_auth_and_bad_input(server: Server) -> None:
     assert e.value.body["code"] == "model_not_found"  # type: ignore[index]
     with pytest.raises(openai.AuthenticationError):
         server.client(key="wrong").models.list()  # type: ignore[attr-defined]
+    r = httpx.post(server.url + "/v1/chat/completions", content=b"{not json")
+    assert r.status_code == 401  # no key: refused before the body is even parsed
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="ad1", messages=QUESTION, max_tokens=5000)  # type: ignore[attr-defined]
     with pytest.raises(openai.BadRequestError):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -500,9 +500,11 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:
         state.metrics.sample_memory()
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
-    async def list_models(request: Request) -> dict[str, Any]:
-        check_key(request)
+    # As a dependency the key is checked before the body is parsed: no key, no 400 hints.
+    auth = [Depends(check_key)]
+
+    @app.get("/v1/models", dependencies=auth)
+    async def list_models() -> dict[str, Any]:
         created = int(state.started)
         data = [
             {
@@ -518,9 +520,8 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:
         ]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post("/v1/chat/completions", response_model=None, dependencies=auth)
     async def chat(body: ChatBody, request: Request) -> Response:
-        check_key(request)
         from mlxtune.formats import encode_prompt
 
         name = pick_model(body)
@@ -534,9 +535,8 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:
             ) from None
         return await generate(request, body, name, prompt, chat=True)
 
-    @app.post("/v1/completions", response_model=None)
+    @app.post("/v1/completions", response_model=None, dependencies=auth)
     async def completions(body: CompletionBody, request: Request) -> Response:
-        check_key(request)
         from mlxtune.formats import encode
 
         name = pick_model(body)
