@@ -366,6 +366,9 @@ def create_app(cfg: Config, models: dict[str, LoadedModel] | None = None) -> Fas
     """The FastAPI app: loads the models (unless given), starts the worker with the app."""
     from contextlib import asynccontextmanager
 
+    default = default_model_name(cfg)
+    if default not in (cfg.serve.base_name, *cfg.serve.adapters):
+        raise MlxtuneError(f"serve.default_model: {default!r} is not a served model")
     if models is None:
         models = load_models(cfg)
     adapters = {n: Path(m.adapter) for n, m in models.items() if m.adapter}
@@ -376,9 +379,6 @@ def create_app(cfg: Config, models: dict[str, LoadedModel] | None = None) -> Fas
         max_batch_size=cfg.serve.max_batch_size,
         on_step=metrics.on_step,
     )
-    default = default_model_name(cfg)
-    if default not in models:
-        raise MlxtuneError(f"serve.default_model: {default!r} is not a served model")
     state = ServeState(
         cfg=cfg,
         models=models,
