@@ -1,0 +1,371 @@
+"""`mlxtune serve` end to end: the real server in a subprocess, driven by the official openai
+client. One server per module (tiny model + an adapter that changes outputs)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import REPO, cli_env, make_adapter, run_cli
+
+pytestmark = pytest.mark.e2e
+
+API_KEY = "test-key-123"
+QUESTION = [{"role": "user", "content": "What does the MLX framework do?"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    usage_db: Path
+    model_dir: Path
+    adapter_dir: Path
+
+    def client(self, key: str = API_KEY) -> object:
+        import openai
+
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, timeout=60, max_retries=0)
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60
+        )
+
+
+def start_server(cfg_path: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlxtune",
+            "serve",
+            "-c",
+            str(cfg_path),
+            "--port",
+            str(port),
+            *extra,
+        ],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {log.read_text()}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"server not ready in 90 s: {log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("serve")
+    adapter = make_adapter(tiny_model, tmp / "runs" / "ad1", b_scale=0.05)
+    usage_db = tmp / "usage.sqlite"
+    cfg = {
+        "model": {"path": str(tiny_model)},
+        "serve": {
+            "adapters": {"ad1": str(adapter)},
+            "api_key": API_KEY,
+            "max_queue": 2,
+            "max_batch_size": 2,
+            "max_tokens_cap": 1000,
+            "max_prompt_tokens": 1000,
+            "max_body_bytes": 20_000,
+            "usage_db": str(usage_db),
+        },
+    }
+    cfg_path = tmp / "serve.yaml"
+    cfg_path.write_text(json.dumps(cfg))
+    log = tmp / "server.log"
+    proc, url = start_server(cfg_path, log)
+    try:
+        yield Server(url, proc, log, usage_db, tiny_model, adapter)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def mlx_lm_greedy(
+    model_dir: Path, adapter: Path | None, prompt: list[int], n: int
+) -> tuple[str, int]:
+    """Reference: raw mlx-lm generation (what mlx_lm.generate returns) with the same adapter
+    and prompt ids; the text and the number of tokens generated before any EOS."""
+    from mlx_lm import load, stream_generate
+
+    model, tokenizer = load(str(model_dir), adapter_path=str(adapter) if adapter else None)
+    steps = list(stream_generate(model, tokenizer, prompt, max_tokens=n))
+    tokens = [r.token for r in steps if r.token not in tokenizer.eos_token_ids]
+    return "".join(r.text for r in steps), len(tokens)
+
+
+def chat_prompt_ids(model_dir: Path) -> list[int]:
+    from mlx_lm import load
+
+    from mlxtune.formats import encode_prompt
+
+    _, tokenizer = load(str(model_dir))
+    return encode_prompt(tokenizer, QUESTION)
+
+
+def test_models_health_and_fingerprint(server: Server) -> None:
+    from mlxtune.io import sha256_file
+
+    ids = [m.id for m in server.client().models.list().data]  # type: ignore[attr-defined]
+    assert ids == ["base", "ad1"]
+    health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "ok"
+    assert health["adapters"][0]["name"] == "ad1"
+    assert health["adapters"][0]["sha256"] == sha256_file(
+        server.adapter_dir / "adapters.safetensors"
+    )
+    assert {"uptime_s", "queue_depth", "base_model"} <= set(health)
+
+
+def test_greedy_chat_equals_mlx_lm_with_adapter(server: Server) -> None:
+    client = server.client()
+    prompt = chat_prompt_ids(server.model_dir)
+    answers = {}
+    for name, adapter in (("ad1", server.adapter_dir), ("base", None)):
+        r = client.chat.completions.create(  # type: ignore[attr-defined]
+            model=name, messages=QUESTION, max_tokens=24, temperature=0
+        )
+        assert r.model == name
+        expected, n_tokens = mlx_lm_greedy(server.model_dir, adapter, prompt, 24)
+        assert r.choices[0].message.content == expected
+        assert r.usage.prompt_tokens == len(prompt)
+        assert r.usage.completion_tokens == n_tokens
+        answers[name] = r.choices[0].message.content
+    assert answers["ad1"] != answers["base"], "the adapter must change the answer"
+
+    # Streaming gives the same text, chunk by chunk, naming the adapter.
+    stream = client.chat.completions.create(  # type: ignore[attr-defined]
+        model="ad1", messages=QUESTION, max_tokens=24, temperature=0, stream=True
+    )
+    chunks = list(stream)
+    assert all(c.model == "ad1" for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == answers["ad1"]
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+
+def test_completions_raw_prompt_and_adapters_in_parallel(server: Server) -> None:
+    from mlx_lm import load
+
+    from mlxtune.formats import encode
+
+    _, tokenizer = load(str(server.model_dir))
+    prompt = "MLX runs on"
+    want = {
+        "ad1": mlx_lm_greedy(server.model_dir, server.adapter_dir, encode(tokenizer, prompt), 16)[
+            0
+        ],
+        "base": mlx_lm_greedy(server.model_dir, None, encode(tokenizer, prompt), 16)[0],
+    }
+    got: dict[str, str] = {}
+
+    def ask(name: str) -> None:
+        r = server.client().completions.create(  # type: ignore[attr-defined]
+            model=name, prompt=prompt, max_tokens=16, temperature=0
+        )
+        got[name] = r.choices[0].text
+
+    # Both models at once: one BatchGenerator each, interleaved, never mixed.
+    threads = [threading.Thread(target=ask, args=(n,)) for n in want]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert got == want
+
+
+def test_seed_and_stop(server: Server) -> None:
+    client = server.client()
+    kw = {"model": "ad1", "messages": QUESTION, "max_tokens": 12, "temperature": 1.0}
+    a = client.chat.completions.create(seed=7, **kw)  # type: ignore[attr-defined]
+    b = client.chat.completions.create(seed=7, **kw)  # type: ignore[attr-defined]
+    assert a.choices[0].message.content == b.choices[0].message.content
+    full = a.choices[0].message.content
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    if stop.strip():
+        c = client.chat.completions.create(seed=7, stop=[stop], **kw)  # type: ignore[attr-defined]
+        assert c.choices[0].message.content == full[: full.index(stop)]
+        assert c.choices[0].finish_reason == "stop"
+
+
+def test_unknown_model_auth_and_bad_input(server: Server) -> None:
+    import openai
+
+    client = server.client()
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="/etc/passwd", messages=QUESTION)  # type: ignore[attr-defined]
+    assert e.value.body["code"] == "model_not_found"  # type: ignore[index]
+    with pytest.raises(openai.AuthenticationError):
+        server.client(key="wrong").models.list()  # type: ignore[attr-defined]
+    r = httpx.post(server.url + "/v1/chat/completions", content=b"{not json")
+    assert r.status_code == 401  # no key: refused before the body is even parsed
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="ad1", messages=QUESTION, max_tokens=5000)  # type: ignore[attr-defined]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="ad1", messages=QUESTION, temperature=9)  # type: ignore[attr-defined]
+    with server.http() as http:
+        for body in (b"{not json", b'{"messages": []}', b'{"messages": [{"role": "x"}]}'):
+            r = http.post("/v1/chat/completions", content=body)
+            assert r.status_code == 400, r.text
+            assert "error" in r.json() and "Traceback" not in r.text
+        r = http.post("/v1/completions", json={"prompt": "x" * 30_000})
+        assert r.status_code == 413
+        r = http.post("/v1/completions", json={"prompt": "word " * 3000, "max_tokens": 1})
+        assert r.status_code == 400 and "cap" in r.json()["error"]["message"]
+
+
+def test_overload_answers_503_at_once(server: Server) -> None:
+    # max_batch_size=2 decoding + max_queue=2 waiting: the rest must be refused immediately.
+    results: list[tuple[int, float, str | None]] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        t0 = time.perf_counter()
+        with server.http() as http:
+            r = http.post(
+                "/v1/completions", json={"model": "ad1", "prompt": "MLX", "max_tokens": 300}
+            )
+        with lock:
+            results.append((r.status_code, time.perf_counter() - t0, r.headers.get("retry-after")))
+
+    threads = [threading.Thread(target=one) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    refused = [r for r in results if r[0] == 503]
+    served = [r for r in results if r[0] == 200]
+    assert len(results) == 10
+    assert len(served) >= 4 and len(refused) >= 1, results
+    assert all(r[2] is not None for r in refused)
+    assert max(r[1] for r in refused) < min(r[1] for r in served)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_disconnect_cancels_generation(server: Server, stream: bool) -> None:
+    def cancelled_rows() -> list[tuple[int, int]]:
+        with sqlite3.connect(server.usage_db) as db:
+            query = "SELECT status, completion_tokens FROM requests WHERE finish_reason = ?"
+            return db.execute(query, ("cancelled",)).fetchall()
+
+    before = len(cancelled_rows())
+    body = {"model": "base", "prompt": "MLX", "max_tokens": 1000, "stream": stream}
+    if stream:
+        with server.http() as http, http.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            for _ in r.iter_lines():
+                break  # read one chunk, then hang up
+    else:
+        with server.http() as http, pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/completions", json=body, timeout=0.5)  # give up mid-generation
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(cancelled_rows()) == before:
+        time.sleep(0.1)
+    rows = cancelled_rows()
+    assert len(rows) == before + 1
+    assert rows[-1][0] == 499 and rows[-1][1] < 1000  # stopped early, not run to max_tokens
+    deadline = time.monotonic() + 2
+    while httpx.get(server.url + "/health").json()["active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(server.url + "/health").json()["active"] == 0
+
+
+def test_usage_log_and_metrics(server: Server) -> None:
+    with server.http() as http:
+        for model, code in (("ad1", 200), ("nope", 404)):
+            body = {"model": model, "prompt": "MLX", "max_tokens": 4}
+            assert http.post("/v1/completions", json=body).status_code == code
+        assert http.post("/v1/completions", json={"prompt": ""}).status_code == 400
+    time.sleep(0.2)
+    with sqlite3.connect(server.usage_db) as db:
+        rows = db.execute("SELECT model, status, prompt_tokens, completion_tokens FROM requests")
+        rows = rows.fetchall()
+    statuses = {r[1] for r in rows}
+    assert {200, 400, 404} <= statuses
+    assert any(r[0] == "ad1" and r[1] == 200 and r[3] > 0 for r in rows)
+    text = httpx.get(server.url + "/metrics").text
+    assert 'mlxtune_requests_total{model="ad1",status="200"}' in text
+    for name in (
+        "mlxtune_request_latency_seconds_bucket",
+        "mlxtune_time_to_first_token_seconds_bucket",
+        'mlxtune_tokens_total{direction="out",model="ad1"}',
+        "mlxtune_queue_depth",
+        "mlxtune_batch_size",
+        "mlxtune_peak_memory_bytes",
+    ):
+        assert name in text, name
+    assert httpx.get(server.url + "/docs").status_code == 200
+
+
+def test_sigterm_finishes_inflight_then_exits(server: Server) -> None:
+    out: dict[str, object] = {}
+
+    def ask() -> None:
+        r = server.client().completions.create(  # type: ignore[attr-defined]
+            model="ad1", prompt="MLX", max_tokens=200, temperature=0
+        )
+        out["usage"] = r.usage.completion_tokens
+
+    t = threading.Thread(target=ask)
+    t.start()
+    time.sleep(0.5)
+    server.proc.send_signal(signal.SIGTERM)
+    t.join(60)
+    assert out.get("usage"), server.log.read_text()
+    assert server.proc.wait(30) == 0
+    assert "stopped after" in server.log.read_text()
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_bad_adapter_refuses_to_start(tiny_model: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text(json.dumps({"fine_tune_type": "lora"}))
+    (broken / "adapters.safetensors").write_bytes(b"not safetensors")
+    missing = run_cli(
+        "serve", "--set", f"model.path={tiny_model}", "--adapter", f"x={tmp_path / 'nope'}",
+        "--port", "0", timeout=60,
+    )  # fmt: skip
+    assert missing.returncode != 0
+    assert "serve.adapters.x" in missing.stderr and "Traceback" not in missing.stderr
+    bad = run_cli(
+        "serve", "--set", f"model.path={tiny_model}", "--adapter", f"x={broken}", "--port", "0",
+        timeout=60,
+    )  # fmt: skip
+    assert bad.returncode != 0
+    assert "serve.adapters.x" in bad.stderr and "Traceback" not in bad.stderr
