@@ -369,3 +369,46 @@ def test_bad_adapter_refuses_to_start(tiny_model: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.returncode != 0
     assert "serve.adapters.x" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_promote_and_rollback_change_what_serve_answers(tiny_model: Path, tmp_path: Path) -> None:
+    """serve.adapters: {prod: "@current"} follows `runs promote` / `runs rollback` (on restart)."""
+    from fake_runs import fabricate_run
+
+    runs = tmp_path / "runs"
+    for name, seed in (("run-a", 1), ("run-b", 2)):
+        adapter = make_adapter(tiny_model, tmp_path / f"ad-{name}", b_scale=0.05, seed=seed)
+        fabricate_run(runs, name, base_model=str(tiny_model), adapter_from=adapter)
+    cfg_path = tmp_path / "serve.yaml"
+    cfg = {
+        "model": {"path": str(tiny_model)},
+        "train": {"runs_dir": str(runs), "registry_dir": str(tmp_path / ".mx")},
+        "serve": {"adapters": {"prod": "@current"}},
+    }
+    cfg_path.write_text(json.dumps(cfg))
+
+    def answer() -> tuple[str, dict[str, object]]:
+        proc, url = start_server(cfg_path, tmp_path / "server.log")
+        try:
+            health = httpx.get(url + "/health", timeout=10).json()
+            body = {"model": "prod", "messages": QUESTION, "max_tokens": 12, "temperature": 0}
+            resp = httpx.post(url + "/v1/chat/completions", json=body, timeout=60).json()
+            assert resp["model"] == "prod"
+            return resp["choices"][0]["message"]["content"], health["adapters"][0]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+    def runs_cli(*args: str) -> None:
+        result = run_cli("runs", *args, "-c", str(cfg_path), timeout=60)
+        assert result.returncode == 0, result.stderr
+
+    runs_cli("promote", "run-a")
+    text_a, health_a = answer()
+    assert health_a["run"] == "run-a" and health_a["alias"] == "current"
+    runs_cli("promote", "run-b")
+    text_b, health_b = answer()
+    assert health_b["run"] == "run-b" and text_b != text_a
+    runs_cli("rollback")
+    text_back, health_back = answer()
+    assert health_back["run"] == "run-a" and text_back == text_a

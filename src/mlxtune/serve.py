@@ -49,7 +49,14 @@ RETRY_AFTER_S = 1
 
 def resolve_adapter_ref(name: str, ref: Path | str, cfg: Config) -> Path:
     """An adapter entry's value -> its directory. The one place that interprets the value
-    (a run name or alias such as "@current" can be added here)."""
+    A value "@ALIAS" is the run that `mlxtune runs promote --as ALIAS` points at."""
+    if str(ref).startswith("@"):
+        from mlxtune.runs import resolve_alias
+
+        try:
+            return resolve_alias(str(ref), cfg)
+        except MlxtuneError as e:
+            raise MlxtuneError(f"serve.adapters.{name}: {e}") from None
     path = Path(ref)
     if not path.is_dir() and not path.is_absolute():
         under_runs = cfg.train.runs_dir / path
@@ -120,7 +127,9 @@ def load_models(cfg: Config) -> dict[str, LoadedModel]:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise MlxtuneError(f"serve.adapters.{name}: cannot load {path}: {first}") from None
         fingerprint = sha256_file(path / "adapters.safetensors")
-        models[name] = LoadedModel(name, model, tok, str(path), fingerprint)
+        alias = str(cfg.serve.adapters[name])
+        alias = alias.removeprefix("@") if alias.startswith("@") else None
+        models[name] = LoadedModel(name, model, tok, str(path), fingerprint, alias)
     return models
 
 
@@ -482,7 +491,13 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:
             "base_name": cfg.base_name,
             "default_model": state.default_model,
             "adapters": [
-                {"name": m.name, "path": m.adapter, "sha256": m.fingerprint}
+                {
+                    "name": m.name,
+                    "path": m.adapter,
+                    "run": Path(m.adapter).name,
+                    "alias": m.alias,
+                    "sha256": m.fingerprint,
+                }
                 for m in state.models.values()
                 if m.adapter
             ],

@@ -29,6 +29,7 @@ class LoadedModel:
     tokenizer: Any
     adapter: str | None = None  # adapter directory, None for the base model
     fingerprint: str | None = None  # sha256 of adapters.safetensors
+    alias: str | None = None  # the registry alias it was served by ("current"), if any
 
 
 @dataclass
