@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
-import json
 import math
 import time
 from collections.abc import Callable
@@ -170,21 +169,10 @@ def _thresholds(cfg: Config, categories: set[str], has_base: bool) -> list[Thres
 def load_examples(data_dir: Path, split: str, max_examples: int | None = None) -> list[Example]:
     """Chat records of `<data_dir>/<split>.jsonl` whose last message is the expected answer."""
     path = Path(data_dir) / f"{split}.jsonl"
-    if not path.is_file():
-        raise DataError(f"{path}: not found (run mlxtune prepare, or set data.dir)")
     examples: list[Example] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
+    for n, row in formats.read_records(path):
+        if not isinstance(row.get("messages"), list):
             raise DataError(f"{path}:{n}: messages: evaluate needs chat records")
-        problem = formats.role_order_problem(row["messages"])
-        if problem:
-            raise DataError(f"{path}:{n}: {problem}")
         keywords = row.get("keywords") or []
         if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
             raise DataError(f"{path}:{n}: keywords: expected a list of strings")

@@ -12,9 +12,10 @@ import hashlib
 import json
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlxtune.errors import ConfigError
+from mlxtune.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from mlxtune.config import ModelConfig
@@ -126,6 +127,31 @@ def role_order_problem(messages: Messages) -> str | None:
     if body[-1].get("role") != "assistant":
         return "last message must be from the assistant"
     return None
+
+
+def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) for every canonical record of a prepared split, checked row by row
+    so a bad row names its file and line. Train and evaluate both read splits through this."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found (run mlxtune prepare, or set data.dir)") from None
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or ("messages" not in row and "text" not in row):
+            raise DataError(f"{path}:{n}: expected a canonical record with messages or text")
+        if "messages" in row:
+            problem = role_order_problem(row["messages"])
+            if problem:
+                raise DataError(f"{path}:{n}: {problem}")
+        records.append((n, row))
+    return records
 
 
 def prompt_and_answer(record: dict[str, Any]) -> tuple[Messages, str]:

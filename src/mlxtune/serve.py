@@ -127,8 +127,8 @@ def load_models(cfg: Config) -> dict[str, LoadedModel]:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise MlxtuneError(f"serve.adapters.{name}: cannot load {path}: {first}") from None
         fingerprint = sha256_file(path / "adapters.safetensors")
-        alias = str(cfg.serve.adapters[name])
-        alias = alias.removeprefix("@") if alias.startswith("@") else None
+        ref = str(cfg.serve.adapters[name])
+        alias = ref.removeprefix("@") if ref.startswith("@") else None
         models[name] = LoadedModel(name, model, tok, str(path), fingerprint, alias)
     return models
 

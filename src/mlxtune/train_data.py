@@ -6,15 +6,13 @@ batches an uninterrupted run would have seen, with no iterator state to save.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlxtune.errors import DataError
-from mlxtune.formats import encode_for_training, role_order_problem
+from mlxtune.formats import encode_for_training, read_records
 
 PAD_TO = 8  # pad lengths to a multiple of 8: few compiled shapes, little wasted compute
 
@@ -27,26 +25,7 @@ class Example:
 
 def read_split(path: Path) -> list[dict[str, Any]]:
     """Rows of one split, checked row by row: a bad row names its file and line."""
-    rows: list[dict[str, Any]] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found (run mlxtune prepare, or set data.dir)") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or ("messages" not in row and "text" not in row):
-            raise DataError(f"{path}:{n}: expected a canonical record with messages or text")
-        if "messages" in row:
-            problem = role_order_problem(row["messages"])
-            if problem:
-                raise DataError(f"{path}:{n}: {problem}")
-        rows.append(row)
-    return rows
+    return [row for _, row in read_records(path)]
 
 
 def tokenize(
