@@ -52,8 +52,10 @@ def main(out: Path) -> None:
             f"{serve.get('adapter_answered')} / {serve.get('keywords_found')}",
         )
     bench = load(out / "bench.json")
-    for row in bench.get("summary", [])[:4]:
-        results.add_row(f"bench: {row.get('name')}", "", str(row.get("value")))
+    for fig in bench.get("figures", []):
+        if fig.get("metric") == "generation_tps":
+            value = fig["mlxtune"]["median"]
+            results.add_row(f"bench: generation tok/s ({fig['case']})", "", f"{value:.0f}")
     console.print(results)
 
 
