@@ -212,3 +212,31 @@ def test_two_ranks_under_mlx_launch(tiny_model: Path, domain_data: Path, tmp_pat
     proc = run_cli("train", "-c", str(bad), "--launch", "2", timeout=240)
     assert proc.returncode != 0
     assert "rank" in proc.stderr and "divisible" in proc.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_run_dir_is_an_mlx_lm_adapter(
+    method: str, tiny_model: Path, domain_data: Path, tmp_path: Path
+) -> None:
+    """`mlx_lm.generate --adapter-path runs/NAME` and `mlx_lm.fuse` take the run as it is."""
+    from mlxtune.runtime import subprocess_env
+
+    cfg = _config(tmp_path, tiny_model, domain_data, method=method, iters=4, save_every=4)
+    assert run_cli("train", "-c", str(cfg)).returncode == 0
+    run = tmp_path / "runs" / "t"
+    env = subprocess_env(cli_env())
+    gen = subprocess.run(
+        [sys.executable, "-m", "mlx_lm", "generate", "--model", str(tiny_model),
+         "--adapter-path", str(run), "--prompt", "Which port?", "--max-tokens", "4"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert gen.returncode == 0, gen.stderr
+    fused = tmp_path / "fused"
+    fuse = subprocess.run(
+        [sys.executable, "-m", "mlx_lm", "fuse", "--model", str(tiny_model),
+         "--adapter-path", str(run), "--save-path", str(fused)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert fuse.returncode == 0, fuse.stderr
+    assert (fused / "config.json").is_file()
