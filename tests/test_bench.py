@@ -345,3 +345,13 @@ def test_server_commands(tmp_path: Path) -> None:
     assert ours[1:4] == ["-m", "mlxtune", "serve"] and ours[-2:] == ["--port", "4321"]
     assert B._serve_adapter(cfg) == ("tuned", adapter)
     assert B._serve_adapter(load_config(None, [])) == ("base", None)
+
+
+def test_train_json_reports_trained_tokens_like_mlx_lm() -> None:
+    """mlx-lm's tok/s counts trained (unmasked) tokens; bench must compare the same measure."""
+    line = json.dumps(
+        {"event": "train", "step": 3, "it_per_s": 2.0, "tokens_per_s": 900.0,
+         "trained_tokens_per_s": 300.0, "peak_memory_gb": 0.1}
+    )  # fmt: skip
+    (report,) = B.parse_train_json(["noise", line])
+    assert report["tokens_per_s"] == 300.0 and report["it_per_s"] == 2.0

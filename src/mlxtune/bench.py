@@ -426,7 +426,8 @@ def parse_train_json(lines: list[str]) -> list[dict[str, float]]:
                 {
                     "step": ev["step"],
                     "it_per_s": ev["it_per_s"],
-                    "tokens_per_s": ev.get("tokens_per_s") or 0.0,
+                    # mlx-lm counts trained (unmasked) tokens; compare like with like
+                    "tokens_per_s": ev.get("trained_tokens_per_s") or ev.get("tokens_per_s") or 0.0,
                     "peak_memory_gb": ev.get("peak_memory_gb"),
                 }
             )
