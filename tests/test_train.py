@@ -240,3 +240,41 @@ def test_run_dir_is_an_mlx_lm_adapter(
     )  # fmt: skip
     assert fuse.returncode == 0, fuse.stderr
     assert (fused / "config.json").is_file()
+
+
+@pytest.mark.e2e
+def test_early_stopping_keeps_the_best(tiny_model: Path, domain_data: Path, tmp_path: Path) -> None:
+    # min_delta larger than any possible gain: the second evaluation cannot improve, so a
+    # patience of 1 stops there, and best/ holds the first evaluation's adapter.
+    cfg = _config(
+        tmp_path, tiny_model, domain_data, iters=40, steps_per_eval=4, save_every=100,
+        early_stopping_patience=1, early_stopping_min_delta=100.0,
+    )  # fmt: skip
+    proc = run_cli("train", "-c", str(cfg), "--json")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(x) for x in proc.stdout.splitlines()]
+    stop = next(e for e in events if e["event"] == "early_stop")
+    assert stop["step"] == 8 and stop["best_step"] == 4
+    final = json.loads((tmp_path / "runs" / "t" / "run.json").read_text())["final"]
+    assert final["stopped_early"] is True and final["steps"] == 8
+    assert (tmp_path / "runs" / "t" / "best" / "adapters.safetensors").is_file()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"quantize_bits": 4},  # QLoRA: LoRA over a base quantized at load
+        {"grad_checkpoint": True, "grad_accumulation_steps": 2},
+        {"packing": True, "method": "full"},
+    ],
+    ids=["qlora", "checkpoint+accum", "packing+full"],
+)
+def test_training_knobs_run_and_reduce_loss(
+    knobs: dict[str, object], tiny_model: Path, domain_data: Path, tmp_path: Path
+) -> None:
+    cfg = _config(tmp_path, tiny_model, domain_data, iters=8, steps_per_eval=100, **knobs)
+    proc = run_cli("train", "-c", str(cfg), "--json")
+    assert proc.returncode == 0, proc.stderr
+    losses = [json.loads(x)["train_loss"] for x in proc.stdout.splitlines() if '"train"' in x]
+    assert losses[-1] < losses[0]
