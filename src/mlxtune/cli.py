@@ -1117,8 +1117,8 @@ def export(
     with console.status(f"fusing {name}"):
         result = export_run(cfg, name, out, dequantize=de_quantize, gguf=gguf, force=force)
     console.print(
-        f"wrote {result.out}: {result.run} merged into {result.base_model} "
-        f"({result.fused_layers} LoRA/DoRA layers fused, or full weights"
+        f"wrote {result.out}: {result.run} fused into {result.base_model} "
+        f"({f'{result.fused_layers} adapter layers' if result.fused_layers else 'full weights'}"
         f"{', de-quantized' if result.dequantized else ''})"
     )
     if result.gguf:
