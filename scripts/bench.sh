@@ -9,22 +9,16 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=build/bench
 mkdir -p "$OUT/models"
+PRESET_LIST=${PRESETS:-tiny small}
 
-# Canonical chat data that both `mlxtune train` and raw `mlx_lm lora` read (as tests/conftest.py).
-"$PY" - "$OUT/data" <<'PY'
-import json, sys
-from pathlib import Path
-from mlxtune.formats import to_canonical
-out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
-splits = {"train": [], "valid": [], "test": []}
-for i, line in enumerate(Path("data/domain/universal_ai_tools.jsonl").read_text().splitlines()):
-    row = json.loads(line)
-    suffix = row["id"].rsplit("-", 1)[-1]
-    split = "test" if suffix == "d" else "valid" if suffix == "c" and i % 3 == 0 else "train"
-    splits[split].append(json.dumps(to_canonical(row)))
-for name, rows in splits.items():
-    (out / f"{name}.jsonl").write_text("\n".join(rows) + "\n")
-PY
+# Both presets are built first: the tiny one's tokenizer measures lengths for `prepare`, whose
+# train/valid/test.jsonl both `mlxtune train` and raw `mlx_lm lora` read.
+for preset in $PRESET_LIST; do
+  model="$OUT/models/$preset"
+  [ -f "$model/config.json" ] || "$PY" -m mlxtune tiny-model --preset "$preset" --out "$model" --force
+done
+"$PY" -m mlxtune prepare -c configs/bench.yaml --force \
+  --set model.path="$OUT/models/${PRESET_LIST%% *}" --set data.dir="$OUT/data" >/dev/null
 
 # The small preset (25M parameters) decodes ~6x slower than tiny: one repeat and a lighter serve
 # load keep the suite under 10 minutes once both sides run (tiny ~4 min, small ~2 min here).
@@ -33,9 +27,8 @@ SMALL_SETS=(--set bench.repeat=1 --set bench.train_steps=6 --set bench.gen_token
   --set bench.requests_per_level=8 --set bench.sustained_requests=32)
 
 start=$(date +%s)
-for preset in ${PRESETS:-tiny small}; do
+for preset in $PRESET_LIST; do
   model="$OUT/models/$preset"
-  [ -f "$model/config.json" ] || "$PY" -m mlxtune tiny-model --preset "$preset" --out "$model" --force
   sets=()
   [ "$preset" = small ] && sets=("${SMALL_SETS[@]}")
   [ -n "${REPEAT:-}" ] && sets+=(--set "bench.repeat=$REPEAT")
