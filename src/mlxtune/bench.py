@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import importlib.util
 import json
 import os
 import platform
@@ -240,11 +239,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def verb_available(verb: str) -> bool:
-    """True when this build of mlxtune has the verb (train and serve land in other branches)."""
-    return importlib.util.find_spec(f"mlxtune.{verb}") is not None
 
 
 def _vm_hwm_mb(pid: int) -> float | None:
@@ -1069,15 +1063,7 @@ def bench(
     notes: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="mlxtune-bench-"))
 
-    def targets_for(verb: str | None) -> list[Target]:
-        out: list[Target] = []
-        if verb is None or verb_available(verb):
-            out.append("mlxtune")
-        else:
-            notes.append(f"{verb}: `mlxtune {verb}` is not in this build; baseline only")
-        if baseline == "mlx-lm":
-            out.append("mlx-lm")
-        return out
+    targets: list[Target] = ["mlxtune", "mlx-lm"] if baseline == "mlx-lm" else ["mlxtune"]
 
     try:
         if what == "all":
@@ -1087,19 +1073,13 @@ def bench(
                 sections.remove("train")
                 notes.append(f"train skipped: {e}")
         if "train" in sections:
-            targets = targets_for("train")
-            if not targets:
-                raise MlxtuneError("bench train: `mlxtune train` is missing; use --baseline mlx-lm")
             for r in range(repeat):
                 for target in targets:
                     say(f"train [{target}] repeat {r + 1}/{repeat}")
                     rec.add("train", "lora", target, bench_train_once(cfg, target, work, say))
         if "generate" in sections:
-            bench_generate(cfg, rec, targets_for(None), repeat, say, work)
+            bench_generate(cfg, rec, targets, repeat, say, work)
         if "serve" in sections:
-            targets = targets_for("serve")
-            if not targets:
-                raise MlxtuneError("bench serve: `mlxtune serve` is missing; use --baseline mlx-lm")
             for r in range(repeat):
                 for target in targets:
                     say(f"serve [{target}] repeat {r + 1}/{repeat}")
