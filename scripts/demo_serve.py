@@ -10,13 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 from openai import OpenAI
 
 from mlxtune.config import load_config
+from mlxtune.runtime import wait_until_ready
 
 
 def free_port() -> int:
@@ -41,20 +41,10 @@ def main() -> int:
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.poll() is not None:
-                print(f"serve exited early with code {server.returncode}", file=sys.stderr)
-                return 1
-            try:
-                if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                print("serve did not become healthy in 120 s", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
+        problem = wait_until_ready(server, f"{base_url}/health", 120)
+        if problem:
+            print(f"serve {problem}", file=sys.stderr)
+            return 1
         client = OpenAI(base_url=f"{base_url}/v1", api_key=cfg.serve.api_key or "none")
         models = [m.id for m in client.models.list().data]
         answers = {}

@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 
+from mlxtune.runtime import wait_until_ready
+
 MESSAGES = [{"role": "user", "content": "What does the MLX framework do, in one paragraph?"}]
 
 
@@ -55,18 +57,11 @@ def start(
     log = open(Path(tempfile.gettempdir()) / f"load_test_{kind}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{kind} exited {proc.returncode}; see {log.name}")
-        try:
-            if httpx.get(url + ready, timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit(f"{kind} not ready in 120 s")
+    problem = wait_until_ready(proc, url + ready, 120)
+    if problem:
+        proc.kill()
+        raise SystemExit(f"{kind} {problem}; see {log.name}")
+    return proc, url
 
 
 async def level(

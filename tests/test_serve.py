@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from conftest import REPO, cli_env, make_adapter, run_cli
+from mlxtune.runtime import wait_until_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -72,18 +73,11 @@ def start_server(cfg_path: Path, log: Path, *extra: str) -> tuple[subprocess.Pop
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode}: {log.read_text()}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"server not ready in 90 s: {log.read_text()}")
+    problem = wait_until_ready(proc, url + "/health", 90)
+    if problem:
+        proc.kill()
+        raise AssertionError(f"server {problem}: {log.read_text()}")
+    return proc, url
 
 
 @pytest.fixture(scope="module")

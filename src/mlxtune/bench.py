@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mlxtune import __version__
 from mlxtune.errors import MlxtuneError
-from mlxtune.runtime import blas_status, subprocess_env
+from mlxtune.runtime import blas_status, subprocess_env, wait_until_ready
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
@@ -870,7 +870,6 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, ready_timeout: float) -> None:
-        import httpx
 
         self._log_f = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -881,19 +880,9 @@ class Server:
             env=_child_env(),
             start_new_session=True,
         )
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise MlxtuneError(
-                    f"bench serve: server exited {self.proc.returncode}: {self.tail()}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise MlxtuneError(
-            f"bench serve: server not healthy after {ready_timeout:g}s: {self.tail()}"
-        )
+        problem = wait_until_ready(self.proc, self.url + "/health", ready_timeout)
+        if problem:
+            raise MlxtuneError(f"bench serve: server {problem}: {self.tail()}")
 
     def tail(self) -> str:
         with contextlib.suppress(OSError):

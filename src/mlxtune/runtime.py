@@ -7,10 +7,16 @@ training). `mlxtune/__init__.py` calls `preload_openblas()` so every entry point
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
 
 DISABLE_ENV = "MLXTUNE_OPENBLAS"  # "0" disables; a path picks a specific library
 OPENBLAS_CANDIDATES = (
@@ -71,3 +77,19 @@ def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
     if _loaded and _loaded not in out.get("LD_PRELOAD", ""):
         out["LD_PRELOAD"] = ":".join(p for p in (_loaded, out.get("LD_PRELOAD")) if p)
     return out
+
+
+def wait_until_ready(proc: subprocess.Popen[Any], url: str, timeout: float) -> str | None:
+    """Poll `url` until it answers 200. Returns None when ready, else why not: the process
+    exited, or `timeout` seconds passed. Servers started by bench, tests and scripts use this."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"exited with code {proc.returncode}"
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return None
+        time.sleep(0.2)
+    return f"not ready after {timeout:g} s"
