@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mlxtune import __version__
 from mlxtune.errors import MlxtuneError
+from mlxtune.provenance import git_commit, package_version
 from mlxtune.runtime import blas_status, subprocess_env, wait_until_ready
+from mlxtune.stats import percentile
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
@@ -167,29 +169,6 @@ class _Recorder:
 # Environment and processes
 
 
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
-
-
 def _cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -211,8 +190,8 @@ def environment() -> dict[str, Any]:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {
             "mlxtune": __version__,
-            "mlx": _version("mlx"),
-            "mlx_lm": _version("mlx-lm"),
+            "mlx": package_version("mlx"),
+            "mlx_lm": package_version("mlx-lm"),
             "python": platform.python_version(),
         },
         "device": str(mx.default_device()),
@@ -222,7 +201,7 @@ def environment() -> dict[str, Any]:
         "threads_env": env_threads,
         "machine": f"{platform.system()} {platform.release()} {platform.machine()}",
         "hostname": platform.node(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(Path(__file__).resolve().parent),
         "loadavg_start": list(os.getloadavg()),
     }
 
@@ -738,17 +717,6 @@ class LoadResult:
         }
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolated percentile (numpy's default), without numpy."""
-    if not values:
-        return None
-    xs = sorted(values)
-    k = (len(xs) - 1) * q / 100
-    lo = int(k)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-
 def _pct_ms(values: list[float], q: float) -> float | None:
     p = percentile(values, q)
     return None if p is None else 1000 * p
@@ -969,7 +937,7 @@ def bench_serve_once(
     b = cfg.bench
     name, _ = _serve_adapter(cfg)
     model = None if target == "mlx-lm" else name  # mlx_lm.server: no name = the --model it loaded
-    key = (cfg.serve.api_key or os.environ.get("MLXTUNE_API_KEY")) if target == "mlxtune" else None
+    key = cfg.serve.resolved_api_key() if target == "mlxtune" else None
     prompts = serve_prompts()
     log = work / f"server-{target}.log"
     with running_server(

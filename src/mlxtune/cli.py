@@ -755,7 +755,7 @@ def serve(
         flags[f"serve__adapters__{name.strip()}"] = path.strip()
     cfg = resolve(config, set_, **flags)
     if cfg.serve.host not in ("127.0.0.1", "localhost", "::1") and not (
-        cfg.serve.api_key or os.environ.get("MLXTUNE_API_KEY")
+        cfg.serve.resolved_api_key()
     ):
         err_console.print(
             f"[yellow]warning:[/yellow] binding {cfg.serve.host} with no API key: anyone who "

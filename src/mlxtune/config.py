@@ -210,6 +210,13 @@ class ServeConfig(Section):
         None, description="SQLite usage log; default usage.sqlite beside the first adapter."
     )
 
+    def resolved_api_key(self) -> str | None:
+        """The key clients must send: `serve.api_key`, else env MLXTUNE_API_KEY. The one place
+        that reads the fallback (serve, bench and `evaluate --endpoint` all ask here)."""
+        import os
+
+        return self.api_key or os.environ.get("MLXTUNE_API_KEY") or None
+
 
 class BenchConfig(Section):
     what: Literal["train", "generate", "serve", "all"] = Field("all", description="What to time.")

@@ -24,6 +24,7 @@ from mlxtune.config import Config
 from mlxtune.errors import ConfigError, DataError, MlxtuneError
 from mlxtune.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from mlxtune.metrics import GENERATION_METRICS, LOSS_METRICS, METRICS, mean, score
+from mlxtune.provenance import versions
 from mlxtune.rundir import RunDir, resolve_adapter
 
 SCHEMA_VERSION = 1
@@ -331,7 +332,8 @@ def _run_endpoint(
 
     ev = cfg.evaluate
     url = _chat_url(str(ev.endpoint))
-    headers = {"Authorization": f"Bearer {cfg.serve.api_key}"} if cfg.serve.api_key else {}
+    key = cfg.serve.resolved_api_key()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     total = len(examples)
     done = 0
 
@@ -476,18 +478,6 @@ def _check_template(run: RunDir, template: str, allow: bool) -> str | None:
     return "template mismatch: " + message
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("mlx", "mlx-lm", "mlxtune"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
-
-
 def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult:
     """Score the adapter (or an endpoint) and, unless told not to, the base model beside it."""
     ev = cfg.evaluate
@@ -617,7 +607,7 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
         "adapter_equals_base": equal,
         "warnings": warnings,
         "timing": timing,
-        "versions": _versions(),
+        "versions": versions(),
     }
     markdown = render_markdown(report)
     out_dir = Path(out_dir)

@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from mlxtune.io import atomic_write_text
-from mlxtune.rundir import RunDir
+from mlxtune.rundir import RunDir, read_metrics
 from mlxtune.runs import (
     LOWER_IS_BETTER,
     METRICS,
     RunRecord,
     find_run,
     loss_series,
-    read_metrics,
     read_run_config,
 )
 
@@ -281,7 +280,7 @@ def build_report(cfg: Config, name: str, out_dir: Path | None = None) -> ReportR
     rec = find_run(cfg, name)
     run = RunDir(rec.path)
     out = Path(out_dir) if out_dir is not None else run.root / "report"
-    rows = read_metrics(run)
+    rows = read_metrics(run.metrics)
     train, val = loss_series(rows, "train_loss"), loss_series(rows, "val_loss")
     evaluation = rec.evaluation or {}
     config = read_run_config(run)

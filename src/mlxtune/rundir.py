@@ -16,12 +16,16 @@ runs/NAME/
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlxtune.errors import MlxtuneError
+
+if TYPE_CHECKING:
+    from mlxtune.config import Config
 
 
 @dataclass(frozen=True)
@@ -98,4 +102,52 @@ def resolve_adapter(path: Path | None, runs_dir: Path) -> RunDir:
     run = RunDir(Path(path))
     if not run.is_adapter():
         raise MlxtuneError(f"{path}: not an adapter directory (no adapter_config.json)")
+    return run
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl rows; blank lines and a torn last line (a run still writing) are skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def resolve_run(ref: str | Path | None, cfg: Config, *, field: str = "run") -> RunDir:
+    """THE way to name a run, for every verb: None -> the latest run; "@alias" -> the run the
+    alias points at; an existing directory; or a run name under `train.runs_dir`. A name that
+    matches nothing is an error listing the closest run names."""
+    runs_dir = cfg.train.runs_dir
+    if ref is None or str(ref) == "":
+        return latest_run(runs_dir)
+    text = str(ref)
+    if text.startswith("@"):
+        from mlxtune.runs import resolve_alias
+
+        try:
+            return RunDir(resolve_alias(text, cfg))
+        except MlxtuneError as e:
+            raise MlxtuneError(f"{field}: {e}") from None
+    path = Path(text)
+    if not path.is_dir() and not path.is_absolute() and (runs_dir / path).is_dir():
+        path = runs_dir / path
+    if not path.is_dir():
+        names = sorted(p.name for p in runs_dir.glob("*") if p.is_dir())
+        close = difflib.get_close_matches(text, names, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        if not close and names:
+            hint = f" (runs in {runs_dir}: {', '.join(names[:8])})"
+        raise MlxtuneError(f"{field}: no run {text!r} in {runs_dir} and no such directory{hint}")
+    run = RunDir(path)
+    if not run.is_adapter():
+        raise MlxtuneError(f"{field}: {path} is not a run or adapter directory (no adapter files)")
     return run

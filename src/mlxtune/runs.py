@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from mlxtune.errors import MlxtuneError
-from mlxtune.rundir import RunDir
+from mlxtune.metrics import METRICS
+from mlxtune.rundir import RunDir, read_metrics
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
 
 DEFAULT_ALIAS = "current"
-METRICS = ("keyword_accuracy", "exact_match", "token_f1", "loss", "perplexity")
 # Metrics where lower is better: their deltas are shown with the sign meaning "worse".
 LOWER_IS_BETTER = frozenset(
     {"loss", "perplexity", "train_loss", "val_loss", "best_val_loss", "wall_s", "peak_memory_gb"}
@@ -237,24 +237,6 @@ def _read_json(path: Path) -> Any:
         raise MlxtuneError(f"{path}: cannot read JSON ({e})") from None
 
 
-def read_metrics(run: RunDir) -> list[dict[str, Any]]:
-    """metrics.jsonl rows; a torn last line (a run still writing) is skipped."""
-    if not run.metrics.is_file():
-        return []
-    rows = []
-    for line in run.metrics.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
 def loss_series(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
     return [
         (int(r.get("step", i)), float(r[key]))
@@ -322,7 +304,7 @@ def _record_from_dir(run: RunDir) -> RunRecord:
         config_hash = hashlib.sha256(run.config.read_bytes()).hexdigest()[:16]
     final = dict(info.get("final") or {})
     if not final:
-        final = _final_from_metrics(read_metrics(run))
+        final = _final_from_metrics(read_metrics(run.metrics))
     status = info.get("status") or ("completed" if run.is_adapter() else "unknown")
     return RunRecord(
         name=run.name,
@@ -597,7 +579,7 @@ def show_run(cfg: Config, name: str) -> RunDetail:
         reg.sync()
         rec = reg.get(name)
     run = RunDir(rec.path)
-    rows = read_metrics(run)
+    rows = read_metrics(run.metrics)
     return RunDetail(
         record=rec,
         config=read_run_config(run),

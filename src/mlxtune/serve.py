@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import os
 import signal
 import socket
 import sqlite3
@@ -394,7 +393,7 @@ def create_app(cfg: Config, models: dict[str, LoadedModel] | None = None) -> Fas
         engine=engine,
         metrics=metrics,
         usage=UsageLog(usage_db_path(cfg, adapters)),
-        api_key=cfg.serve.api_key or os.environ.get(API_KEY_ENV) or None,
+        api_key=cfg.serve.resolved_api_key(),
         default_model=default,
         started=time.time(),
     )

@@ -31,6 +31,7 @@ from mlxtune.config import Config, TrainConfig
 from mlxtune.errors import ConfigError, DataError, MlxtuneError
 from mlxtune.formats import template_fingerprint
 from mlxtune.io import atomic_write_json, atomic_write_text, sha256_file
+from mlxtune.provenance import git_commit, versions
 from mlxtune.rundir import RunDir
 from mlxtune.train_data import Batches, Example, collate, pack, read_split, tokenize
 
@@ -349,16 +350,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
-    except OSError:
-        return None
-    return out.stdout.strip() or None
-
-
 def _total_steps(t: TrainConfig, batches_per_epoch: int) -> int:
     if t.epochs is not None:
         return max(1, math.ceil(t.epochs * batches_per_epoch / t.grad_accumulation_steps))
@@ -510,8 +501,8 @@ def _train(
             "data_dir": str(cfg.data.dir),
             "data_manifest_sha256": sha256_file(manifest) if manifest.is_file() else None,
             "template_sha": template_fingerprint(template),
-            "versions": _versions(),
-            "git_commit": _git_commit(),
+            "versions": versions(),
+            "git_commit": git_commit(),
             "started_at": started_at,
             "finished_at": None,
             "world_size": world_size,
@@ -692,12 +683,6 @@ def _measure(trainer: _Trainer, batches: Batches, plan: TrainPlan, t: TrainConfi
     plan.step_s = sum(times) / len(times) * t.grad_accumulation_steps
     plan.est_time_s = plan.step_s * plan.steps
     plan.est_peak_memory_gb = mx.get_peak_memory() / 1e9
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {"mlx": version("mlx"), "mlx_lm": version("mlx-lm"), "mlxtune": __version__}
 
 
 def _append_metric(path: Path, event: dict[str, Any]) -> None:

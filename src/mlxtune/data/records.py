@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlxtune import formats
 from mlxtune.errors import ConfigError, MlxtuneError
+from mlxtune.stats import percentile
 
 if TYPE_CHECKING:
     from mlxtune.config import ModelConfig
@@ -249,17 +250,9 @@ def load_tokenizer(model_cfg: ModelConfig) -> tuple[Any, str, str]:
     return tokenizer, template, "tokenizer" if own and template == own else "config"
 
 
-def percentile(values: Sequence[int], q: float) -> int:
-    if not values:
-        return 0
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return int(ordered[index])
-
-
 def length_stats(values: Sequence[int]) -> dict[str, int]:
     return {
-        "p50": percentile(values, 50),
-        "p95": percentile(values, 95),
+        "p50": round(percentile(values, 50) or 0),
+        "p95": round(percentile(values, 95) or 0),
         "max": max(values, default=0),
     }
