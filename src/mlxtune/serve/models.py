@@ -1,0 +1,99 @@
+"""Which models serve answers with: `serve.adapters` resolved to run directories, and the base
+plus every adapter loaded at start (adapters share the base's frozen weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlxtune.errors import MlxtuneError
+from mlxtune.io import sha256_file
+from mlxtune.serve.engine import LoadedModel
+
+if TYPE_CHECKING:
+    from mlxtune.config import Config
+
+
+def resolve_adapters(cfg: Config) -> dict[str, Path]:
+    """`serve.adapters` -> {name: adapter directory}. A value is anything `rundir.resolve_run`
+    takes: an adapter/run directory, a run name under train.runs_dir, or "@ALIAS"."""
+    from mlxtune.rundir import resolve_run
+
+    out: dict[str, Path] = {}
+    for name, ref in cfg.serve.adapters.items():
+        if not name or name != name.strip() or "/" in name:
+            raise MlxtuneError(f"serve.adapters: invalid adapter name {name!r}")
+        if name == cfg.serve.base_name:
+            raise MlxtuneError(f"serve.adapters.{name}: name clashes with serve.base_name")
+        out[name] = resolve_run(ref, cfg, field=f"serve.adapters.{name}").root
+    return out
+
+
+def default_model_name(cfg: Config) -> str:
+    if cfg.serve.default_model:
+        return cfg.serve.default_model
+    return next(iter(cfg.serve.adapters), cfg.serve.base_name)
+
+
+def usage_db_path(cfg: Config, adapters: dict[str, Path]) -> Path:
+    if cfg.serve.usage_db is not None:
+        return cfg.serve.usage_db
+    first = next(iter(adapters.values()), None)
+    return (first if first is not None else cfg.train.runs_dir) / "usage.sqlite"
+
+
+def share_base_weights(base: Any, adapted: Any, adapter_dir: Path) -> int:
+    """Point the adapted model's frozen weights at the base model's arrays, so N adapters cost
+    one base in memory. Weights stored in the adapter file (LoRA matrices, or whole layers of a
+    full fine-tune) stay the adapter's own. Returns how many arrays are shared."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    stored: Any = mx.load(str(adapter_dir / "adapters.safetensors"))
+    own = set(stored)
+    base_params: dict[str, Any] = dict(tree_flatten(base.parameters()))
+    adapted_params: list[tuple[str, Any]] = tree_flatten(adapted.parameters())  # type: ignore[assignment]
+    shared = []
+    for key, value in adapted_params:
+        if key in own:
+            continue
+        base_key = key.replace(".linear.", ".")
+        twin = base_params.get(base_key)
+        if twin is not None and twin.shape == value.shape and twin.dtype == value.dtype:
+            shared.append((key, twin))
+    adapted.update(tree_unflatten(shared))
+    # Evaluate here: lazy arrays made on this thread's stream cannot be evaluated by the worker.
+    mx.eval(adapted.parameters())
+    return len(shared)
+
+
+def load_models(cfg: Config) -> dict[str, LoadedModel]:
+    """Base plus every configured adapter; any failure is a one-line MlxtuneError."""
+    import mlx.core as mx
+
+    from mlxtune.modeling import load_model
+
+    adapters = resolve_adapters(cfg)
+    base_model, base_tok, _ = load_model(cfg.model)
+    mx.eval(base_model.parameters())
+    models = {cfg.serve.base_name: LoadedModel(cfg.serve.base_name, base_model, base_tok)}
+    for name, path in adapters.items():
+        models[name] = _load_adapter(cfg, name, path, base_model)
+    return models
+
+
+def _load_adapter(cfg: Config, name: str, path: Path, base_model: Any) -> LoadedModel:
+    from mlxtune.modeling import load_model
+
+    try:
+        model, tok, _ = load_model(cfg.model, path)
+        share_base_weights(base_model, model, path)
+    except MlxtuneError as e:
+        raise MlxtuneError(f"serve.adapters.{name}: {e}") from None
+    except Exception as e:  # mlx-lm raises plain errors for mismatched adapters
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MlxtuneError(f"serve.adapters.{name}: cannot load {path}: {first}") from None
+    ref = str(cfg.serve.adapters[name])
+    alias = ref.removeprefix("@") if ref.startswith("@") else None
+    fingerprint = sha256_file(path / "adapters.safetensors")
+    return LoadedModel(name, model, tok, str(path), fingerprint, alias)

@@ -1,0 +1,286 @@
+"""The HTTP endpoints: small handlers on one APIRouter. Server state arrives through
+`Depends(get_state)`, the API key is checked by a dependency (before the body is parsed), and
+every response body is built by `wire`."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.sse import EventSourceResponse, format_sse_event
+
+from mlxtune.serve import wire
+from mlxtune.serve.engine import GenRequest, LoadedModel, QueueFull
+from mlxtune.serve.state import ServeState, get_state
+from mlxtune.serve.wire import ApiError, Body, ChatBody, CompletionBody
+
+RETRY_AFTER_S = 1
+
+State = Annotated[ServeState, Depends(get_state)]
+
+
+def check_key(request: Request, state: State) -> None:
+    """401 unless the request carries `Authorization: Bearer KEY` (when a key is set)."""
+    if state.api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), state.api_key.encode()
+    ):
+        raise ApiError(
+            401, "invalid or missing API key", type_="authentication_error",
+            code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+
+
+router = APIRouter()
+# As a dependency the key is checked before the body is parsed: no key, no 400 hints.
+authed = APIRouter(dependencies=[Depends(check_key)])
+
+
+@router.get("/health")
+async def health(state: State) -> JSONResponse:
+    """Ready when this returns 200: models loaded, worker running."""
+    ok = state.engine.alive and state.engine.error is None
+    body = {
+        "status": "ok" if ok else "error",
+        "error": state.engine.error,
+        "base_model": state.cfg.model.path,
+        "base_name": state.cfg.serve.base_name,
+        "default_model": state.default_model,
+        "adapters": [_health_adapter(m) for m in state.models.values() if m.adapter],
+        "uptime_s": round(time.time() - state.started, 3),
+        "queue_depth": state.engine.queue_depth(),
+        "active": state.engine.active_count,
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+def _health_adapter(m: LoadedModel) -> dict[str, Any]:
+    assert m.adapter is not None
+    return {
+        "name": m.name,
+        "path": m.adapter,
+        "run": Path(m.adapter).name,
+        "alias": m.alias,
+        "sha256": m.fingerprint,
+    }
+
+
+@router.get("/metrics")
+async def metrics(state: State) -> Response:
+    state.metrics.queue_depth.set(state.engine.queue_depth())
+    state.metrics.sample_memory()
+    body, media_type = state.metrics.exposition()
+    return Response(body, media_type=media_type)
+
+
+@authed.get("/v1/models")
+async def list_models(state: State) -> dict[str, Any]:
+    created, root = int(state.started), state.cfg.model.path
+    return wire.model_list(
+        [
+            wire.model_entry(m.name, created, root, m.adapter, m.fingerprint)
+            for m in state.models.values()
+        ]
+    )
+
+
+@authed.post("/v1/chat/completions", response_model=None)
+async def chat(body: ChatBody, request: Request, state: State) -> Response:
+    from mlxtune.formats import encode_prompt
+
+    name = _pick_model(state, body)
+    messages = [m.as_message() for m in body.messages]
+    try:
+        prompt = encode_prompt(state.models[name].tokenizer, messages)
+    except Exception as e:  # a template that rejects the conversation
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ApiError(400, f"messages: cannot render prompt: {first}", param="messages") from None
+    return await _generate(state, request, body, name, prompt, chat=True)
+
+
+@authed.post("/v1/completions", response_model=None)
+async def completions(body: CompletionBody, request: Request, state: State) -> Response:
+    from mlxtune.formats import encode
+
+    name = _pick_model(state, body)
+    prompt = encode(state.models[name].tokenizer, body.prompt)
+    return await _generate(state, request, body, name, prompt, chat=False)
+
+
+router.include_router(authed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation: check, submit to the engine, then answer whole or as server-sent events
+
+
+@dataclass
+class _Job:
+    """One submitted generation and what its response needs."""
+
+    req: GenRequest
+    events: asyncio.Queue[tuple[str, Any]]  # (kind, payload) from the engine's `emit`
+    chat: bool
+    rid: str
+    created: int
+
+    @property
+    def endpoint(self) -> str:
+        return "chat" if self.chat else "completions"
+
+    def usage(self) -> dict[str, int]:
+        return wire.usage(len(self.req.prompt), self.req.completion_tokens)
+
+
+def _pick_model(state: ServeState, body: Body) -> str:
+    name = body.model or state.default_model
+    if name not in state.models:
+        err = ApiError(
+            404, f"model {name[:100]!r} not found; served: {', '.join(state.models)}",
+            param="model", code="model_not_found",
+        )  # fmt: skip
+        err.model = name[:100]
+        raise err
+    return name
+
+
+def _check_limits(state: ServeState, body: Body, prompt: list[int], *, chat: bool) -> int:
+    """The request's max_tokens, once it and the prompt are within the configured caps."""
+    cfg = state.cfg.serve
+    max_tokens = body.max_completion_tokens or body.max_tokens or cfg.default_max_tokens
+    if max_tokens > cfg.max_tokens_cap:
+        raise ApiError(
+            400, f"max_tokens: {max_tokens} is over the cap of {cfg.max_tokens_cap}",
+            param="max_tokens",
+        )  # fmt: skip
+    if not prompt:
+        raise ApiError(400, "prompt is empty after tokenization", param="prompt")
+    if len(prompt) > cfg.max_prompt_tokens:
+        raise ApiError(
+            400, f"prompt has {len(prompt)} tokens, over the cap of {cfg.max_prompt_tokens}",
+            param="messages" if chat else "prompt", code="context_length_exceeded",
+        )  # fmt: skip
+    return max_tokens
+
+
+def _submit(state: ServeState, body: Body, name: str, prompt: list[int], *, chat: bool) -> _Job:
+    """Queue the generation, or answer 503 Retry-After at once when the queue is full."""
+    max_tokens = _check_limits(state, body, prompt, chat=chat)
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def emit(kind: str, payload: Any) -> None:  # called on the engine's thread
+        loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
+
+    req = GenRequest(
+        model=name, prompt=prompt, max_tokens=max_tokens, temperature=body.temperature,
+        top_p=body.top_p, seed=body.seed, stop=body.stops(), emit=emit, stream=body.stream,
+    )  # fmt: skip
+    job = _Job(req, events, chat, wire.new_id(chat), int(time.time()))
+    try:
+        state.engine.submit(req)
+    except QueueFull as e:
+        state.record(req, job.endpoint, 503, None)
+        busy = ApiError(
+            503, f"server busy: {e}; retry later", type_="server_error",
+            code="overloaded", headers={"Retry-After": str(RETRY_AFTER_S)},
+        )  # fmt: skip
+        busy.logged = True
+        raise busy from None
+    return job
+
+
+async def _generate(
+    state: ServeState, request: Request, body: Body, name: str, prompt: list[int], *, chat: bool
+) -> Response:
+    job = _submit(state, body, name, prompt, chat=chat)
+    if body.stream:
+        # Starlette cancels this stream when the client disconnects; its `finally` cancels
+        # the generation.
+        return EventSourceResponse(
+            _sse(state, job), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+    return await _whole(state, request, job)
+
+
+async def _whole(state: ServeState, request: Request, job: _Job) -> Response:
+    """Not streaming: the engine keeps the text on the request and sends only the finish."""
+    req = job.req
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, req))
+    try:
+        kind, finish_reason = await job.events.get()
+    except asyncio.CancelledError:
+        req.cancel()
+        state.record(req, job.endpoint, 499, "cancelled")
+        raise
+    finally:
+        watcher.cancel()
+    if kind == "error":
+        state.record(req, job.endpoint, 503, None)
+        failed = ApiError(503, str(finish_reason), type_="server_error")
+        failed.logged = True
+        raise failed
+    if finish_reason == "cancelled":
+        state.record(req, job.endpoint, 499, "cancelled")
+        return Response(status_code=499)
+    state.record(req, job.endpoint, 200, finish_reason)
+    return JSONResponse(
+        wire.completion(
+            job.rid, job.created, req.model, req.text, finish_reason, job.usage(), chat=job.chat
+        )
+    )
+
+
+async def _cancel_on_disconnect(request: Request, req: GenRequest) -> None:
+    """Wait for the client to hang up (the body is already read, so the next ASGI message is
+    the disconnect), then cancel the generation; the engine then finishes it."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    req.cancel()
+
+
+def _event(payload: Any) -> bytes:
+    return format_sse_event(data_str=payload if isinstance(payload, str) else json.dumps(payload))
+
+
+async def _sse(state: ServeState, job: _Job) -> AsyncIterator[bytes]:
+    """OpenAI chunks as server-sent events: pieces, a last chunk with usage, `[DONE]`."""
+    req, chat = job.req, job.chat
+
+    def piece(text: str | None, finish: str | None = None, **extra: Any) -> bytes:
+        return _event(wire.chunk(job.rid, job.created, req.model, text, finish, chat=chat, **extra))
+
+    status, finish_reason = 499, "cancelled"
+    try:
+        if chat:
+            yield piece("", role=True)
+        while True:
+            kind, payload = await job.events.get()
+            if kind == "text":
+                yield piece(payload)
+                continue
+            if kind == "done":
+                finish_reason = payload
+                if payload != "cancelled":
+                    yield piece(None, payload, usage=job.usage())
+                    yield _event("[DONE]")
+                    status = 200
+            else:
+                yield _event(wire.error_body(str(payload), "server_error"))
+                status, finish_reason = 503, "error"
+            break
+    finally:
+        if status != 200:
+            req.cancel()
+        state.record(req, job.endpoint, status, finish_reason)

@@ -1,0 +1,64 @@
+"""What a running server holds (config, models, engine, metrics, usage log), kept on
+`app.state.serve` and handed to route handlers through `Depends(get_state)`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+
+from mlxtune.serve.engine import Engine, GenRequest, LoadedModel
+from mlxtune.serve.metrics import Metrics
+from mlxtune.serve.usage import UsageLog
+
+if TYPE_CHECKING:
+    from mlxtune.config import Config
+
+
+@dataclass
+class ServeState:
+    cfg: Config
+    models: dict[str, LoadedModel]
+    engine: Engine
+    metrics: Metrics
+    usage: UsageLog
+    api_key: str | None
+    default_model: str
+    started: float
+
+    def record(self, req: GenRequest, endpoint: str, status: int, finish: str | None) -> None:
+        """A request that reached the engine: its metrics and its usage row."""
+        latency = time.perf_counter() - req.submitted_at
+        ttft = None if req.first_token_at is None else req.first_token_at - req.submitted_at
+        m = self.metrics
+        m.requests.labels(req.model, str(status)).inc()
+        if status == 200:
+            m.latency.labels(req.model).observe(latency)
+            if ttft is not None:
+                m.ttft.labels(req.model).observe(ttft)
+        m.tokens.labels(req.model, "in").inc(len(req.prompt) if status != 503 else 0)
+        m.tokens.labels(req.model, "out").inc(req.completion_tokens)
+        self.usage.log(
+            endpoint=endpoint, model=req.model, prompt_tokens=len(req.prompt),
+            completion_tokens=req.completion_tokens, latency_s=round(latency, 6),
+            ttft_s=None if ttft is None else round(ttft, 6), status=status,
+            finish_reason=finish,
+        )  # fmt: skip
+
+    def record_refusal(self, request: Request, status: int, model: str | None) -> None:
+        """A generation request refused before the engine saw it (bad body, key, model)."""
+        path = request.url.path
+        if not (path.startswith("/v1/") and request.method == "POST"):
+            return
+        endpoint = "chat" if path.endswith("chat/completions") else "completions"
+        self.usage.log(endpoint=endpoint, model=model, status=status, latency_s=0.0)
+        label = model if model in self.models else "unknown"  # bounded label values
+        self.metrics.requests.labels(label, str(status)).inc()
+
+
+def get_state(request: Request) -> ServeState:
+    """The dependency every route uses to reach the server's state."""
+    state: ServeState = request.app.state.serve
+    return state
