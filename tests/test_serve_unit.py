@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from mlxtune.cli import app
 from mlxtune.config import Config
 from mlxtune.errors import MlxtuneError
-from mlxtune.serve import ServeResult, UsageLog, resolve_adapters, usage_db_path
+from mlxtune.serve import ServeResult, UsageLog, resolve_adapters, usage_db_path, wire
 
 
 def fake_adapter(path: Path) -> Path:
@@ -73,3 +73,116 @@ def test_usage_log_rows(tmp_path: Path) -> None:
         )
         (row,) = rows.fetchall()
     assert row[:4] == ("a", 3, 5, 200) and row[4].endswith("Z")
+
+
+# ---------------------------------------------------------------------------------------------
+# wire: the OpenAI shapes, checked against the official client's own types
+
+
+def test_whole_completions_parse_as_the_openai_client_types() -> None:
+    from openai.types import Completion
+    from openai.types.chat import ChatCompletion
+
+    use = wire.usage(7, 3)
+    assert use == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    chat = ChatCompletion.model_validate(
+        wire.completion("chatcmpl-1", 5, "ad1", "hi", "stop", use, chat=True)
+    )
+    assert chat.choices[0].message.content == "hi" and chat.choices[0].message.role == "assistant"
+    assert chat.model == "ad1" and chat.usage is not None and chat.usage.total_tokens == 10
+    text = Completion.model_validate(
+        wire.completion("cmpl-1", 5, "base", "ok", "length", use, chat=False)
+    )
+    assert text.object == "text_completion" and text.choices[0].text == "ok"
+    assert text.choices[0].finish_reason == "length"
+
+
+def test_stream_chunks_parse_as_the_openai_client_types() -> None:
+    from openai.types import Completion
+    from openai.types.chat import ChatCompletionChunk
+
+    first = ChatCompletionChunk.model_validate(wire.chunk("c", 1, "m", "", chat=True, role=True))
+    assert first.choices[0].delta.role == "assistant" and first.choices[0].delta.content == ""
+    piece = wire.chunk("c", 1, "m", "ab", chat=True)
+    assert piece["choices"][0]["delta"] == {"content": "ab"} and "usage" not in piece
+    last = ChatCompletionChunk.model_validate(
+        wire.chunk("c", 1, "m", None, "stop", chat=True, usage=wire.usage(2, 1))
+    )
+    assert last.choices[0].delta.content is None and last.choices[0].finish_reason == "stop"
+    assert last.usage is not None and last.usage.completion_tokens == 1
+    text = Completion.model_validate(wire.chunk("c", 1, "m", None, "length", chat=False))
+    assert text.choices[0].text == "" and text.object == "text_completion"
+
+
+def test_model_list_and_ids() -> None:
+    from openai.types import Model
+
+    entry = wire.model_entry("ad1", 9, "models/tiny", "runs/ad1", "abc")
+    listed = wire.model_list([entry])
+    assert listed["object"] == "list"
+    model = Model.model_validate(listed["data"][0])
+    assert model.id == "ad1" and model.owned_by == "mlxtune"
+    assert listed["data"][0]["adapter_sha256"] == "abc"
+    chat_id, text_id = wire.new_id(chat=True), wire.new_id(chat=False)
+    assert chat_id.startswith("chatcmpl-") and text_id.startswith("cmpl-")
+    assert wire.new_id(chat=True) != chat_id
+
+
+def test_errors_are_openai_error_bodies() -> None:
+    from openai.types import ErrorObject
+
+    err = wire.ApiError(404, "model 'x' not found", param="model", code="model_not_found")
+    body = err.body()
+    assert set(body) == {"error"}
+    parsed = ErrorObject.model_validate(body["error"])
+    assert (parsed.type, parsed.param, parsed.code) == (
+        "invalid_request_error", "model", "model_not_found",
+    )  # fmt: skip
+    assert wire.error_body("busy", "server_error")["error"]["type"] == "server_error"
+
+
+def test_validation_error_names_the_field() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as e:
+        wire.ChatBody.model_validate({"messages": [{"role": "user", "content": "x"}], "top_p": 0})
+    message, param = wire.validation_error(e.value.errors())
+    assert param == "top_p" and message.startswith("top_p: ")
+    assert wire.validation_error([]) == ("invalid request body", None)
+    # FastAPI puts "body" first in the location; it is not part of the field name.
+    body_error = [{"loc": ("body", "messages", 0, "role"), "msg": "bad role"}]
+    assert wire.validation_error(body_error) == ("messages.0.role: bad role", "messages.0.role")
+
+
+def test_request_bodies() -> None:
+    from pydantic import ValidationError
+
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    body = wire.ChatBody.model_validate(
+        {
+            "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": parts},
+            ],
+            "stop": "\n",
+            "unknown_field": 1,  # OpenAI clients send fields we do not use: ignored
+        }
+    )
+    assert [m.as_message() for m in body.messages] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "ab"},
+    ]
+    assert body.stops() == ["\n"] and wire.CompletionBody(prompt="p").stops() == []
+    for bad in ({"stop": ["a", "b", "c", "d", "e"]}, {"stop": [""]}, {"n": 2}, {"prompt": ""}):
+        with pytest.raises(ValidationError):
+            wire.CompletionBody.model_validate({"prompt": "p", **bad})
+
+
+def test_create_app_refuses_a_default_model_it_does_not_serve(tmp_path: Path) -> None:
+    from mlxtune.serve import create_app
+
+    cfg = Config.model_validate(
+        {"serve": {"default_model": "nope", "usage_db": str(tmp_path / "u.sqlite")}}
+    )
+    with pytest.raises(MlxtuneError, match=r"serve\.default_model: 'nope'"):
+        create_app(cfg, models={})
