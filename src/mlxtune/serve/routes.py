@@ -57,7 +57,7 @@ async def health(state: State) -> JSONResponse:
         "base_model": state.cfg.model.path,
         "base_name": state.cfg.serve.base_name,
         "default_model": state.default_model,
-        "adapters": [_health_adapter(m) for m in state.models.values() if m.adapter],
+        "adapters": [_health_adapter(m, m.adapter) for m in state.models.values() if m.adapter],
         "uptime_s": round(time.time() - state.started, 3),
         "queue_depth": state.engine.queue_depth(),
         "active": state.engine.active_count,
@@ -65,12 +65,11 @@ async def health(state: State) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-def _health_adapter(m: LoadedModel) -> dict[str, Any]:
-    assert m.adapter is not None
+def _health_adapter(m: LoadedModel, path: str) -> dict[str, Any]:
     return {
         "name": m.name,
-        "path": m.adapter,
-        "run": Path(m.adapter).name,
+        "path": path,
+        "run": Path(path).name,
         "alias": m.alias,
         "sha256": m.fingerprint,
     }
