@@ -155,7 +155,7 @@ def test_working_adapter_report_and_gate_exit_codes(setup: dict[str, Path]) -> N
     failed = [
         t for t in json.loads(result.report_path.read_text())["thresholds"] if not t["passed"]
     ]
-    assert failed[0]["category"] == "architecture" and failed[0]["metric"] == "token_f1"
+    assert [(t["category"], t["metric"]) for t in failed] == [("architecture", "token_f1")]
 
 
 @pytest.mark.e2e

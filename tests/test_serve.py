@@ -230,15 +230,19 @@ def test_unknown_model_auth_and_bad_input(server: Server) -> None:
         server.client(key="wrong").models.list()  # type: ignore[attr-defined]
     r = httpx.post(server.url + "/v1/chat/completions", content=b"{not json")
     assert r.status_code == 401  # no key: refused before the body is even parsed
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="ad1", messages=QUESTION, max_tokens=5000)  # type: ignore[attr-defined]
-    with pytest.raises(openai.BadRequestError):
+    assert e.value.body["param"] == "max_tokens"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="ad1", messages=QUESTION, temperature=9)  # type: ignore[attr-defined]
+    assert e.value.body["param"] == "temperature"  # type: ignore[index]
     with server.http() as http:
         for body in (b"{not json", b'{"messages": []}', b'{"messages": [{"role": "x"}]}'):
             r = http.post("/v1/chat/completions", content=body)
             assert r.status_code == 400, r.text
-            assert "error" in r.json() and "Traceback" not in r.text
+            error = r.json()["error"]
+            assert error["type"] == "invalid_request_error" and error["message"], r.text
+            assert "Traceback" not in r.text
         r = http.post("/v1/completions", json={"prompt": "x" * 30_000})
         assert r.status_code == 413
         r = http.post("/v1/completions", json={"prompt": "word " * 3000, "max_tokens": 1})
