@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sqlite3
 import subprocess
@@ -18,6 +19,7 @@ from mlxtune.cli import app
 from mlxtune.config import load_config
 from mlxtune.data.prepare import prepare
 from mlxtune.data.validate import validate_format
+from mlxtune.io import sha256_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 GOOD = FIXTURES / "good"
@@ -115,12 +117,18 @@ def test_prepare_then_validate_every_source(kind: str, tmp_path: Path, tiny_mode
     assert manifest["counts"] == {"read": 8, "written": 8}
     assert sum(manifest["splits"].values()) == 8 and manifest["splits"]["valid"] == 2
     train = read_jsonl(out / "train.jsonl")
+    assert len(train) == manifest["splits"]["train"] > 0
     key = "text" if kind == "text" else "messages"
     assert all(key in r for r in train)
     if kind in ("csv", "sqlite", "chat", "alpaca"):
-        assert {r["category"] for r in train} <= {"networking", "storage", "training"}
+        # stratified: every category reaches train
+        assert {r["category"] for r in train} == {"networking", "storage", "training"}
     if kind == "csv":
-        assert read_jsonl(out / "train.jsonl")[0]["keywords"]  # "8080" -> ["8080"]
+        # the keywords column becomes a list: "8080" -> ["8080"]
+        with (GOOD / "qa.csv").open(newline="") as f:
+            want = {row["question"]: [row["keywords"]] for row in csv.DictReader(f)}
+        for r in train:
+            assert r["keywords"] == want[r["messages"][0]["content"]]
     res = cli("validate-format", "-c", str(cfg_path))
     assert res.exit_code == 0, res.output
     assert "ok 8 rows" in res.output
@@ -240,10 +248,11 @@ def test_batch_size_and_show(tmp_path: Path, tiny_model: Path) -> None:
     assert res.exit_code == 1
     out = tmp_path / "prepared"
     assert f"{out}/valid.jsonl: rows: 2 rows < train.batch_size 8" in res.stdout
-    # the preview marks the trained answer (no colour in a pipe): only the answer is inside «»
-    assert "«Adapters are saved" in res.stdout or "«" in res.stdout
+    # the preview shows train.jsonl:1 and marks the trained answer (no colour in a pipe):
+    # exactly that row's answer and end-of-turn are inside «»
+    answer = read_jsonl(out / "train.jsonl")[0]["messages"][-1]["content"]
     trained = res.stdout.split("«", 1)[1].split("»", 1)[0]
-    assert "<|im_start|>" not in trained and trained.endswith("<|im_end|>\n")
+    assert trained == f"{answer}<|im_end|>\n"
 
 
 def test_refuses_to_overwrite_without_force(tmp_path: Path, tiny_model: Path) -> None:
@@ -272,10 +281,17 @@ def test_domain_dataset_split_by_question_and_by_fact(tmp_path: Path, tiny_model
     )
     result = prepare(cfg)
     m = result.manifest
-    assert m["counts"] == {"read": 308, "written": 308}  # paraphrases share answers: none dropped
-    assert m["splits"] == {"train": 231, "valid": 31, "test": 46}
-    assert len(m["categories"]) == 9 and all(c["test"] > 0 for c in m["categories"].values())
-    assert m["sources"][0]["sha256"] and m["template"]["fingerprint"] and m["seed"] == 0
+    shipped = read_jsonl(DOMAIN_DATA)
+    n = len(shipped)
+    assert m["counts"] == {"read": n, "written": n}  # paraphrases share answers: none dropped
+    # every question is its own group; systematic sampling rounds each ratio to nearest
+    assert m["splits"]["test"] == int(n * 0.15 + 0.5) > 0
+    assert abs(m["splits"]["valid"] - int(n * 0.1 + 0.5)) <= 1  # waits a step when test takes it
+    assert sum(m["splits"].values()) == n
+    assert set(m["categories"]) == {r["category"] for r in shipped}
+    assert all(c["test"] > 0 for c in m["categories"].values())
+    assert m["sources"][0]["sha256"] == sha256_file(DOMAIN_DATA)
+    assert m["template"]["fingerprint"] and m["seed"] == 0
     test = read_jsonl(result.out_dir / "test.jsonl")
     train_facts = {r["fact"] for r in read_jsonl(result.out_dir / "train.jsonl")}
     # held-out questions are paraphrases of trained facts
@@ -295,6 +311,7 @@ def test_domain_dataset_split_by_question_and_by_fact(tmp_path: Path, tiny_model
         s: {r["fact"] for r in read_jsonl(res.out_dir / f"{s}.jsonl")}
         for s in ("train", "valid", "test")
     }
+    assert facts["train"] and facts["valid"] and facts["test"]
     assert not facts["train"] & facts["test"] and not facts["train"] & facts["valid"]
     assert res.manifest["groups"]["test"] == len(facts["test"])
 
@@ -387,7 +404,9 @@ def test_good_fixture_rows_pass_both_schema_paths() -> None:
     from mlxtune.data.records import _fast
     from mlxtune.formats import detect_format, schema
 
-    for path in GOOD.glob("*.jsonl"):
+    paths = sorted(GOOD.glob("*.jsonl"))
+    assert len(paths) >= 5, paths  # one per jsonl format
+    for path in paths:
         for row in read_jsonl(path):
             fmt = detect_format(row)
             assert fmt is not None

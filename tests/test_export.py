@@ -48,15 +48,18 @@ def project(tmp_path: Path, tiny_model: Path, adapter: Path) -> tuple[Config, Pa
 
 @pytest.mark.e2e
 def test_fused_model_reproduces_adapter_greedy_output(
-    project: tuple[Config, Path], tiny_model: Path, tmp_path: Path
+    project: tuple[Config, Path], tiny_model: Path, adapter: Path, tmp_path: Path
 ) -> None:
+    import mlx.core as mx
     from mlx_lm import load
 
     from mlxtune.modeling import load_model
 
     cfg, _ = project
     result = export_run(cfg, "tuned", tmp_path / "fused")
-    assert result.fused_layers > 0 and result.base_model == str(tiny_model)
+    weights = mx.load(str(adapter / "adapters.safetensors"))
+    lora_layers = [k for k in weights if k.endswith("lora_a")]
+    assert result.fused_layers == len(lora_layers) > 0 and result.base_model == str(tiny_model)
     assert not (result.out / "adapter_config.json").exists()
 
     model_cfg = cfg.model.model_copy(update={"path": str(tiny_model)})

@@ -47,7 +47,9 @@ def test_html_is_self_contained_with_both_plots(cfg: Config, tmp_path: Path) -> 
 def test_markdown_references_written_plots(cfg: Config, tmp_path: Path) -> None:
     result = build_report(cfg, "r1", tmp_path / "out")
     md = result.markdown.read_text()
-    for ref in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+    refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert sorted(Path(ref).name for ref in refs) == ["eval.png", "loss.png"]
+    for ref in refs:
         assert (result.markdown.parent / ref).read_bytes().startswith(PNG_MAGIC)
     assert "| scope | n | keyword_accuracy |" in md
     assert "feature 0 \\| quickly?" in md  # pipes in cells are escaped
@@ -77,5 +79,5 @@ def test_report_cli(cfg: Config, tmp_path: Path) -> None:
 
 
 def test_unknown_run(cfg: Config) -> None:
-    with pytest.raises(MlxtuneError):
+    with pytest.raises(MlxtuneError, match="no run named 'zzz'"):
         build_report(cfg, "zzz")

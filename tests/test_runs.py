@@ -58,7 +58,8 @@ def test_sync_indexes_runs_and_is_idempotent(project: tuple[Config, Path]) -> No
     assert rec.method == "lora"
     assert rec.mlx_version == "0.32.4" and rec.mlx_lm_version == "0.32.2"
     assert rec.data_manifest_sha256 == "ab" * 32
-    assert rec.git_commit and rec.config_hash
+    run_json = json.loads((cfg.train.runs_dir / "r2-higher-lr" / "run.json").read_text())
+    assert (rec.git_commit, rec.config_hash) == (run_json["git_commit"], run_json["config_hash"])
     assert rec.final["steps"] == 100
     assert rec.eval_overall["keyword_accuracy"] == 0.7
     assert (cfg.train.registry_dir / "registry.sqlite").is_file()
@@ -95,6 +96,7 @@ def test_show_has_loss_series_config_and_eval(project: tuple[Config, Path]) -> N
     assert [s for s, _ in detail.val_loss] == [50, 100]
     assert detail.config["train"]["learning_rate"] == 1e-5
     assert detail.record.evaluation is not None
+    assert detail.record.evaluation["overall"]["adapter"]["keyword_accuracy"] == 0.5
 
 
 def test_unknown_run_suggests_a_name(project: tuple[Config, Path]) -> None:
@@ -118,8 +120,13 @@ def test_compare_reports_config_diff_and_deltas(project: tuple[Config, Path]) ->
     assert set(cmp.per_category) == {"pricing", "setup", "troubleshooting"}
     cat = next(m for m in cmp.per_category["setup"] if m.metric == "keyword_accuracy")
     assert cat.delta == pytest.approx(0.2)
+    final = {
+        n: json.loads((cfg.train.runs_dir / n / "run.json").read_text())["final"]
+        for n in ("r1-baseline", "r2-higher-lr")
+    }
     train = next(m for m in cmp.training if m.metric == "train_loss")
-    assert train.delta is not None and train.delta < 0
+    want = final["r2-higher-lr"]["train_loss"] - final["r1-baseline"]["train_loss"]
+    assert want < 0 and train.delta == pytest.approx(want) and train.better is True
 
 
 def test_promote_rollback_and_resolve_alias(project: tuple[Config, Path]) -> None:

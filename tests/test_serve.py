@@ -149,7 +149,7 @@ def test_health_is_503_until_the_engine_runs(served: App, tmp_path: Path) -> Non
 def test_greedy_chat_equals_mlx_lm_with_adapter(served: App) -> None:
     client = served.client()
     prompt = chat_prompt_ids(served.model_dir)
-    answers = {}
+    answers, generated = {}, {}
     for name, adapter in (("ad1", served.adapter_dir), ("base", None)):
         r = client.chat.completions.create(
             model=name, messages=QUESTION, max_tokens=24, temperature=0
@@ -160,6 +160,7 @@ def test_greedy_chat_equals_mlx_lm_with_adapter(served: App) -> None:
         assert r.usage.prompt_tokens == len(prompt)
         assert r.usage.completion_tokens == n_tokens
         answers[name] = r.choices[0].message.content
+        generated[name] = n_tokens
     assert answers["ad1"] != answers["base"], "the adapter must change the answer"
 
     # Streaming gives the same text, chunk by chunk, naming the adapter.
@@ -170,7 +171,7 @@ def test_greedy_chat_equals_mlx_lm_with_adapter(served: App) -> None:
     assert all(c.model == "ad1" for c in chunks)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == answers["ad1"]
-    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+    assert chunks[-1].choices[0].finish_reason == ("length" if generated["ad1"] == 24 else "stop")
 
 
 @pytest.mark.parametrize("chat", [True, False])
@@ -255,15 +256,19 @@ def test_unknown_model_auth_and_bad_input(served: App) -> None:
         served.client(key="wrong").models.list()
     r = served.http.post("/v1/chat/completions", content=b"{not json")
     assert r.status_code == 401  # no key: refused before the body is even parsed
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="ad1", messages=QUESTION, max_tokens=5000)
-    with pytest.raises(openai.BadRequestError):
+    assert e.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="ad1", messages=QUESTION, temperature=9)
+    assert e.value.body["param"] == "temperature"
     http = served.http
     for body in (b"{not json", b'{"messages": []}', b'{"messages": [{"role": "x"}]}'):
         r = http.post("/v1/chat/completions", content=body, headers=AUTH)
         assert r.status_code == 400, r.text
-        assert "error" in r.json() and "Traceback" not in r.text
+        error = r.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["message"], r.text
+        assert "Traceback" not in r.text
     r = http.post("/v1/completions", json={"prompt": "x" * 30_000}, headers=AUTH)
     assert r.status_code == 413
     # Chunked, so no Content-Length to refuse on: the limit counts the bytes as they come.
@@ -275,17 +280,29 @@ def test_unknown_model_auth_and_bad_input(served: App) -> None:
 
 
 def test_usage_log_and_metrics(served: App) -> None:
+    def rows_after(rowid: int) -> list[tuple[str | None, int, int | None, int | None]]:
+        query = "SELECT model, status, prompt_tokens, completion_tokens FROM requests"
+        with sqlite3.connect(served.usage_db) as db:  # only this test's rows: earlier tests log too
+            return db.execute(query + " WHERE rowid > ? ORDER BY rowid", (rowid,)).fetchall()
+
+    with sqlite3.connect(served.usage_db) as db:
+        (last,) = db.execute("SELECT coalesce(max(rowid), 0) FROM requests").fetchone()
     http = served.http
+    replies = {}
     for model, code in (("ad1", 200), ("nope", 404)):
         body = {"model": model, "prompt": "MLX", "max_tokens": 4}
-        assert http.post("/v1/completions", json=body, headers=AUTH).status_code == code
+        replies[model] = http.post("/v1/completions", json=body, headers=AUTH)
+        assert replies[model].status_code == code
     assert http.post("/v1/completions", json={"prompt": ""}, headers=AUTH).status_code == 400
-    with sqlite3.connect(served.usage_db) as db:
-        rows = db.execute("SELECT model, status, prompt_tokens, completion_tokens FROM requests")
-        rows = rows.fetchall()
-    statuses = {r[1] for r in rows}
-    assert {200, 400, 404} <= statuses
-    assert any(r[0] == "ad1" and r[1] == 200 and r[3] > 0 for r in rows)
+    deadline = time.monotonic() + 10
+    while len(rows_after(last)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rows = rows_after(last)
+    assert [(r[0], r[1]) for r in rows[:2]] == [("ad1", 200), ("nope", 404)], rows
+    assert len(rows) == 3 and rows[2][1] == 400, rows
+    usage = replies["ad1"].json()["usage"]
+    assert rows[0][2:] == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert usage["completion_tokens"] > 0
     text = http.get("/metrics").text  # no key: /metrics is open
     assert 'mlxtune_requests_total{model="ad1",status="200"}' in text
     for name in (
@@ -316,6 +333,8 @@ class Server:
     proc: subprocess.Popen[bytes]
     log: Path
     usage_db: Path
+    model_dir: Path
+    adapter_dir: Path
 
     def client(self, key: str = API_KEY) -> Any:
         import openai
@@ -354,7 +373,7 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     log = tmp / "server.log"
     proc, url = start_server(cfg_path, log)
     try:
-        yield Server(url, proc, log, usage_db)
+        yield Server(url, proc, log, usage_db, tiny_model, adapter)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -392,9 +411,9 @@ def test_overload_answers_503_at_once(server: Server) -> None:
         t.join(120)
     refused = [r for r in results if r[0] == 503]
     served = [r for r in results if r[0] == 200]
-    assert len(results) == 10
+    assert len(results) == 10 and len(served) + len(refused) == 10, results
     assert len(served) >= 4 and len(refused) >= 1, results
-    assert all(r[2] is not None for r in refused)
+    assert all(r[2] is not None and int(r[2]) > 0 for r in refused)
     assert max(r[1] for r in refused) < min(r[1] for r in served)
 
 
@@ -428,6 +447,13 @@ def test_disconnect_cancels_generation(server: Server, stream: bool) -> None:
 
 
 def test_sigterm_finishes_inflight_then_exits(server: Server) -> None:
+    from mlx_lm import load
+
+    from mlxtune.formats import encode
+
+    _, tokenizer = load(str(server.model_dir))
+    prompt = encode(tokenizer, "MLX")
+    _, want = mlx_lm_greedy(server.model_dir, server.adapter_dir, prompt, 200)
     out: dict[str, object] = {}
 
     def ask() -> None:
@@ -438,10 +464,14 @@ def test_sigterm_finishes_inflight_then_exits(server: Server) -> None:
 
     t = threading.Thread(target=ask)
     t.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while not httpx.get(server.url + "/health").json()["active"]:  # in flight, not just sent
+        assert time.monotonic() < deadline and t.is_alive(), "the request never ran"
+        time.sleep(0.02)
     server.proc.send_signal(signal.SIGTERM)
+    assert t.is_alive(), "the request finished before SIGTERM: nothing was in flight"
     t.join(60)
-    assert out.get("usage"), server.log.read_text()
+    assert out.get("usage") == want, server.log.read_text()  # finished, not cut short
     assert server.proc.wait(30) == 0
     assert "stopped after" in server.log.read_text()
     assert "Traceback" not in server.log.read_text()
@@ -456,13 +486,13 @@ def test_bad_adapter_refuses_to_start(tiny_model: Path, tmp_path: Path) -> None:
         "serve", "--set", f"model.path={tiny_model}", "--adapter", f"x={tmp_path / 'nope'}",
         "--port", "0", timeout=60,
     )  # fmt: skip
-    assert missing.returncode != 0
+    assert missing.returncode == 1
     assert "serve.adapters.x" in missing.stderr and "Traceback" not in missing.stderr
     bad = run_cli(
         "serve", "--set", f"model.path={tiny_model}", "--adapter", f"x={broken}", "--port", "0",
         timeout=60,
     )  # fmt: skip
-    assert bad.returncode != 0
+    assert bad.returncode == 1
     assert "serve.adapters.x" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -199,18 +198,16 @@ def test_sigkill_then_resume_matches_uninterrupted_run(
 @pytest.mark.e2e
 def test_two_ranks_under_mlx_launch(tiny_model: Path, domain_data: Path, tmp_path: Path) -> None:
     cfg = _config(tmp_path, tiny_model, domain_data, iters=4, save_every=2, steps_per_eval=2)
-    t0 = time.time()
     proc = run_cli("train", "-c", str(cfg), "--launch", "2", timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     info = json.loads((tmp_path / "runs" / "t" / "run.json").read_text())
     assert info["world_size"] == 2 and info["status"] == "completed"
-    assert time.time() - t0 < 240
 
     # A rank that fails (batch 3 is not divisible by 2) must fail the launch, though
     # mlx.launch itself exits 0.
     bad = _config(tmp_path, tiny_model, domain_data, batch_size=3, name="bad")
     proc = run_cli("train", "-c", str(bad), "--launch", "2", timeout=240)
-    assert proc.returncode != 0
+    assert proc.returncode == 1, proc.stderr
     assert "rank" in proc.stderr and "divisible" in proc.stderr
 
 
