@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import cli_env, run_cli
-from mlxtune.train_data import Batches, Example, collate, pack
+from mlxtune.train.data import Batches, Example, collate, pack
 
 
 def _config(tmp: Path, model: Path, data: Path, **train: object) -> Path:
@@ -51,7 +51,7 @@ def test_three_turn_chat_mask_reaches_the_loss(tiny_model: Path) -> None:
     from mlx_lm import load
 
     from mlxtune.formats import encode_for_training, resolve_template
-    from mlxtune.train_data import tokenize
+    from mlxtune.train.data import tokenize
 
     _, tok = load(str(tiny_model))
     resolve_template(tok)
