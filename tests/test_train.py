@@ -13,7 +13,19 @@ import pytest
 import yaml
 
 from conftest import cli_env, run_cli
-from mlxtune.train_data import Batches, Example, collate, pack
+from mlxtune.train.data import Batches, Example, collate, pack
+from mlxtune.train.events import (
+    CheckpointReached,
+    EarlyStopped,
+    FinalMetrics,
+    LoopState,
+    StepReport,
+    TrainDone,
+    TrainingCallback,
+    TrainInterrupted,
+    TrainStarted,
+    ValidationReport,
+)
 
 
 def _config(tmp: Path, model: Path, data: Path, **train: object) -> Path:
@@ -50,7 +62,7 @@ def test_three_turn_chat_mask_reaches_the_loss(tiny_model: Path) -> None:
     from mlx_lm import load
 
     from mlxtune.formats import encode_for_training, resolve_template
-    from mlxtune.train_data import tokenize
+    from mlxtune.train.data import tokenize
 
     _, tok = load(str(tiny_model))
     resolve_template(tok)
@@ -275,3 +287,157 @@ def test_training_knobs_run_and_reduce_loss(
     assert proc.returncode == 0, proc.stderr
     losses = [json.loads(x)["train_loss"] for x in proc.stdout.splitlines() if '"train"' in x]
     assert losses[-1] < losses[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The pieces: events, RunWriter, the --json wire shape
+
+
+class _Recorder(TrainingCallback):
+    """Keeps every event, and whether each checkpoint was on disk when this subscriber heard it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, object]] = []
+        self.saved_before_heard: list[bool] = []
+
+    def on_train_started(self, event: TrainStarted) -> None:
+        self.seen.append(("started", event))
+
+    def on_step_report(self, event: StepReport) -> None:
+        self.seen.append(("report", event))
+
+    def on_validation(self, event: ValidationReport) -> None:
+        self.seen.append(("val", event))
+
+    def on_checkpoint(self, event: CheckpointReached) -> None:
+        self.seen.append(("save", event))
+        self.saved_before_heard.append((event.path / "state.json").is_file())
+
+    def on_early_stop(self, event: EarlyStopped) -> None:
+        self.seen.append(("early_stop", event))
+
+    def on_train_done(self, event: TrainDone) -> None:
+        self.seen.append(("done", event))
+
+
+@pytest.mark.e2e
+def test_a_short_run_emits_its_events_in_order(
+    tiny_model: Path, domain_data: Path, tmp_path: Path
+) -> None:
+    from dataclasses import asdict
+
+    from mlxtune.config import load_config
+    from mlxtune.train import train
+
+    cfg_path = _config(tmp_path, tiny_model, domain_data, iters=4, save_every=2, steps_per_eval=2)
+    rec = _Recorder()
+    result = train(load_config(cfg_path), callback=rec)
+    kinds = [(k, getattr(e, "step", None)) for k, e in rec.seen]
+    assert kinds == [
+        ("started", None),
+        ("report", 2), ("val", 2), ("save", 2),
+        ("report", 4), ("val", 4), ("save", 4),
+        ("done", None),
+    ]  # fmt: skip
+    assert rec.saved_before_heard == [True, True]  # RunWriter hears each event first
+    done = rec.seen[-1][1]
+    assert isinstance(done, TrainDone)
+    assert result.status == "completed" and result.final == asdict(done.final)
+    assert result.final["steps"] == 4 and result.final["best_step"] in (2, 4)
+    run_json = json.loads((tmp_path / "runs" / "t" / "run.json").read_text())
+    assert run_json["final"] == result.final
+
+
+def test_run_writer_keeps_the_run_directory(tmp_path: Path) -> None:
+    """Driven by hand-made events over a one-layer model: what each event leaves on disk."""
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+
+    from mlxtune.config import load_config
+    from mlxtune.rundir import RunDir, read_metrics
+    from mlxtune.train import RunWriter, TrainPlan
+    from mlxtune.train.writer import latest_checkpoint, load_checkpoint
+
+    cfg = load_config(flags={"data.dir": str(tmp_path / "data"), "model.path": "m"})
+    model = nn.Linear(2, 2)
+    optimizer = optim.Adam(learning_rate=1e-3)
+    optimizer.init(model.trainable_parameters())
+    run = RunDir(tmp_path / "run")
+    writer = RunWriter(run, cfg, model, optimizer, "{{ template }}")
+    plan = TrainPlan("lora", 1, 6, 6, 8, 2, 0, 2, 100, 50, 4, 2.0)
+
+    def report(step: int) -> StepReport:
+        return StepReport(step, 4, 1.0, 1e-3, 2.0, 100.0 * step, 50.0, 10 * step, 0.1)
+
+    writer.on_train_started(TrainStarted(run.root, 0, plan))
+    assert run.read_run()["status"] == "running" and run.read_run()["resumed_from_step"] is None
+    assert run.chat_template.read_text() == "{{ template }}" and run.config.is_file()
+    writer.on_step_report(report(2))
+    writer.on_validation(ValidationReport(2, 0.9, 0.9, 2))  # improved: best/ written
+    assert (run.best / "adapters.safetensors").is_file()
+    best_written = (run.best / "adapters.safetensors").stat().st_mtime_ns
+    state = LoopState(step=2, best_val=0.9, best_step=2, trained_tokens=20, wall_s=1.5)
+    writer.on_checkpoint(CheckpointReached(2, run.checkpoints / "step_0000002", state))
+    writer.on_step_report(report(4))
+    writer.on_validation(ValidationReport(4, 1.2, 0.9, 2))  # not improved: best/ untouched
+    assert (run.best / "adapters.safetensors").stat().st_mtime_ns == best_written
+    assert [r["step"] for r in read_metrics(run.metrics)] == [2, 2, 4, 4]
+    assert writer.mean_tokens_per_s() == pytest.approx(300.0)
+
+    # A checkpoint restores exactly what it saved.
+    ckpt = latest_checkpoint(run)
+    assert ckpt == run.checkpoints / "step_0000002"
+    assert load_checkpoint(ckpt, nn.Linear(2, 2), optimizer) == state
+
+    writer.on_interrupted(TrainInterrupted(4))
+    assert run.read_run()["status"] == "stopped"
+
+    # Resuming from step 2 drops the metric lines written after it and keeps started_at.
+    started_at = run.read_run()["started_at"]
+    resumed = RunWriter(run, cfg, model, optimizer, "{{ template }}")
+    resumed.on_train_started(TrainStarted(run.root, 2, plan))
+    assert [r["step"] for r in read_metrics(run.metrics)] == [2, 2]
+    assert run.read_run()["resumed_from_step"] == 2
+    assert run.read_run()["started_at"] == started_at
+    final = FinalMetrics(4, 1.0, 1.2, 0.9, 2, False, 40, 200.0, 3.0, 0.1)
+    resumed.on_train_done(TrainDone(run.root, "completed", final))
+    info = run.read_run()
+    assert info["status"] == "completed" and info["final"]["best_step"] == 2
+    assert run.is_adapter()
+
+
+def test_json_lines_keep_their_keys() -> None:
+    """`train --json` is a wire format (bench.parse_train_json, scripts): the keys per event."""
+    from mlxtune.bench import parse_train_json
+    from mlxtune.render.train import event_json
+
+    step = StepReport(2, 4, 1.5, 1e-3, 2.0, 300.0, 120.0, 240, 0.5)
+    lines = [
+        event_json(step),
+        event_json(ValidationReport(2, 1.4, 1.4, 2)),
+        event_json(CheckpointReached(2, Path("runs/t/checkpoints/step_0000002"), LoopState(2))),
+        event_json(EarlyStopped(8, 4)),
+        event_json(TrainDone(Path("runs/t"), "completed", FinalMetrics(
+            8, 1.5, 1.4, 1.4, 4, True, 960, 300.0, 3.2, 0.5,
+        ))),
+    ]  # fmt: skip
+    assert [list(line) for line in lines] == [
+        ["event", "step", "total_steps", "train_loss", "lr", "it_per_s", "tokens_per_s",
+         "trained_tokens_per_s", "trained_tokens", "peak_memory_gb"],
+        ["event", "step", "val_loss", "best_val_loss", "best_step"],
+        ["event", "step", "path"],
+        ["event", "step", "best_step"],
+        ["event", "run_dir", "status", "steps", "train_loss", "val_loss", "best_val_loss",
+         "best_step", "stopped_early", "trained_tokens", "tokens_per_s", "wall_s",
+         "peak_memory_gb"],
+    ]  # fmt: skip
+    assert lines[2]["path"] == "runs/t/checkpoints/step_0000002"
+    reports = parse_train_json([json.dumps(line) for line in lines])
+    assert reports == [{"step": 2, "it_per_s": 2.0, "tokens_per_s": 120.0, "peak_memory_gb": 0.5}]
+
+
+def test_launch_args_are_stripped_from_the_rank_command() -> None:
+    from mlxtune.train.launch import strip_launch_args
+
+    args = ["-c", "x.yaml", "--launch", "2", "--backend=ring", "--hostfile", "h.json", "--json"]
+    assert strip_launch_args(args) == ["-c", "x.yaml", "--json"]

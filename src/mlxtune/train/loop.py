@@ -1,0 +1,364 @@
+"""The training loop: `train_loop(model, optimizer, train_batches, valid, args, callback)`, shaped
+like mlx-lm's `tuner.trainer.train` and reporting through the typed events in `events.py`.
+
+mlx-lm's `train()` cannot resume optimizer state, step and data order, keep the best adapter or
+stop early, so the loop lives here. Compared with mlx-lm's loop this one (a) does not clear the
+allocator cache every step (mlx-lm's default `clear_cache_threshold=0` frees and re-allocates
+every buffer each step), (b) pads to a multiple of 8 instead of 32 (+1), and (c) builds the
+next batch while the current step runs (`mx.async_eval`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mlxtune.config import TrainConfig
+from mlxtune.train.data import Batches, Example, collate
+from mlxtune.train.events import (
+    CheckpointReached,
+    EarlyStopped,
+    LoopState,
+    StepReport,
+    TrainingCallback,
+    TrainInterrupted,
+    ValidationReport,
+)
+
+
+@dataclass(frozen=True)
+class LoopArgs:
+    """The loop's knobs, like mlx-lm's `TrainingArgs` (from `train:` via `from_config`)."""
+
+    total_steps: int
+    grad_accumulation_steps: int
+    grad_clip: float | None
+    steps_per_report: int
+    steps_per_eval: int
+    save_every: int
+    val_batch_size: int
+    val_batches: int  # -1: the whole validation set
+    early_stopping_patience: int | None
+    early_stopping_min_delta: float
+    seed: int
+    checkpoints: Path | None = None  # where checkpoints go; None on ranks that do not write
+
+    @classmethod
+    def from_config(
+        cls, t: TrainConfig, total_steps: int, n_valid: int, checkpoints: Path | None
+    ) -> LoopArgs:
+        return cls(
+            total_steps=total_steps,
+            grad_accumulation_steps=t.grad_accumulation_steps,
+            grad_clip=t.grad_clip,
+            steps_per_report=t.steps_per_report,
+            steps_per_eval=t.steps_per_eval,
+            save_every=t.save_every,
+            val_batch_size=max(1, min(t.batch_size, n_valid)),
+            val_batches=t.val_batches,
+            early_stopping_patience=t.early_stopping_patience,
+            early_stopping_min_delta=t.early_stopping_min_delta,
+            seed=t.seed,
+            checkpoints=checkpoints,
+        )
+
+
+@dataclass
+class LoopOutcome:
+    """Where the loop ended (`train` turns it into the run's FinalMetrics)."""
+
+    state: LoopState
+    train_loss: float | None
+    val_loss: float | None
+    stopped_early: bool
+    peak_memory_gb: float
+
+
+class TrainStep:
+    """The compiled training step (gradient accumulation, all-reduce, clipping, update) and the
+    validation loss, over one model and optimizer."""
+
+    def __init__(self, model: Any, optimizer: Any, args: LoopArgs, world: Any) -> None:
+        import mlx.core as mx
+        import mlx.nn as nn
+        from mlx.nn.utils import average_gradients
+        from mlx.utils import tree_map
+
+        self.model = model
+        self.world = world
+        accum = args.grad_accumulation_steps
+        clip = args.grad_clip
+        world_size = world.size()
+
+        def loss_fn(model: Any, inputs: Any, targets: Any, mask: Any) -> tuple[Any, Any]:
+            logits = model(inputs)
+            ce = nn.losses.cross_entropy(logits, targets) * mask
+            ntoks = mask.sum()
+            return ce.astype(mx.float32).sum() / ntoks, ntoks
+
+        self.loss_fn = loss_fn
+        value_and_grad = nn.value_and_grad(model, loss_fn)
+        self.state = [model.state, optimizer.state, mx.random.state]
+
+        def step(inputs: Any, targets: Any, mask: Any, prev: Any, update: bool) -> Any:
+            (loss, toks), grad = value_and_grad(model, inputs, targets, mask)
+            if prev is not None:
+                grad = tree_map(lambda a, b: a + b, grad, prev)
+            if update:
+                if world_size > 1:
+                    grad = average_gradients(grad)
+                if accum > 1:
+                    grad = tree_map(lambda g: g / accum, grad)
+                if clip:
+                    import mlx.optimizers as optim
+
+                    grad, _ = optim.clip_grad_norm(grad, clip)
+                optimizer.update(model, grad)
+                grad = None
+            return loss, toks, grad
+
+        self.step = mx.compile(step, inputs=self.state, outputs=self.state)
+
+    def evaluate(self, valid: list[Example], batch_size: int, max_batches: int) -> float:
+        """Mean validation loss per trained token, over every rank."""
+        import mlx.core as mx
+
+        self.model.eval()
+        rank, size = self.world.rank(), self.world.size()
+        order = sorted(range(len(valid)), key=lambda i: len(valid[i].tokens))
+        groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        if max_batches != -1:
+            groups = groups[:max_batches]
+        total, ntok = mx.array(0.0), mx.array(0.0)
+        for g in groups:
+            mine = g[rank::size]
+            if not mine:
+                continue
+            inputs, targets, mask, _ = collate([valid[i] for i in mine])
+            loss, toks = self.loss_fn(
+                self.model, mx.array(inputs), mx.array(targets), mx.array(mask)
+            )
+            total = total + loss * toks
+            ntok = ntok + toks
+            mx.eval(total, ntok)
+        if size > 1:
+            total = mx.distributed.all_sum(total, stream=mx.cpu)
+            ntok = mx.distributed.all_sum(ntok, stream=mx.cpu)
+        self.model.train()
+        return _item(total / mx.maximum(ntok, 1))
+
+
+def train_loop(
+    model: Any,
+    optimizer: Any,
+    train_batches: Batches,
+    valid: list[Example],
+    args: LoopArgs,
+    callback: TrainingCallback | None = None,
+    *,
+    world: Any,
+    start: LoopState | None = None,
+) -> LoopOutcome:
+    """Train from `start` (a fresh run, or a checkpoint's state with weights and optimizer state
+    already loaded) to `args.total_steps`, or until early stopping."""
+    return _Loop(
+        model, optimizer, train_batches, valid, args, callback or TrainingCallback(), world, start
+    ).run()
+
+
+@dataclass
+class _Window:
+    """What happened since the last StepReport."""
+
+    losses: list[Any] = field(default_factory=list)
+    trained: list[Any] = field(default_factory=list)  # trained-token counts (mx arrays)
+    tokens: int = 0  # every non-pad token this rank saw
+    time_s: float = 0.0
+    steps: int = 0
+
+
+class _Loop:
+    def __init__(
+        self,
+        model: Any,
+        optimizer: Any,
+        batches: Batches,
+        valid: list[Example],
+        args: LoopArgs,
+        callback: TrainingCallback,
+        world: Any,
+        start: LoopState | None,
+    ) -> None:
+        self.model, self.optimizer, self.batches, self.valid = model, optimizer, batches, valid
+        self.args, self.callback, self.world = args, callback, world
+        self.state = replace(start) if start else LoopState()
+        self.trainer = TrainStep(model, optimizer, args, world)
+        self.window = _Window()
+        self.wall_before, self.wall_start = self.state.wall_s, time.perf_counter()
+        self.train_loss: float | None = None
+        self.val_loss: float | None = None
+        self.stopped_early = False
+
+    def run(self) -> LoopOutcome:
+        import mlx.core as mx
+
+        a, state = self.args, self.state
+        self.model.train()
+        if state.step:
+            # Resuming: the RNG (dropout) restarts from (seed, step), as it did when the
+            # checkpoint was written, so a resumed run draws what the uninterrupted one drew.
+            mx.random.seed(step_seed(a.seed, state.step))
+        self.wall_start = time.perf_counter()
+        mx.reset_peak_memory()
+        try:
+            self._steps()
+        except KeyboardInterrupt:
+            self.callback.on_interrupted(TrainInterrupted(step=state.step))
+            raise
+        state.wall_s = self._wall()
+        return LoopOutcome(
+            state=state,
+            train_loss=self.train_loss,
+            val_loss=self.val_loss,
+            stopped_early=self.stopped_early,
+            peak_memory_gb=mx.get_peak_memory() / 1e9,
+        )
+
+    def _steps(self) -> None:
+        import mlx.core as mx
+
+        a, state = self.args, self.state
+        accum, total = a.grad_accumulation_steps, a.total_steps
+        grad = None
+        micro = state.step * accum
+        nxt = self._prepare(micro) if state.step < total else None
+        while state.step < total:
+            w = self.window  # a new one after each report
+            tic = time.perf_counter()
+            for k in range(accum):
+                assert nxt is not None
+                inputs, targets, mask, real = nxt
+                loss, toks, grad = self.trainer.step(inputs, targets, mask, grad, k == accum - 1)
+                mx.async_eval(self.trainer.state, loss, toks, grad)
+                micro += 1
+                nxt = None if micro >= total * accum else self._prepare(micro)
+                w.losses.append(loss)
+                w.trained.append(toks)
+                w.tokens += real
+            mx.eval(self.trainer.state, w.losses, w.trained)
+            state.step += 1
+            w.steps += 1
+            w.time_s += time.perf_counter() - tic
+
+            if state.step % a.steps_per_report == 0 or state.step == total:
+                self._report()
+            if state.step % a.steps_per_eval == 0 or state.step == total:
+                self._validate()
+            if state.step % a.save_every == 0 or self.stopped_early:
+                self._checkpoint()
+            if self.stopped_early:
+                self.callback.on_early_stop(EarlyStopped(state.step, state.best_step))
+                break
+
+    def _prepare(self, micro: int) -> tuple[Any, Any, Any, int]:
+        import mlx.core as mx
+
+        inputs, targets, mask, real = self.batches.arrays(self.batches.indices(micro))
+        return mx.array(inputs), mx.array(targets), mx.array(mask), real
+
+    def _report(self) -> None:
+        import mlx.core as mx
+
+        w, state = self.window, self.state
+        loss_sum = mx.stack(w.losses).sum()
+        trained = mx.stack(w.trained).sum()
+        counts = mx.array([float(w.tokens), float(len(w.losses))])
+        if self.world.size() > 1:
+            loss_sum = mx.distributed.all_sum(loss_sum, stream=mx.cpu)
+            trained = mx.distributed.all_sum(trained, stream=mx.cpu)
+            counts = mx.distributed.all_sum(counts, stream=mx.cpu)
+        self.train_loss = _item(loss_sum) / _item(counts[1])
+        state.trained_tokens += int(_item(trained))
+        report = StepReport(
+            step=state.step,
+            total_steps=self.args.total_steps,
+            train_loss=self.train_loss,
+            lr=_item(self.optimizer.learning_rate),
+            it_per_s=w.steps / w.time_s,
+            tokens_per_s=int(_item(counts[0])) / w.time_s,
+            trained_tokens_per_s=_item(trained) / w.time_s,
+            trained_tokens=state.trained_tokens,
+            peak_memory_gb=mx.get_peak_memory() / 1e9,
+        )
+        self.window = _Window()
+        self.callback.on_step_report(report)
+
+    def _validate(self) -> None:
+        a, state = self.args, self.state
+        self.val_loss = self.trainer.evaluate(self.valid, a.val_batch_size, a.val_batches)
+        best = state.best_val
+        if best is None or self.val_loss < best - a.early_stopping_min_delta:
+            state.best_val, state.best_step, state.since_best = self.val_loss, state.step, 0
+        else:
+            state.since_best += 1
+        assert state.best_val is not None and state.best_step is not None
+        self.callback.on_validation(
+            ValidationReport(state.step, self.val_loss, state.best_val, state.best_step)
+        )
+        patience = a.early_stopping_patience
+        if patience and state.since_best >= patience and state.step < a.total_steps:
+            self.stopped_early = True
+
+    def _checkpoint(self) -> None:
+        import mlx.core as mx
+
+        a, state = self.args, self.state
+        if a.checkpoints is not None:
+            path = a.checkpoints / f"step_{state.step:07d}"
+            snapshot = replace(state, wall_s=self._wall())
+            self.callback.on_checkpoint(CheckpointReached(state.step, path, snapshot))
+        # The RNG (dropout) restarts from (seed, step) at every checkpoint, so a resumed run
+        # draws exactly what the uninterrupted one drew.
+        mx.random.seed(step_seed(a.seed, state.step))
+        if self.world.size() > 1:  # keep ranks in step while rank 0 writes
+            mx.eval(mx.distributed.all_sum(mx.array(1.0), stream=mx.cpu))
+
+    def _wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self.wall_start
+
+
+def measure(
+    model: Any, optimizer: Any, batches: Batches, args: LoopArgs, world: Any
+) -> tuple[float, float]:
+    """(seconds per optimizer step, peak memory GB) from a few real steps; the model is thrown
+    away afterwards (dry-run estimates)."""
+    import mlx.core as mx
+
+    trainer = TrainStep(model, optimizer, args, world)
+    model.train()
+    mx.reset_peak_memory()
+    # The longest batch bounds memory; time the typical ones.
+    longest = max(
+        range(len(batches)), key=lambda i: len(batches.examples[batches.groups[i][-1]].tokens)
+    )
+    times = []
+    for n, micro in enumerate([longest, 0, 1, 2]):
+        idx = batches.groups[micro % len(batches)][batches.rank :: batches.world]
+        inputs, targets, mask, _ = batches.arrays(idx)
+        tic = time.perf_counter()
+        out = trainer.step(mx.array(inputs), mx.array(targets), mx.array(mask), None, True)
+        mx.eval(trainer.state, out[0])
+        if n >= 2:  # first two calls compile
+            times.append(time.perf_counter() - tic)
+    step_s = sum(times) / len(times) * args.grad_accumulation_steps
+    return step_s, mx.get_peak_memory() / 1e9
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**32)
+
+
+def _item(x: Any) -> float:
+    return float(x.item())

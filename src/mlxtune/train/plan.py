@@ -1,0 +1,289 @@
+"""The plan step of `mlxtune train`: every check, the model, the data and the schedule.
+
+`plan()` does all of it before anything is written and returns a `PlannedRun`: the pieces the
+loop takes (model, optimizer, batches) and the `TrainPlan` that `--dry-run` prints. Config
+problems are found before the model loads, data problems right after; all are reported at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from mlxtune.config import Config, TrainConfig
+from mlxtune.errors import ConfigError
+from mlxtune.rundir import RunDir
+from mlxtune.train.data import Batches, Example, pack, read_split, tokenize
+
+
+@dataclass
+class TrainPlan:
+    method: str
+    world_size: int
+    trainable_params: int
+    total_params: int
+    train_examples: int
+    valid_examples: int
+    truncated: int
+    batches_per_epoch: int
+    tokens_per_epoch: int
+    trained_tokens_per_epoch: int
+    steps: int
+    epochs: float
+    step_s: float | None = None
+    est_time_s: float | None = None
+    est_peak_memory_gb: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PlannedRun:
+    """What `plan()` prepared: the plan to print and the pieces the loop takes."""
+
+    plan: TrainPlan
+    run: RunDir
+    model: Any
+    optimizer: Any
+    template: str
+    train_batches: Batches
+    valid_examples: list[Example]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks before anything is loaded or written
+
+
+def config_problems(cfg: Config, world_size: int = 1) -> list[str]:
+    """Every problem visible from the config alone, one `section.key: message` each."""
+    t = cfg.train
+    problems = []
+    if t.batch_size % world_size:
+        problems.append(
+            f"train.batch_size: {t.batch_size} is not divisible by the world size {world_size}"
+        )
+    if t.method == "dora" and t.quantize_bits:
+        problems.append("train.quantize_bits: DoRA on a quantized base is not supported")
+    if t.warmup_steps and t.lr_schedule == "constant" and t.warmup_steps >= t.iters:
+        problems.append(f"train.warmup_steps: {t.warmup_steps} >= train.iters {t.iters}")
+    if t.min_lr >= t.learning_rate and t.lr_schedule != "constant":
+        problems.append("train.min_lr: must be below train.learning_rate for a decay schedule")
+    if t.optimizer in ("adam", "adafactor") and t.weight_decay:
+        problems.append(f"train.weight_decay: ignored by {t.optimizer}; use optimizer: adamw")
+    for split in ("train", "valid"):
+        if not (cfg.data.dir / f"{split}.jsonl").is_file():
+            problems.append(
+                f"data.dir: {cfg.data.dir / f'{split}.jsonl'} not found (run mlxtune prepare)"
+            )
+    return problems
+
+
+def _run_dir_problems(cfg: Config, resume: Path | None, dry_run: bool) -> tuple[RunDir, list[str]]:
+    """The run directory to write (or resume) and what is wrong with it."""
+    t = cfg.train
+    name = t.name or datetime.now().strftime("%Y%m%d-%H%M%S")
+    run = RunDir(Path(resume) if resume else t.runs_dir / name)
+    problems = []
+    if resume:
+        if not run.config.is_file():
+            problems.append(f"{run.root}: not a run directory (no config.yaml)")
+    elif not dry_run and run.run_json.exists():
+        problems.append(
+            f"train.name: {run.root} already exists (resume it with --resume {run.root}, "
+            "or pick another --name)"
+        )
+    return run, problems
+
+
+def _data_problems(
+    cfg: Config, train: list[Example], valid: list[Example], world: int, n_layers: int
+) -> list[str]:
+    t = cfg.train
+    problems = []
+    if len(train) < t.batch_size:
+        problems.append(
+            f"train.batch_size: {t.batch_size} exceeds the {len(train)} training examples"
+        )
+    if not valid:
+        problems.append(f"data.dir: {cfg.data.dir / 'valid.jsonl'} has no examples")
+    elif len(valid) < world:
+        problems.append(f"data.dir: valid.jsonl has fewer examples than the {world} ranks")
+    if t.num_layers > n_layers:
+        problems.append(f"train.num_layers: {t.num_layers} > the model's {n_layers} layers")
+    if train and not any(any(e.mask[1:]) for e in train):
+        problems.append("data: no trainable tokens (every token is masked)")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Model set-up and schedule
+
+
+def setup_model(cfg: Config) -> tuple[Any, Any, str]:
+    """(model, tokenizer, template) with the trainable layers in place and everything else
+    frozen; quantized first for QLoRA."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    from mlxtune.modeling import load_model
+
+    t = cfg.train
+    model, tokenizer, template = load_model(cfg.model)
+    if t.quantize_bits:
+        nn.quantize(model, bits=t.quantize_bits, group_size=64)
+    mx.random.seed(t.seed)
+    model.freeze()
+    # num_layers beyond the model is reported with the data problems, all at once.
+    if t.method == "full" and t.num_layers == -1:
+        model.unfreeze()  # everything, embeddings and head included (mlx-lm: blocks only)
+    elif t.method == "full":
+        for layer in model.layers[-t.num_layers :]:
+            layer.unfreeze()
+    else:
+        try:
+            linear_to_lora_layers(
+                model, t.num_layers, lora_parameters(t), use_dora=t.method == "dora"
+            )
+        except ValueError as e:
+            raise ConfigError(f"train.method: {e}") from None
+        if t.lora_keys:
+            found = {k for k, _ in model.named_modules()}
+            missing = [k for k in t.lora_keys if not any(f.endswith(k) for f in found)]
+            if missing:
+                raise ConfigError(f"train.lora_keys: not in the model: {', '.join(missing)}")
+    if t.grad_checkpoint:
+        from mlx_lm.tuner.trainer import grad_checkpoint
+
+        grad_checkpoint(model.layers[0])
+    return model, tokenizer, template
+
+
+def lora_parameters(t: TrainConfig) -> dict[str, Any]:
+    """mlx-lm's `lora_parameters`: what `linear_to_lora_layers` and `load_adapters` read."""
+    params: dict[str, Any] = {
+        "rank": t.lora_rank,
+        "scale": t.effective_lora_scale,
+        "dropout": t.lora_dropout,
+    }
+    if t.lora_keys:
+        params["keys"] = list(t.lora_keys)
+    return params
+
+
+def _schedule(t: TrainConfig, total_steps: int) -> Any:
+    import mlx.optimizers as optim
+
+    decay_steps = max(1, total_steps - t.warmup_steps)
+    main: Any
+    if t.lr_schedule == "cosine":
+        main = optim.cosine_decay(t.learning_rate, decay_steps, t.min_lr)
+    elif t.lr_schedule == "linear":
+        main = optim.linear_schedule(t.learning_rate, t.min_lr, decay_steps)
+    elif not t.warmup_steps:
+        return t.learning_rate
+    else:
+        main = optim.linear_schedule(t.learning_rate, t.learning_rate, 1)  # constant
+    if not t.warmup_steps:
+        return main
+    warm = optim.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
+    return optim.join_schedules([warm, main], [t.warmup_steps])
+
+
+def make_optimizer(t: TrainConfig, total_steps: int) -> Any:
+    import mlx.optimizers as optim
+
+    lr = _schedule(t, total_steps)
+    if t.optimizer == "adamw":
+        return optim.AdamW(learning_rate=lr, weight_decay=t.weight_decay)
+    if t.optimizer == "sgd":
+        return optim.SGD(learning_rate=lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adafactor":
+        return optim.Adafactor(learning_rate=lr)
+    return optim.Adam(learning_rate=lr)
+
+
+def total_steps(t: TrainConfig, batches_per_epoch: int) -> int:
+    if t.epochs is not None:
+        return max(1, math.ceil(t.epochs * batches_per_epoch / t.grad_accumulation_steps))
+    return t.iters
+
+
+def _count(tree: Any) -> int:
+    from mlx.utils import tree_flatten
+
+    flat: Any = tree_flatten(tree)
+    leaves: list[Any] = [v for _, v in flat]
+    return sum(int(v.size) for v in leaves)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan step
+
+
+def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> PlannedRun:
+    """Check, load, tokenize and schedule. Raises ConfigError listing every problem, unless
+    dry_run, where the problems go into the plan instead."""
+    t = cfg.train
+    rank, world_size = world.rank(), world.size()
+
+    # 1. Everything checkable without the model, before anything is loaded.
+    problems = config_problems(cfg, world_size)
+    run, run_problems = _run_dir_problems(cfg, resume, dry_run)
+    problems += run_problems
+    if problems and not dry_run:
+        raise ConfigError(problems)
+    train_rows = read_split(cfg.data.dir / "train.jsonl") if not _missing(cfg, "train") else []
+    valid_rows = read_split(cfg.data.dir / "valid.jsonl") if not _missing(cfg, "valid") else []
+
+    # 2. Model and tokens.
+    model, tokenizer, template = setup_model(cfg)
+    train_ex, truncated = tokenize(
+        train_rows, tokenizer, mask_prompt=t.mask_prompt, max_seq_length=t.max_seq_length
+    )
+    valid_ex, _ = tokenize(
+        valid_rows, tokenizer, mask_prompt=t.mask_prompt, max_seq_length=t.max_seq_length
+    )
+    if t.packing:
+        train_ex = pack(train_ex, t.max_seq_length)
+    problems += _data_problems(cfg, train_ex, valid_ex, world_size, len(model.layers))
+    if problems and not dry_run:
+        raise ConfigError(problems)
+
+    # 3. Batches and schedule.
+    batches = Batches(train_ex, t.batch_size, seed=t.seed, rank=rank, world=world_size)
+    n_batches = max(1, len(batches))
+    steps = total_steps(t, n_batches)
+    tokens_epoch, trained_epoch = batches.tokens_per_epoch() if len(batches) else (0, 0)
+    the_plan = TrainPlan(
+        method=t.method,
+        world_size=world_size,
+        trainable_params=_count(model.trainable_parameters()),
+        total_params=_count(model.parameters()),
+        train_examples=len(train_rows),
+        valid_examples=len(valid_rows),
+        truncated=truncated,
+        batches_per_epoch=len(batches),
+        tokens_per_epoch=tokens_epoch,
+        trained_tokens_per_epoch=trained_epoch,
+        steps=steps,
+        epochs=steps * t.grad_accumulation_steps / n_batches,
+        problems=problems,
+    )
+    optimizer = make_optimizer(t, steps)
+    optimizer.init(model.trainable_parameters())
+    return PlannedRun(
+        plan=the_plan,
+        run=run,
+        model=model,
+        optimizer=optimizer,
+        template=template,
+        train_batches=batches,
+        valid_examples=valid_ex,
+    )
+
+
+def _missing(cfg: Config, split: str) -> bool:
+    return not (cfg.data.dir / f"{split}.jsonl").is_file()
