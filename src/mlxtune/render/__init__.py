@@ -1,0 +1,1 @@
+"""Rendering results for the terminal: one function or class per result type."""
