@@ -397,6 +397,44 @@ def _check_template(run: RunDir, template: str, allow: bool) -> str | None:
     return "template mismatch: " + message
 
 
+def _run_models(
+    cfg: Config,
+    examples: list[Example],
+    has_base: bool,
+    warnings: list[str],
+    progress: Progress | None,
+) -> tuple[RunDir, dict[str, SideOutput], str, float]:
+    """The adapter's outputs, then (one model in memory at a time) the base model's.
+    Returns the run, outputs per side, the template fingerprint and the seconds spent loading."""
+    import mlx.core as mx
+
+    from mlxtune.modeling import load_model
+
+    ev = cfg.evaluate
+    try:
+        run = resolve_adapter(ev.adapter, cfg.train.runs_dir)
+    except MlxtuneError as e:
+        raise UsageError(str(e)) from None
+    outputs: dict[str, SideOutput] = {}
+    t0 = time.perf_counter()
+    model, tokenizer, template = load_model(cfg.model, run.root)
+    load_s = time.perf_counter() - t0
+    mismatch = _check_template(run, template, ev.allow_template_mismatch)
+    if mismatch:
+        warnings.append(mismatch)
+    outputs["adapter"] = _run_local(cfg, model, tokenizer, examples, "adapter", progress)
+    del model
+    mx.clear_cache()
+    if has_base:
+        t0 = time.perf_counter()
+        model, tokenizer, _ = load_model(cfg.model)
+        load_s += time.perf_counter() - t0
+        outputs["base"] = _run_local(cfg, model, tokenizer, examples, "base", progress)
+        del model
+        mx.clear_cache()
+    return run, outputs, formats.template_fingerprint(template), load_s
+
+
 def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult:
     """Score the adapter (or an endpoint) and, unless told not to, the base model beside it."""
     ev = cfg.evaluate
@@ -419,31 +457,9 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
         out_dir = ev.out_dir or cfg.train.runs_dir / "endpoint-eval"
         mode = "endpoint"
     else:
-        from mlxtune.modeling import load_model
-
-        try:
-            run = resolve_adapter(ev.adapter, cfg.train.runs_dir)
-        except MlxtuneError as e:
-            raise UsageError(str(e)) from None
-        import mlx.core as mx
-
-        t0 = time.perf_counter()
-        model, tokenizer, template = load_model(cfg.model, run.root)
-        load_s += time.perf_counter() - t0
-        template_sha = formats.template_fingerprint(template)
-        mismatch = _check_template(run, template, ev.allow_template_mismatch)
-        if mismatch:
-            warnings.append(mismatch)
-        outputs["adapter"] = _run_local(cfg, model, tokenizer, examples, "adapter", progress)
-        del model
-        mx.clear_cache()
-        if has_base:
-            t0 = time.perf_counter()
-            model, tokenizer, _ = load_model(cfg.model)
-            load_s += time.perf_counter() - t0
-            outputs["base"] = _run_local(cfg, model, tokenizer, examples, "base", progress)
-            del model
-            mx.clear_cache()
+        run, outputs, template_sha, load_s = _run_models(
+            cfg, examples, has_base, warnings, progress
+        )
         labels = {"adapter": str(run.root), "base": cfg.model.path if has_base else None}
         out_dir = ev.out_dir or run.eval_dir
         mode = "sequential" if ev.batch_size == 1 else "batched"
