@@ -36,7 +36,7 @@ format: install
 bench: install   ## quick benchmark suite on the tiny and small presets, beside raw mlx-lm
 	bash scripts/bench.sh
 
-docs: install   ## regenerate the CLI reference from --help
+docs: install   ## regenerate docs/cli.md (Typer's docs command) and docs/config.schema.json
 	$(BIN)/python scripts/gen_cli_docs.py
 
 clean:

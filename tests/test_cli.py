@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -69,3 +71,19 @@ def test_doctor_json_reports_blas_and_speed() -> None:
     assert {"python", "mlx", "mlx-lm", "device", "blas", "memory", "hub cache"} <= names
     assert report["facts"]["matmul_gflops"] > 0
     assert report["facts"]["offline"] is True  # the autouse fixture sets HF_HUB_OFFLINE
+
+
+def test_cli_reference_is_current(tmp_path) -> None:
+    """docs/cli.md is what Typer's docs command makes of the app now (`make docs` rewrites it)."""
+    repo = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("gen_cli_docs", repo / "scripts/gen_cli_docs.py")
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    fresh = tmp_path / "cli.md"
+    subprocess.run(
+        [sys.executable, *gen.CLI_DOCS, str(fresh)], env=cli_env(), check=True, capture_output=True
+    )
+    shipped = (repo / "docs" / "cli.md").read_text()
+    assert shipped == fresh.read_text(), "run `make docs` to regenerate docs/cli.md"
+    assert "## `mlxtune runs compare`" in shipped  # nested groups are documented too

@@ -271,12 +271,13 @@ def test_endpoint_scores_a_running_server(
     )
     result = evaluate(cfg)
     report = result.report
-    assert report["endpoint"] == mlx_lm_server and report["overall"]["base"] is None
-    assert report["timing"]["mode"] == "endpoint"
+    assert report.endpoint == mlx_lm_server and report.overall.base is None
+    assert report.timing.mode == "endpoint"
+    assert report.overall.adapter["token_f1"] is not None
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["adapter"] for r in rows)
     f1 = [r["scores"]["adapter"]["token_f1"] for r in rows]
-    assert report["overall"]["adapter"]["token_f1"] == pytest.approx(sum(f1) / len(f1))
+    assert report.overall.adapter["token_f1"] == pytest.approx(sum(f1) / len(f1))
 
     # The server renders the same messages with the same template, greedily: same answers as
     # the base model scored locally.
@@ -291,7 +292,7 @@ def test_endpoint_scores_a_running_server(
         ],
     )
     local_rows = evaluate(local).report
-    assert local_rows["n_examples"] == 4
+    assert local_rows.n_examples == 4
     local_texts = [
         json.loads(line)["adapter"]
         for line in (tmp_path / "local" / "predictions.jsonl").read_text().splitlines()

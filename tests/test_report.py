@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from fake_runs import fabricate_run, project_config
 from mlxtune.cli import app
 from mlxtune.config import Config, load_config
 from mlxtune.errors import MlxtuneError
+from mlxtune.eval_report import EvalReport
+from mlxtune.render.documents import evaluation_markdown
 from mlxtune.report import build_report
 
 runner = CliRunner()
@@ -81,3 +84,48 @@ def test_report_cli(cfg: Config, tmp_path: Path) -> None:
 def test_unknown_run(cfg: Config) -> None:
     with pytest.raises(MlxtuneError, match="no run named 'zzz'"):
         build_report(cfg, "zzz")
+
+
+def _report_json(cfg: Config) -> dict:
+    return json.loads((cfg.train.runs_dir / "r1" / "eval" / "report.json").read_text())
+
+
+def _top_level_keys(jsonc: str) -> set[str]:
+    """Keys of the outermost object of a JSON-with-comments example."""
+    text = re.sub(r"//[^\n]*", "", jsonc)
+    keys, depth = set(), 0
+    for m in re.finditer(r'"(\w+)"\s*:|[{}\[\]]', text):
+        token = m.group(0)
+        if token in "{[":
+            depth += 1
+        elif token in "}]":
+            depth -= 1
+        elif depth == 1:
+            keys.add(m.group(1))
+    return keys
+
+
+def test_eval_report_round_trips_the_documented_schema(cfg: Config) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "evaluate.md").read_text()
+    block = doc.split("### `report.json`", 1)[1].split("```jsonc", 1)[1].split("```", 1)[0]
+    written = EvalReport.from_dict(_report_json(cfg)).to_dict()
+    assert set(written) == _top_level_keys(block)
+    assert EvalReport.from_dict(written).to_dict() == written
+
+
+def test_evaluation_markdown_without_base_lists_warnings_and_failures(cfg: Config) -> None:
+    data = _report_json(cfg)
+    data |= {"passed": False, "warnings": ["template mismatch: x"], "labels": {"adapter": "a"}}
+    data["overall"] |= {"base": None, "delta": None}
+    for block in data["per_category"].values():
+        block |= {"base": None, "delta": None}
+    data["thresholds"][0] |= {"actual": 0.4, "passed": False}
+    md = evaluation_markdown(EvalReport.from_dict(data))
+    assert md.startswith("## mlxtune evaluate: FAILED\n")
+    assert (
+        "- scored: `a`\n\n> **WARNING:** template mismatch: x\n\n| category | n | metric | value |"
+        in md
+    )
+    assert "| **overall** | 30 | keyword_accuracy | 0.700 |" in md
+    assert "| keyword_accuracy | >= 0.5 | 0.400 | **FAIL** |" in md
+    assert "delta" not in md.split("| check |")[0]

@@ -1,4 +1,8 @@
-"""The errors a user is meant to read. Anything else is a bug and keeps its traceback."""
+"""The errors a user is meant to read. Anything else is a bug and keeps its traceback.
+
+The class alone decides the exit code; no call site overrides it. Exit 1 keeps one meaning per
+verb (a failed gate, bad data); exit 2 says the command could not run as asked.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,15 @@ class MlxtuneError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
-        super().__init__(message)
-        if exit_code is not None:
-            self.exit_code = exit_code
 
-
-class ConfigError(MlxtuneError):
-    """One or more config problems, each `section.key: message`. Usage errors exit 2."""
+class UsageError(MlxtuneError):
+    """The command could not run as asked (flags, paths, a missing tool or server): exit 2."""
 
     exit_code = 2
+
+
+class ConfigError(UsageError):
+    """One or more config problems, each `section.key: message`. Usage errors exit 2."""
 
     def __init__(self, problems: list[str] | str, *, source: str | None = None) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
@@ -27,9 +30,15 @@ class ConfigError(MlxtuneError):
 
 
 class DataError(MlxtuneError):
-    """Bad input data: the message names the file, line and field."""
+    """Input data a verb cannot use (train, evaluate): names the file, line and field. Exit 2."""
 
     exit_code = 2
+
+
+class BadData(DataError):
+    """The data itself has problems (prepare, validate-format): exit 1, nothing written."""
+
+    exit_code = 1
 
 
 class GateFailed(MlxtuneError):

@@ -5,7 +5,7 @@ One run loads the adapter (then the base model), renders every prompt through
 scores keyword accuracy, exact match and token F1; loss and perplexity are taken over the
 answer tokens only (the mask of `formats.encode_for_training`, as training uses it).
 `--endpoint` scores a running OpenAI-compatible server instead, with the same metrics.
-Exit codes (set by the CLI): 0 all thresholds hold, 1 one fails, 2 could not evaluate.
+Exit codes: 0 all thresholds hold, 1 one fails (GateFailed), 2 could not evaluate (UsageError).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from typing import Any
 
 from mlxtune import formats
 from mlxtune.config import Config
-from mlxtune.errors import ConfigError, DataError, MlxtuneError
+from mlxtune.errors import ConfigError, DataError, MlxtuneError, UsageError
+from mlxtune.eval_report import EvalReport, Guard, MetricBlock, Threshold, Timing
 from mlxtune.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from mlxtune.metrics import GENERATION_METRICS, LOSS_METRICS, METRICS, mean, score
 from mlxtune.provenance import versions
+from mlxtune.render.documents import evaluation_markdown
 from mlxtune.rundir import RunDir, resolve_adapter
 
-SCHEMA_VERSION = 1
 UNCATEGORIZED = "uncategorized"
 SIDES = ("base", "adapter")
 
@@ -47,40 +48,6 @@ class Example:
 
 
 @dataclass
-class Threshold:
-    metric: str
-    category: str | None
-    kind: str  # "min" | "min_delta"
-    value: float
-    actual: float | None = None
-    passed: bool = False
-
-    @property
-    def key(self) -> str:
-        return f"{self.category}/{self.metric}" if self.category else self.metric
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric,
-            "category": self.category,
-            "kind": self.kind,
-            "value": self.value,
-            "actual": self.actual,
-            "passed": self.passed,
-        }
-
-
-@dataclass
-class Guard:
-    name: str
-    passed: bool
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "message": self.message}
-
-
-@dataclass
 class SideOutput:
     """What one model produced on every example."""
 
@@ -94,7 +61,7 @@ class SideOutput:
 
 @dataclass
 class EvaluateResult:
-    report: dict[str, Any]
+    report: EvalReport
     out_dir: Path
     report_path: Path
     markdown_path: Path
@@ -106,11 +73,11 @@ class EvaluateResult:
 
     @property
     def passed(self) -> bool:
-        return bool(self.report["passed"])
+        return self.report.passed
 
     @property
     def adapter_equals_base(self) -> bool:
-        return bool(self.report["adapter_equals_base"])
+        return self.report.adapter_equals_base
 
     def failures(self) -> list[str]:
         out = [f"{t.key} {t.kind} {t.value:g}: got {_fmt(t.actual)}" for t in self.thresholds]
@@ -347,9 +314,9 @@ def _run_endpoint(
         try:
             r = client.post(url, json=body, headers=headers)
         except httpx.HTTPError as e:
-            raise MlxtuneError(f"{url}: {type(e).__name__}: {e}", exit_code=2) from None
+            raise UsageError(f"{url}: {type(e).__name__}: {e}") from None
         if r.status_code != 200:
-            raise MlxtuneError(f"{url}: HTTP {r.status_code}: {r.text[:200]}", exit_code=2)
+            raise UsageError(f"{url}: HTTP {r.status_code}: {r.text[:200]}")
         try:
             data = r.json()
             text = data["choices"][0]["message"]["content"] or ""
@@ -397,64 +364,16 @@ def _delta(base: dict[str, float | None], adapter: dict[str, float | None]) -> d
     return out
 
 
-def _block(rows: list[dict[str, Any]], has_base: bool) -> dict[str, Any]:
+def _block(rows: list[dict[str, Any]], has_base: bool) -> MetricBlock:
     adapter = _aggregate(rows, "adapter")
     base = _aggregate(rows, "base") if has_base else None
-    return {
-        "n": len(rows),
-        "base": base,
-        "adapter": adapter,
-        "delta": _delta(base, adapter) if base else None,
-    }
+    return MetricBlock(adapter, base, _delta(base, adapter) if base else None, n=len(rows))
 
 
 def _fmt(v: float | None, signed: bool = False) -> str:
     if v is None:
         return "–"
     return f"{v:+.3f}" if signed else f"{v:.3f}"
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    verdict = "PASSED" if report["passed"] else "FAILED"
-    lines = [
-        f"## mlxtune evaluate: {verdict}",
-        "",
-        f"- split `{report['split']}`, {report['n_examples']} examples, model `{report['model']}`",
-        f"- scored: `{report['labels']['adapter']}`"
-        + (f" vs `{report['labels']['base']}`" if report["labels"].get("base") else ""),
-        "",
-    ]
-    lines += [f"> **WARNING:** {w}" for w in report["warnings"]]
-    if report["warnings"]:
-        lines.append("")
-    has_base = report["overall"]["base"] is not None
-    cols = ["category", "n", "metric", *(["base", "adapter", "delta"] if has_base else ["value"])]
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    overall = {**report["overall"], "n": report["n_examples"]}
-    blocks = [("**overall**", overall), *report["per_category"].items()]
-    for name, block in blocks:
-        for metric in METRICS:
-            a = block["adapter"].get(metric)
-            if a is None and (not has_base or block["base"].get(metric) is None):
-                continue
-            if has_base:
-                lines.append(
-                    f"| {name} | {block['n']} | {metric} | {_fmt(block['base'][metric])} | "
-                    f"{_fmt(a)} | {_fmt(block['delta'][metric], signed=True)} |"
-                )
-            else:
-                lines.append(f"| {name} | {block['n']} | {metric} | {_fmt(a)} |")
-    if report["thresholds"] or report["guards"]:
-        lines += ["", "| check | required | actual | result |", "|---|---|---|---|"]
-        for t in report["thresholds"]:
-            key = f"{t['category']}/{t['metric']}" if t["category"] else t["metric"]
-            op = ">=" if t["kind"] == "min" else "delta >="
-            res = "pass" if t["passed"] else "**FAIL**"
-            lines.append(f"| {key} | {op} {t['value']:g} | {_fmt(t['actual'])} | {res} |")
-        for g in report["guards"]:
-            res = "pass" if g["passed"] else "**FAIL**"
-            lines.append(f"| {g['name']} | – | {g['message']} | {res} |")
-    return "\n".join(lines) + "\n"
 
 
 def _check_template(run: RunDir, template: str, allow: bool) -> str | None:
@@ -474,8 +393,46 @@ def _check_template(run: RunDir, template: str, allow: bool) -> str | None:
         "(check model.chat_template; --allow-template-mismatch to go on)"
     )
     if not allow:
-        raise MlxtuneError(message, exit_code=2)
+        raise UsageError(message)
     return "template mismatch: " + message
+
+
+def _run_models(
+    cfg: Config,
+    examples: list[Example],
+    has_base: bool,
+    warnings: list[str],
+    progress: Progress | None,
+) -> tuple[RunDir, dict[str, SideOutput], str, float]:
+    """The adapter's outputs, then (one model in memory at a time) the base model's.
+    Returns the run, outputs per side, the template fingerprint and the seconds spent loading."""
+    import mlx.core as mx
+
+    from mlxtune.modeling import load_model
+
+    ev = cfg.evaluate
+    try:
+        run = resolve_adapter(ev.adapter, cfg.train.runs_dir)
+    except MlxtuneError as e:
+        raise UsageError(str(e)) from None
+    outputs: dict[str, SideOutput] = {}
+    t0 = time.perf_counter()
+    model, tokenizer, template = load_model(cfg.model, run.root)
+    load_s = time.perf_counter() - t0
+    mismatch = _check_template(run, template, ev.allow_template_mismatch)
+    if mismatch:
+        warnings.append(mismatch)
+    outputs["adapter"] = _run_local(cfg, model, tokenizer, examples, "adapter", progress)
+    del model
+    mx.clear_cache()
+    if has_base:
+        t0 = time.perf_counter()
+        model, tokenizer, _ = load_model(cfg.model)
+        load_s += time.perf_counter() - t0
+        outputs["base"] = _run_local(cfg, model, tokenizer, examples, "base", progress)
+        del model
+        mx.clear_cache()
+    return run, outputs, formats.template_fingerprint(template), load_s
 
 
 def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult:
@@ -490,7 +447,7 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
     thresholds = _thresholds(cfg, set(categories), has_base)
     warnings: list[str] = []
     outputs: dict[str, SideOutput] = {}
-    timing: dict[str, Any] = {"load_s": 0.0}
+    load_s = 0.0
     run: RunDir | None = None
     template_sha: str | None = None
 
@@ -500,35 +457,57 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
         out_dir = ev.out_dir or cfg.train.runs_dir / "endpoint-eval"
         mode = "endpoint"
     else:
-        from mlxtune.modeling import load_model
-
-        try:
-            run = resolve_adapter(ev.adapter, cfg.train.runs_dir)
-        except MlxtuneError as e:
-            raise MlxtuneError(str(e), exit_code=2) from None
-        import mlx.core as mx
-
-        t0 = time.perf_counter()
-        model, tokenizer, template = load_model(cfg.model, run.root)
-        timing["load_s"] += time.perf_counter() - t0
-        template_sha = formats.template_fingerprint(template)
-        mismatch = _check_template(run, template, ev.allow_template_mismatch)
-        if mismatch:
-            warnings.append(mismatch)
-        outputs["adapter"] = _run_local(cfg, model, tokenizer, examples, "adapter", progress)
-        del model
-        mx.clear_cache()
-        if has_base:
-            t0 = time.perf_counter()
-            model, tokenizer, _ = load_model(cfg.model)
-            timing["load_s"] += time.perf_counter() - t0
-            outputs["base"] = _run_local(cfg, model, tokenizer, examples, "base", progress)
-            del model
-            mx.clear_cache()
+        run, outputs, template_sha, load_s = _run_models(
+            cfg, examples, has_base, warnings, progress
+        )
         labels = {"adapter": str(run.root), "base": cfg.model.path if has_base else None}
         out_dir = ev.out_dir or run.eval_dir
         mode = "sequential" if ev.batch_size == 1 else "batched"
 
+    rows = _score_rows(examples, outputs, has_base)
+    overall = _block(rows, has_base)
+    per_category = {
+        c: _block([r for r in rows if r["category"] == c], has_base) for c in categories
+    }
+    guards = _apply_gate(rows, thresholds, overall, per_category, has_base, warnings)
+    report = EvalReport(
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        run=run.name if run else None,
+        adapter=str(run.root) if run else None,
+        endpoint=ev.endpoint,
+        endpoint_model=ev.endpoint_model,
+        model=cfg.model.path,
+        labels=labels,
+        split=ev.split,
+        data_dir=str(cfg.data.dir),
+        n_examples=len(rows),
+        template_sha=template_sha,
+        overall=MetricBlock(overall.adapter, overall.base, overall.delta),
+        per_category=per_category,
+        thresholds=thresholds,
+        guards=guards,
+        passed=all(t.passed for t in thresholds) and all(g.passed for g in guards),
+        adapter_equals_base=not guards[0].passed if guards else False,
+        warnings=warnings,
+        timing=Timing(
+            mode=mode,
+            batch_size=ev.batch_size,
+            max_tokens=ev.max_tokens,
+            load_s=round(load_s, 3),
+            generate_s={k: round(o.generate_s, 3) for k, o in outputs.items()},
+            generated_tokens={k: o.generated_tokens for k, o in outputs.items()},
+            loss_s={k: round(o.loss_s, 3) for k, o in outputs.items() if o.loss_sums is not None},
+            total_s=round(time.perf_counter() - started, 3),
+        ),
+        versions=versions(),
+    )
+    return _write_report(report, rows, Path(out_dir))
+
+
+def _score_rows(
+    examples: list[Example], outputs: dict[str, SideOutput], has_base: bool
+) -> list[dict[str, Any]]:
+    """One predictions.jsonl row per example (plus `_loss`: (sum, tokens) per side)."""
     rows: list[dict[str, Any]] = []
     for i, ex in enumerate(examples):
         row: dict[str, Any] = {
@@ -550,73 +529,53 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
                 row["_loss"][side] = (s, n)
                 row["scores"][side]["loss"] = s / n
         rows.append(row)
+    return rows
 
-    overall = _block(rows, has_base)
-    per_category = {
-        c: _block([r for r in rows if r["category"] == c], has_base) for c in categories
-    }
+
+def _apply_gate(
+    rows: list[dict[str, Any]],
+    thresholds: list[Threshold],
+    overall: MetricBlock,
+    per_category: dict[str, MetricBlock],
+    has_base: bool,
+    warnings: list[str],
+) -> list[Guard]:
+    """Fill each threshold's actual value and verdict; return the guards (adapter != base)."""
     for t in thresholds:
         block = per_category[t.category] if t.category else overall
-        source = block["adapter"] if t.kind == "min" else block["delta"]
+        source = block.adapter if t.kind == "min" else (block.delta or {})
         t.actual = source.get(t.metric)
         t.passed = t.actual is not None and t.actual >= t.value - 1e-12
-
-    guards: list[Guard] = []
-    equal = has_base and all(r["base"] == r["adapter"] for r in rows)
-    if has_base:
-        same = sum(r["base"] == r["adapter"] for r in rows)
-        message = (
-            f"adapter outputs equal the base model's on all {len(rows)} examples: "
-            "the adapter is not doing anything"
-            if equal
-            else f"adapter changes {len(rows) - same} of {len(rows)} answers"
-        )
-        guards.append(Guard("adapter_differs_from_base", not equal, message))
-        if equal:
-            warnings.append(message)
-
-    timing.update(
-        mode=mode,
-        batch_size=ev.batch_size,
-        max_tokens=ev.max_tokens,
-        generate_s={k: round(o.generate_s, 3) for k, o in outputs.items()},
-        generated_tokens={k: o.generated_tokens for k, o in outputs.items()},
-        loss_s={k: round(o.loss_s, 3) for k, o in outputs.items() if o.loss_sums is not None},
-        load_s=round(timing["load_s"], 3),
-        total_s=round(time.perf_counter() - started, 3),
+    if not has_base:
+        return []
+    same = sum(r["base"] == r["adapter"] for r in rows)
+    equal = same == len(rows)
+    message = (
+        f"adapter outputs equal the base model's on all {len(rows)} examples: "
+        "the adapter is not doing anything"
+        if equal
+        else f"adapter changes {len(rows) - same} of {len(rows)} answers"
     )
-    passed = all(t.passed for t in thresholds) and all(g.passed for g in guards)
-    report: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "run": run.name if run else None,
-        "adapter": str(run.root) if run else None,
-        "endpoint": ev.endpoint,
-        "endpoint_model": ev.endpoint_model,
-        "model": cfg.model.path,
-        "labels": labels,
-        "split": ev.split,
-        "data_dir": str(cfg.data.dir),
-        "n_examples": len(rows),
-        "template_sha": template_sha,
-        "overall": {k: overall[k] for k in ("base", "adapter", "delta")},
-        "per_category": per_category,
-        "thresholds": [t.to_dict() for t in thresholds],
-        "guards": [g.to_dict() for g in guards],
-        "passed": passed,
-        "adapter_equals_base": equal,
-        "warnings": warnings,
-        "timing": timing,
-        "versions": versions(),
-    }
-    markdown = render_markdown(report)
-    out_dir = Path(out_dir)
+    if equal:
+        warnings.append(message)
+    return [Guard("adapter_differs_from_base", not equal, message)]
+
+
+def _write_report(report: EvalReport, rows: list[dict[str, Any]], out_dir: Path) -> EvaluateResult:
+    """predictions.jsonl, report.md, then report.json (each written whole, then renamed)."""
+    markdown = evaluation_markdown(report)
     paths = (out_dir / "report.json", out_dir / "report.md", out_dir / "predictions.jsonl")
     atomic_write_jsonl(paths[2], ({k: v for k, v in r.items() if k != "_loss"} for r in rows))
     atomic_write_text(paths[1], markdown)
-    atomic_write_json(paths[0], report)
+    atomic_write_json(paths[0], report.to_dict())
     return EvaluateResult(
-        report, out_dir, paths[0], paths[1], paths[2], markdown, thresholds, guards, warnings
+        report,
+        out_dir,
+        *paths,
+        markdown,
+        report.thresholds,
+        report.guards,
+        report.warnings,
     )
 
 
@@ -641,7 +600,7 @@ def evaluate_tasks(
     """lm-eval-harness tasks through mlx-lm's `MLXLM`, with the adapter applied (and the base
     model beside it when compare_base is on), which `mlx_lm.evaluate` alone cannot do."""
     if importlib.util.find_spec("lm_eval") is None:
-        raise MlxtuneError(LM_EVAL_MISSING, exit_code=2)
+        raise UsageError(LM_EVAL_MISSING)
     if not tasks:
         raise ConfigError("--tasks: name at least one lm-eval task, e.g. hellaswag")
     import lm_eval
@@ -654,7 +613,7 @@ def evaluate_tasks(
     try:
         run = resolve_adapter(ev.adapter, cfg.train.runs_dir)
     except MlxtuneError as e:
-        raise MlxtuneError(str(e), exit_code=2) from None
+        raise UsageError(str(e)) from None
     sides = {"adapter": run.root, **({"base": None} if ev.compare_base else {})}
     results: dict[str, Any] = {}
     for side, adapter in sides.items():

@@ -8,7 +8,6 @@ references the same PNGs written beside it.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 from dataclasses import dataclass, field
@@ -17,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mlxtune.io import atomic_write_text
+from mlxtune.eval_report import EvalReport
+from mlxtune.io import atomic_open, atomic_write_text
+from mlxtune.render.documents import run_report_html, run_report_markdown
 from mlxtune.rundir import RunDir, read_metrics
 from mlxtune.runs import (
     LOWER_IS_BETTER,
@@ -96,23 +97,20 @@ def _loss_plot(train: list[tuple[int, float]], val: list[tuple[int, float]]) -> 
     return data
 
 
-def _eval_metric(report: dict[str, Any]) -> str | None:
+def _eval_metric(report: EvalReport) -> str | None:
     """The metric the per-category chart shows: the first accuracy-like one present."""
-    overall = report.get("overall") or {}
-    present = set(overall.get("adapter") or {}) | set(overall.get("base") or {})
+    present = set(report.overall.adapter) | set(report.overall.base or {})
     for m in ("keyword_accuracy", "token_f1", "exact_match"):
         if m in present:
             return m
     return None
 
 
-def _eval_plot(report: dict[str, Any], metric: str) -> bytes | None:
-    cats = report.get("per_category") or {}
-    rows = [("overall", report.get("overall") or {}), *sorted(cats.items())]
+def _eval_plot(report: EvalReport, metric: str) -> bytes | None:
     labels, base, tuned = [], [], []
-    for label, block in rows:
-        b = (block.get("base") or {}).get(metric)
-        a = (block.get("adapter") or {}).get(metric)
+    for label, block in report.blocks(sort=True):
+        b = (block.base or {}).get(metric)
+        a = block.adapter.get(metric)
         if a is None and b is None:
             continue
         labels.append(label)
@@ -194,23 +192,16 @@ def _lineage(rec: RunRecord) -> list[tuple[str, str]]:
     ]
 
 
-def _eval_table(
-    report: dict[str, Any],
-) -> tuple[list[str], list[list[str]], list[list[str]]]:
+def _eval_table(report: EvalReport) -> tuple[list[str], list[list[str]], list[list[str]]]:
     """One row per scope (overall, then categories), one column per metric, each cell
     `base → fine-tuned (delta)`; plus a CSS class per cell (pos = better, neg = worse)."""
-    blocks = [("overall", report.get("overall") or {}, report.get("n_examples"))]
-    blocks += [(c, b, b.get("n")) for c, b in sorted((report.get("per_category") or {}).items())]
-    metrics = [
-        m
-        for m in METRICS
-        if any(m in (b.get("adapter") or {}) or m in (b.get("base") or {}) for _, b, _ in blocks)
-    ]
+    blocks = report.blocks(sort=True)
+    metrics = [m for m in METRICS if any(m in b.adapter or m in (b.base or {}) for _, b in blocks)]
     header = ["scope", "n", *metrics]
     rows, classes = [], []
-    for scope, block, n in blocks:
-        adapter, base, delta = (block.get(k) or {} for k in ("adapter", "base", "delta"))
-        row, cls = [scope, _fmt(n)], ["", "num"]
+    for scope, block in blocks:
+        adapter, base, delta = block.adapter, block.base or {}, block.delta or {}
+        row, cls = [scope, _fmt(block.n)], ["", "num"]
         for m in metrics:
             a, b, d = adapter.get(m), base.get(m), delta.get(m)
             if d is None and isinstance(a, int | float) and isinstance(b, int | float):
@@ -228,50 +219,20 @@ def _eval_table(
     return header, rows, classes
 
 
-def _html_table(
-    header: list[str],
-    rows: list[list[str]],
-    cls: str = "",
-    classes: list[list[str]] | None = None,
-) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = []
-    for i, row in enumerate(rows):
-        cells = []
-        for j, v in enumerate(row):
-            klass = classes[i][j] if classes else ""
-            cells.append(f'<td class="{klass}">{html.escape(v)}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table class="{cls}"><tr>{head}</tr>{"".join(body)}</table>'
-
-
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1120px;
-margin:24px auto;padding:0 20px;color:#222;line-height:1.4}
-h1{font-size:1.6em;margin-bottom:0}
-h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:1.6em}
-.sub{color:#666;margin-top:4px}
-table{border-collapse:collapse;margin:8px 0;font-size:0.9em}
-th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.pos{color:#1a7f37}.neg{color:#c62828}
-img{max-width:100%;border:1px solid #eee}
-pre{background:#f7f7f7;padding:10px;overflow-x:auto;font-size:0.85em}
-.preds td{max-width:300px;white-space:pre-wrap;word-break:break-word}
-.row{display:flex;gap:24px;align-items:flex-start;flex-wrap:wrap}
-.row img{max-width:720px}
-.badge{display:inline-block;padding:1px 8px;border-radius:10px;background:#eee;font-size:0.85em}
-.badge.completed{background:#d7f5dd}.badge.failed{background:#fbd5d5}
-"""
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    def esc(v: str) -> str:
-        return v.replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+def _plots(
+    train: list[tuple[int, float]], val: list[tuple[int, float]], evaluation: EvalReport | None
+) -> dict[str, bytes]:
+    """File name -> PNG for the plots there is data for."""
+    plots: dict[str, bytes] = {}
+    loss_png = _loss_plot(train, val)
+    if loss_png:
+        plots["loss.png"] = loss_png
+    metric = _eval_metric(evaluation) if evaluation else None
+    if evaluation and metric:
+        eval_png = _eval_plot(evaluation, metric)
+        if eval_png:
+            plots["eval.png"] = eval_png
+    return plots
 
 
 def build_report(cfg: Config, name: str, out_dir: Path | None = None) -> ReportResult:
@@ -281,111 +242,42 @@ def build_report(cfg: Config, name: str, out_dir: Path | None = None) -> ReportR
     run = RunDir(rec.path)
     out = Path(out_dir) if out_dir is not None else run.root / "report"
     rows = read_metrics(run.metrics)
-    train, val = loss_series(rows, "train_loss"), loss_series(rows, "val_loss")
-    evaluation = rec.evaluation or {}
+    evaluation = EvalReport.from_dict(rec.evaluation) if rec.evaluation else None
+    plots = _plots(loss_series(rows, "train_loss"), loss_series(rows, "val_loss"), evaluation)
     config = read_run_config(run)
-    preds = _read_predictions(run, SAMPLE_PREDICTIONS)
-
-    plots: dict[str, bytes] = {}
-    loss_png = _loss_plot(train, val)
-    if loss_png:
-        plots["loss.png"] = loss_png
-    metric = _eval_metric(evaluation) if evaluation else None
-    if metric:
-        eval_png = _eval_plot(evaluation, metric)
-        if eval_png:
-            plots["eval.png"] = eval_png
-
-    final_rows = [[k, _fmt(v)] for k, v in rec.final.items()]
     eval_header, eval_rows, eval_classes = _eval_table(evaluation) if evaluation else ([], [], [])
-    pred_header = ["id", "category", "question", "reference", "base", "fine-tuned"]
-    pred_rows = [
-        [p["id"], p["category"], p["question"], p["reference"], p["base"], p["adapter"]]
-        for p in preds
-    ]
-    lineage = [[k, v] for k, v in _lineage(rec)]
-    config_text = yaml.safe_dump(config, sort_keys=False) if config else "(no config.yaml)"
-    gate = evaluation.get("passed") if evaluation else None
-    gate_text = {True: "passed", False: "FAILED", None: "–"}[gate]
-
-    # HTML ---------------------------------------------------------------------------------
-    def img(fname: str, alt: str) -> str:
-        if fname not in plots:
-            return f"<p><em>no data for {html.escape(alt)}</em></p>"
-        b64 = base64.b64encode(plots[fname]).decode()
-        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
-
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>mlxtune report: {html.escape(rec.name)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(rec.name)} "
-        f"<span class='badge {html.escape(rec.status)}'>{html.escape(rec.status)}</span></h1>",
-        f"<p class='sub'>{html.escape(_fmt(rec.method))} on {html.escape(_fmt(rec.base_model))}"
-        f" · config {html.escape(_fmt(rec.config_hash))}"
-        f" · evaluation gate: {html.escape(gate_text)}</p>",
-        "<h2>Training</h2>",
-        "<div class='row'>",
-        img("loss.png", "loss curves"),
-        _html_table(["metric", "value"], final_rows, classes=[["", "num"]] * len(final_rows))
-        if final_rows
-        else "",
-        "</div>",
-        "<h2>Evaluation</h2>",
-    ]
-    if evaluation:
-        parts += [
-            f"<p>split <b>{html.escape(_fmt(evaluation.get('split')))}</b>, "
-            f"{html.escape(_fmt(evaluation.get('n_examples')))} examples; "
-            "cells read base → fine-tuned (delta), <span class='pos'>green</span> is better</p>",
-            img("eval.png", "evaluation per category"),
-            _html_table(eval_header, eval_rows, "eval", eval_classes),
-        ]
-    else:
-        parts.append("<p><em>not evaluated (run mlxtune evaluate)</em></p>")
-    parts.append("<h2>Sample predictions</h2>")
-    parts.append(
-        _html_table(pred_header, pred_rows, "preds") if pred_rows else "<p><em>none</em></p>"
+    context = {
+        "rec": rec,
+        "method": _fmt(rec.method),
+        "base_model": _fmt(rec.base_model),
+        "config_hash": _fmt(rec.config_hash),
+        "gate": {True: "passed", False: "FAILED", None: "–"}[
+            evaluation.passed if evaluation else None
+        ],
+        "final_rows": [[k, _fmt(v)] for k, v in rec.final.items()],
+        "evaluation": evaluation,
+        "eval_header": eval_header,
+        "eval_rows": eval_rows,
+        "eval_classes": eval_classes,
+        "pred_header": ["id", "category", "question", "reference", "base", "fine-tuned"],
+        "pred_rows": [
+            [p["id"], p["category"], p["question"], p["reference"], p["base"], p["adapter"]]
+            for p in _read_predictions(run, SAMPLE_PREDICTIONS)
+        ],
+        "lineage": [[k, v] for k, v in _lineage(rec)],
+        "config_text": yaml.safe_dump(config, sort_keys=False) if config else "(no config.yaml)",
+    }
+    html_text = run_report_html(
+        context, {f: base64.b64encode(data).decode() for f, data in plots.items()}
     )
-    parts += [
-        "<h2>Lineage</h2>",
-        _html_table(["field", "value"], lineage),
-        "<h2>Config</h2>",
-        f"<pre>{html.escape(config_text)}</pre>",
-        "</body></html>",
-    ]
-    html_text = "\n".join(parts)
-
-    # Markdown -----------------------------------------------------------------------------
-    md = [
-        f"# {rec.name} ({rec.status})",
-        "",
-        f"{_fmt(rec.method)} on `{_fmt(rec.base_model)}`, config `{_fmt(rec.config_hash)}`, "
-        f"evaluation gate: {gate_text}",
-        "",
-        "## Training",
-        "",
-    ]
-    md += ["![loss curves](loss.png)", ""] if "loss.png" in plots else []
-    md += [_md_table(["metric", "value"], final_rows), ""] if final_rows else []
-    md += ["## Evaluation", ""]
-    if evaluation:
-        md += ["![evaluation per category](eval.png)", ""] if "eval.png" in plots else []
-        md += [_md_table(eval_header, eval_rows), ""]
-    else:
-        md += ["_not evaluated_", ""]
-    md += ["## Sample predictions", ""]
-    md += [_md_table(pred_header, pred_rows) if pred_rows else "_none_", ""]
-    md += ["## Lineage", "", _md_table(["field", "value"], lineage), ""]
-    md += ["## Config", "", "```yaml", config_text.rstrip(), "```", ""]
+    markdown = run_report_markdown(context, sorted(plots))
 
     out.mkdir(parents=True, exist_ok=True)
     plot_paths = []
     for fname, data in plots.items():
-        from mlxtune.io import atomic_open
-
         with atomic_open(out / fname, "wb") as f:
             f.write(data)
         plot_paths.append(out / fname)
-    atomic_write_text(out / "report.md", "\n".join(md))
+    atomic_write_text(out / "report.md", markdown)
     atomic_write_text(out / "report.html", html_text)
     return ReportResult(html=out / "report.html", markdown=out / "report.md", plots=plot_paths)

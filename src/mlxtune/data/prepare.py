@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from mlxtune import __version__, formats
 from mlxtune.data import records as rec
 from mlxtune.data.sources import read_source, source_type
-from mlxtune.errors import ConfigError, DataError, MlxtuneError
+from mlxtune.errors import BadData, ConfigError, MlxtuneError, UsageError
 from mlxtune.io import atomic_write_json, atomic_write_jsonl, sha256_file
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
     if pc.drop_long:
         apply("max_seq_length", lambda it: it.tokens <= max_len)
     if not items:
-        raise DataError(f"{pc.sources[0].path}: no rows left after filtering", exit_code=1)
+        raise BadData(f"{pc.sources[0].path}: no rows left after filtering")
 
     say("splitting")
     assigned = _split(items, cfg)
@@ -195,11 +195,10 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"{out_dir}: exists and is not a directory", exit_code=2)
+        raise UsageError(f"{out_dir}: exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise DataError(
-            f"{out_dir}: output directory exists and is not empty (use --force to replace it)",
-            exit_code=2,
+        raise UsageError(
+            f"{out_dir}: output directory exists and is not empty (use --force to replace it)"
         )
 
 
@@ -217,7 +216,7 @@ def _read_all(cfg: Config, say: Progress) -> tuple[list[_Item], list[dict[str, A
         say(f"reading {src.path} ({kind})")
         rows = list(read_source(src))
         if not rows:
-            raise DataError(f"{src.path}: no rows", exit_code=1)
+            raise BadData(f"{src.path}: no rows")
         fmt: str
         if src.format == "auto":
             found = []
@@ -230,7 +229,7 @@ def _read_all(cfg: Config, say: Progress) -> tuple[list[_Item], list[dict[str, A
                     found.append((detected, rec.Located(row.path, row.line)))
             fmt_name, mixed = rec.majority_format(found)
             if mixed:
-                raise DataError(f"{mixed[0]}: format: {mixed[1]}", exit_code=1)
+                raise BadData(f"{mixed[0]}: format: {mixed[1]}")
             fmt = fmt_name or "chat"
         else:
             fmt = src.format
@@ -275,12 +274,11 @@ def _read_all(cfg: Config, say: Progress) -> tuple[list[_Item], list[dict[str, A
     if problems:
         more = len(problems) - MAX_LISTED
         listed = problems[:MAX_LISTED] + ([f"... and {more} more"] if more > 0 else [])
-        raise DataError("\n".join(listed), exit_code=1)
+        raise BadData("\n".join(listed))
     shape, mixed = rec.majority_format(kinds)
     if mixed:
-        raise DataError(
-            f"{mixed[0]}: format: {mixed[1]} (sources must be all conversations or all text)",
-            exit_code=1,
+        raise BadData(
+            f"{mixed[0]}: format: {mixed[1]} (sources must be all conversations or all text)"
         )
     return items, sources_meta, shape or "chat"
 
@@ -319,9 +317,7 @@ def _group(item: _Item, group_by: str | None) -> str:
         return rec.question_key(item.record)
     value = item.record.get(group_by)
     if value is None:
-        raise DataError(
-            f"{item.where}: {group_by}: missing (prepare.group_by needs it)", exit_code=1
-        )
+        raise BadData(f"{item.where}: {group_by}: missing (prepare.group_by needs it)")
     return str(value)
 
 

@@ -2,7 +2,7 @@
 
 Every reader yields `Row`s that remember where they came from (file and line, or row number
 for tabular sources), so every later problem can be reported as `path:line: field: message`.
-Bad input raises `DataError` naming the file and line; nothing is skipped silently.
+Bad input raises `BadData` naming the file and line; nothing is skipped silently.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlxtune.errors import ConfigError, DataError
+from mlxtune.errors import BadData, ConfigError
 
 if TYPE_CHECKING:
     from mlxtune.config import SourceConfig
@@ -35,9 +35,9 @@ EXTENSIONS = {
 JSON_FIELDS = ("messages", "conversations", "keywords", "tools")
 
 
-def _bad(message: str) -> DataError:
+def _bad(message: str) -> BadData:
     """Bad input data: exit 1, like validate-format's data problems (2 is for usage errors)."""
-    return DataError(message, exit_code=1)
+    return BadData(message)
 
 
 @dataclass
@@ -134,7 +134,7 @@ def json_error(e: json.JSONDecodeError) -> str:
 
 
 def parse_json_line(text: str, path: str, line: int) -> dict[str, Any]:
-    """One JSONL line -> object, or DataError naming the line."""
+    """One JSONL line -> object, or BadData naming the line."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from mlxtune.render.output import write_json_line
 from mlxtune.train.events import (
     CheckpointReached,
     EarlyStopped,
@@ -78,7 +79,7 @@ class TrainRenderer(TrainingCallback):
 
     def on_step_report(self, event: StepReport) -> None:
         if self.json:
-            return _write_json_line(event_json(event))
+            return write_json_line(event_json(event))
         self.fields.update(
             loss=f"{event.train_loss:.3f}",
             lr=f"{event.lr:.2e}",
@@ -98,23 +99,23 @@ class TrainRenderer(TrainingCallback):
 
     def on_validation(self, event: ValidationReport) -> None:
         if self.json:
-            return _write_json_line(event_json(event))
+            return write_json_line(event_json(event))
         msg = f"step {event.step} val loss {event.val_loss:.3f}"
         msg += f" (best {event.best_val_loss:.3f} at {event.best_step})"
         (self.progress.console if self.progress else self.console).print(msg, highlight=False)
 
     def on_checkpoint(self, event: CheckpointReached) -> None:
         if self.json:
-            _write_json_line(event_json(event))
+            write_json_line(event_json(event))
 
     def on_early_stop(self, event: EarlyStopped) -> None:
         if self.json:
-            return _write_json_line(event_json(event))
+            return write_json_line(event_json(event))
         self.console.print(f"early stop at step {event.step} (best {event.best_step})")
 
     def on_train_done(self, event: TrainDone) -> None:
         if self.json:
-            _write_json_line(event_json(event))
+            write_json_line(event_json(event))
 
     def _start_progress(self, steps: int, completed: int) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -130,11 +131,6 @@ class TrainRenderer(TrainingCallback):
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=steps, completed=completed, **self.fields)
-
-
-def _write_json_line(data: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(data) + "\n")
-    sys.stdout.flush()
 
 
 def print_plan(console: Console, err_console: Console, plan: TrainPlan, json_: bool) -> None:

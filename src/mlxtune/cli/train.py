@@ -1,0 +1,84 @@
+"""`mlxtune train`: flags -> config -> train (or launch ranks) -> progress and a summary line.
+The renderer subscribes to the training events (render/train.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mlxtune.cli.common import ConfigOpt, SetOpt, console, err_console, handles_errors, resolve
+
+
+@handles_errors
+def train_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue runs/NAME from its last checkpoint, exactly.", show_default=False
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the plan and every config problem; train nothing."),
+    ] = False,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Emit JSON lines (train, val, save, done events).")
+    ] = False,
+    name: Annotated[str | None, typer.Option(help="Run name (train.name).")] = None,
+    iters: Annotated[int | None, typer.Option(help="Optimizer steps (train.iters).")] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="Peak learning rate (train.learning_rate).")
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="lora, dora or full (train.method).")] = None,
+    launch: Annotated[
+        int | None,
+        typer.Option(help="Run data-parallel on N local ranks under mlx.launch (ring backend)."),
+    ] = None,
+    hostfile: Annotated[
+        Path | None, typer.Option(help="mlx.launch hostfile (with --launch) for a cluster.")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="mlx.launch backend with --launch.")] = "ring",
+) -> None:
+    """Fine-tune with LoRA, DoRA or full training; resumes exactly, keeps the best adapter."""
+    from mlxtune import train as core
+    from mlxtune.render.train import TrainRenderer, print_plan, print_train_result
+    from mlxtune.train.launch import strip_launch_args
+
+    if resume is not None and config is None and (resume / "config.yaml").is_file():
+        config = resume / "config.yaml"  # the run's own resolved config
+    cfg = resolve(
+        config,
+        set_,
+        train__name=name,
+        train__iters=iters,
+        train__learning_rate=learning_rate,
+        train__method=method,
+    )
+    if launch:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="mlxtune-ranks-") as tmp:
+            launched = core.launch(
+                strip_launch_args(sys.argv[2:]),
+                launch,
+                backend=backend,
+                hostfile=hostfile,
+                status_dir=Path(tmp),
+            )
+        core.check_launch(launched)
+        if not json_:
+            console.print(f"[green]ok[/green] {launch} ranks completed")
+        return
+    with TrainRenderer(console, json_=json_) as render:
+        result = core.train(cfg, resume=resume, dry_run=dry_run, callback=render)
+    if dry_run:
+        print_plan(console, err_console, result.plan, json_)
+        if result.plan.problems:
+            raise typer.Exit(2)
+    elif not json_:
+        print_train_result(console, result)
