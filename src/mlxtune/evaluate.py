@@ -25,7 +25,7 @@ from mlxtune.errors import ConfigError, DataError, MlxtuneError
 from mlxtune.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from mlxtune.metrics import GENERATION_METRICS, LOSS_METRICS, METRICS, mean, score
 from mlxtune.provenance import versions
-from mlxtune.rundir import RunDir, resolve_adapter
+from mlxtune.rundir import RunDir, resolve_run
 
 SCHEMA_VERSION = 1
 UNCATEGORIZED = "uncategorized"
@@ -503,7 +503,7 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
         from mlxtune.modeling import load_model
 
         try:
-            run = resolve_adapter(ev.adapter, cfg.train.runs_dir)
+            run = resolve_run(ev.adapter, cfg, field="evaluate.adapter")
         except MlxtuneError as e:
             raise MlxtuneError(str(e), exit_code=2) from None
         import mlx.core as mx
@@ -652,7 +652,7 @@ def evaluate_tasks(
 
     ev = cfg.evaluate
     try:
-        run = resolve_adapter(ev.adapter, cfg.train.runs_dir)
+        run = resolve_run(ev.adapter, cfg, field="evaluate.adapter")
     except MlxtuneError as e:
         raise MlxtuneError(str(e), exit_code=2) from None
     sides = {"adapter": run.root, **({"base": None} if ev.compare_base else {})}
