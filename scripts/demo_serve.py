@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 from openai import OpenAI
 
+from mlxtune.bench.procs import Server, cli_command, free_port
 from mlxtune.config import load_config
-from mlxtune.runtime import wait_until_ready
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from mlxtune.errors import MlxtuneError
 
 
 def main() -> int:
@@ -35,17 +26,17 @@ def main() -> int:
     record = json.loads((cfg.data.dir / "train.jsonl").read_text().splitlines()[0])
     question = [m for m in record["messages"] if m["role"] != "assistant"]
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlxtune", "serve", "-c", args.config, "--port", str(port)],
-        env=dict(os.environ),
-    )
-    base_url = f"http://127.0.0.1:{port}"
+    # log=None: the server's own output stays on the demo's terminal.
+    cmd = [*cli_command(), "serve", "-c", args.config, "--port", str(port)]
+    server = Server(cmd, port, None, name="mlxtune serve")
+    base_url = server.url
     try:
-        problem = wait_until_ready(server, f"{base_url}/health", 120)
-        if problem:
-            print(f"serve {problem}", file=sys.stderr)
+        try:
+            server.start(120)
+        except MlxtuneError as e:
+            print(e, file=sys.stderr)
             return 1
-        client = OpenAI(base_url=f"{base_url}/v1", api_key=cfg.serve.api_key or "none")
+        client = OpenAI(base_url=f"{base_url}/v1", api_key=cfg.serve.resolved_api_key() or "none")
         models = [m.id for m in client.models.list().data]
         answers = {}
         for name in (adapter_name, cfg.serve.base_name):
@@ -55,11 +46,7 @@ def main() -> int:
             answers[name] = {"model": resp.model, "text": resp.choices[0].message.content}
         health = httpx.get(f"{base_url}/health", timeout=5).json()
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop(timeout=30)
     adapted = answers[adapter_name]["text"] or ""
     keywords = record.get("keywords", [])
     result = {

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,41 +25,38 @@ from typing import Any
 
 import httpx
 
-from mlxtune.runtime import wait_until_ready
+from mlxtune.bench.procs import Server, running_server
+from mlxtune.errors import MlxtuneError
+from mlxtune.stats import percentile
 
 MESSAGES = [{"role": "user", "content": "What does the MLX framework do, in one paragraph?"}]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(
-    kind: str, args: argparse.Namespace, extra: list[str]
-) -> tuple[subprocess.Popen[Any], str]:
-    from mlxtune.runtime import subprocess_env
-
-    port = free_port()
+def server_command(kind: str, args: argparse.Namespace, port: int, extra: list[str]) -> list[str]:
     if kind == "mlxtune":
-        cmd = [sys.executable, "-m", "mlxtune", "serve", "--set", f"model.path={args.model_path}",
-               "--adapter", f"ad={args.adapter_path}", "--port", str(port), *extra]  # fmt: skip
-        ready = "/health"
-    else:
-        cmd = [sys.executable, "-m", "mlx_lm", "server", "--model", args.model_path,
-               "--adapter-path", args.adapter_path, "--port", str(port)]  # fmt: skip
-        ready = "/v1/models"
-    env = subprocess_env()
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    log = open(Path(tempfile.gettempdir()) / f"load_test_{kind}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    problem = wait_until_ready(proc, url + ready, 120)
-    if problem:
-        proc.kill()
-        raise SystemExit(f"{kind} {problem}; see {log.name}")
-    return proc, url
+        return [sys.executable, "-m", "mlxtune", "serve", "--set", f"model.path={args.model_path}",
+                "--adapter", f"ad={args.adapter_path}", "--port", str(port), *extra]  # fmt: skip
+    return [sys.executable, "-m", "mlx_lm", "server", "--model", args.model_path,
+            "--adapter-path", args.adapter_path, "--port", str(port)]  # fmt: skip
+
+
+def serving(
+    kind: str, args: argparse.Namespace, extra: list[str]
+) -> contextlib.AbstractContextManager[Server]:
+    """The server of `kind` on a free port, ready (bench.procs starts and stops it)."""
+    log = Path(tempfile.gettempdir()) / f"load_test_{kind}.log"
+    return running_server(
+        lambda port: server_command(kind, args, port, extra),
+        log,
+        120,
+        ready_path="/health" if kind == "mlxtune" else "/v1/models",
+        env={"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")},
+        name=f"{kind} (log {log})",
+    )
+
+
+def _round(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 async def level(
@@ -88,10 +83,9 @@ async def level(
     async with httpx.AsyncClient(timeout=limit) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
     wall = time.perf_counter() - t0
-    q = statistics.quantiles(lat, n=20) if len(lat) > 1 else [lat[0]] * 19 if lat else [0] * 19
     return {
         "clients": clients, "requests": len(lat), "codes": codes, "wall_s": round(wall, 2),
-        "p50_s": round(statistics.median(lat), 3) if lat else None, "p95_s": round(q[18], 3),
+        "p50_s": _round(percentile(lat, 50)), "p95_s": _round(percentile(lat, 95)),
         "tokens": tokens, "tok_per_s": round(tokens / wall, 1),
     }  # fmt: skip
 
@@ -112,7 +106,7 @@ async def overload(url: str, n: int, max_tokens: int) -> dict[str, Any]:
     return {
         "sent": n, "served": len(served), "refused_503": len(refused),
         "refused_max_s": round(refused[-1], 3) if refused else None,
-        "served_p50_s": round(statistics.median(served), 3) if served else None,
+        "served_p50_s": _round(percentile(served, 50)),
     }  # fmt: skip
 
 
@@ -131,9 +125,9 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
     out: dict[str, Any] = {}
     for kind in args.servers.split(","):
-        proc, url = start(kind, args, [])
         model = "ad" if kind == "mlxtune" else "default_model"
-        try:
+        with serving(kind, args, []) as server:
+            url = server.url
             asyncio.run(level(url, model, 2, 4, args.max_tokens, args.time_limit))  # warm up
             out[kind] = [
                 asyncio.run(
@@ -141,17 +135,10 @@ def main() -> None:
                 )
                 for c in levels
             ]
-        finally:
-            proc.terminate()
-            proc.wait(30)
     if args.overload:
         extra = ["--set", "serve.max_queue=8", "--set", "serve.max_batch_size=8"]
-        proc, url = start("mlxtune", args, extra)
-        try:
-            out["overload"] = asyncio.run(overload(url, args.overload, args.max_tokens))
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        with serving("mlxtune", args, extra) as server:
+            out["overload"] = asyncio.run(overload(server.url, args.overload, args.max_tokens))
     if args.json:
         print(json.dumps(out, indent=2))
         return
@@ -169,4 +156,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    try:
+        main()
+    except MlxtuneError as e:  # a server that never came up: one line, not a traceback
+        raise SystemExit(str(e)) from None

@@ -84,7 +84,7 @@ def test_parsers_read_mlx_lm_and_mlxtune_output() -> None:
 
 
 def test_recorder_keeps_sides_apart_and_result_serialises() -> None:
-    rec = B._Recorder()
+    rec = B.Recorder()
     rec.add("generate", "p=8 b=1", "mlxtune", {"prompt_tps": 10.0, "ttft_ms": None})
     rec.add("generate", "p=8 b=1", "mlx-lm", {"prompt_tps": 5.0})
     rec.add("generate", "p=8 b=1", "mlxtune", {"prompt_tps": 30.0})
@@ -265,7 +265,7 @@ def test_bench_to_md_renders_ratio_and_environment(repo_root: Path) -> None:
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    rec = B._Recorder()
+    rec = B.Recorder()
     rec.add("serve", "c=4", "mlxtune", {"completion_tps": 300.0})
     rec.add("serve", "c=4", "mlx-lm", {"completion_tps": 200.0})
     rec.add("serve", "c=4", "mlxtune", {"completion_tps": 320.0})
@@ -344,8 +344,8 @@ def test_server_commands(tmp_path: Path) -> None:
     assert base[base.index("--host") + 1] == "127.0.0.1" and "4321" in base
     ours = B.server_command(cfg, "mlxtune", 4321, tmp_path)
     assert ours[1:4] == ["-m", "mlxtune", "serve"] and ours[-2:] == ["--port", "4321"]
-    assert B._serve_adapter(cfg) == ("tuned", adapter)
-    assert B._serve_adapter(load_config(None, [])) == ("base", None)
+    assert B.serve_adapter(cfg) == ("tuned", adapter)
+    assert B.serve_adapter(load_config(None, [])) == ("base", None)
 
 
 def test_train_json_reports_trained_tokens_like_mlx_lm() -> None:

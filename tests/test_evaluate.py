@@ -6,14 +6,10 @@ import importlib.util
 import json
 import math
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -214,46 +210,18 @@ def test_usage_errors_exit_2(setup: dict[str, Path]) -> None:
 # --endpoint against mlx_lm.server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def mlx_lm_server(tiny_model: Path) -> Iterator[str]:
-    from mlxtune.runtime import subprocess_env
+def mlx_lm_server(tiny_model: Path, tmp_path: Path) -> Iterator[str]:
+    from mlxtune.bench.procs import running_server
 
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
+    def cmd(port: int) -> list[str]:
+        return [
             *(sys.executable, "-m", "mlx_lm.server", "--model", str(tiny_model)),
             *("--host", "127.0.0.1", "--port", str(port)),
-        ],
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("mlx_lm.server did not come up in 60 s")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        ]
+
+    with running_server(cmd, tmp_path / "mlx_lm_server.log", 60, ready_path="/v1/models") as srv:
+        yield srv.url
 
 
 @pytest.mark.e2e

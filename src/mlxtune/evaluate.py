@@ -27,7 +27,7 @@ from mlxtune.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from mlxtune.metrics import GENERATION_METRICS, LOSS_METRICS, METRICS, mean, score
 from mlxtune.provenance import versions
 from mlxtune.render.documents import evaluation_markdown
-from mlxtune.rundir import RunDir, resolve_adapter
+from mlxtune.rundir import RunDir, resolve_run
 
 UNCATEGORIZED = "uncategorized"
 SIDES = ("base", "adapter")
@@ -412,7 +412,7 @@ def _run_models(
 
     ev = cfg.evaluate
     try:
-        run = resolve_adapter(ev.adapter, cfg.train.runs_dir)
+        run = resolve_run(ev.adapter, cfg, field="evaluate.adapter")
     except MlxtuneError as e:
         raise UsageError(str(e)) from None
     outputs: dict[str, SideOutput] = {}
@@ -611,7 +611,7 @@ def evaluate_tasks(
 
     ev = cfg.evaluate
     try:
-        run = resolve_adapter(ev.adapter, cfg.train.runs_dir)
+        run = resolve_run(ev.adapter, cfg, field="evaluate.adapter")
     except MlxtuneError as e:
         raise UsageError(str(e)) from None
     sides = {"adapter": run.root, **({"base": None} if ev.compare_base else {})}

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlxtune.errors import MlxtuneError
 from mlxtune.rundir import RunDir
@@ -47,36 +47,22 @@ def export_run(
     gguf: bool = False,
     force: bool = False,
 ) -> ExportResult:
-    from mlx.utils import tree_flatten, tree_unflatten
-    from mlx_lm.gguf import convert_to_gguf
-    from mlx_lm.utils import _download, dequantize_model, load_config, save
+    from mlx.utils import tree_unflatten
+    from mlx_lm.utils import _download, dequantize_model, load_config
 
     from mlxtune.modeling import load_model
 
     rec = find_run(cfg, name)
     run = RunDir(rec.path)
-    if not run.is_adapter():
-        raise MlxtuneError(f"{run.root}: run {rec.name!r} has no adapter to export")
     out = Path(out)
-    if out.exists() and not force:
-        raise MlxtuneError(f"{out}: already exists (use --force to replace it)")
-    if out.resolve() == run.root.resolve() or run.root.resolve() in out.resolve().parents:
-        raise MlxtuneError(f"{out}: choose a directory outside the run directory")
-
+    _check_target(run, rec.name, out, force)
     # The base the adapter was trained on (run.json, the run's config), else model.path.
     base = rec.base_model or cfg.model.path
     model_cfg = cfg.model.model_copy(update={"path": base})
     model, tokenizer, template = load_model(model_cfg, run.root)
     model_path = _download(base, revision=cfg.model.revision)
     config = load_config(model_path)
-    model_type = str(config.get("model_type", "?"))
-    if gguf and model_type not in GGUF_MODEL_TYPES:
-        raise MlxtuneError(
-            f"--gguf: mlx-lm writes GGUF for {', '.join(GGUF_MODEL_TYPES)} only; "
-            f"{base} is {model_type!r} (export without --gguf, or convert with llama.cpp)"
-        )
-    if gguf and config.get("quantization") and not dequantize:
-        raise MlxtuneError(f"--gguf: {base} is quantized; add --de-quantize for a GGUF export")
+    _check_gguf(config, base, gguf=gguf, dequantize=dequantize)
 
     fused = [
         (n, m.fuse(dequantize=dequantize)) for n, m in model.named_modules() if hasattr(m, "fuse")
@@ -88,19 +74,64 @@ def export_run(
         config.pop("quantization", None)
         config.pop("quantization_config", None)
 
+    # The exact template training rendered with, so the fused model prompts the same.
+    exact = run.chat_template.read_bytes() if run.chat_template.is_file() else None
+    template_bytes = exact if exact is not None else template.encode("utf-8")
+    _write_model(out, model_path, model, tokenizer, config, template_bytes, base=base, gguf=gguf)
+    return ExportResult(
+        run=rec.name,
+        base_model=base,
+        out=out,
+        fused_layers=len(fused),
+        dequantized=dequantize,
+        gguf=out / GGUF_NAME if gguf else None,
+    )
+
+
+def _check_target(run: RunDir, name: str, out: Path, force: bool) -> None:
+    if not run.is_adapter():
+        raise MlxtuneError(f"{run.root}: run {name!r} has no adapter to export")
+    if out.exists() and not force:
+        raise MlxtuneError(f"{out}: already exists (use --force to replace it)")
+    if out.resolve() == run.root.resolve() or run.root.resolve() in out.resolve().parents:
+        raise MlxtuneError(f"{out}: choose a directory outside the run directory")
+
+
+def _check_gguf(config: dict[str, Any], base: str, *, gguf: bool, dequantize: bool) -> None:
+    model_type = str(config.get("model_type", "?"))
+    if gguf and model_type not in GGUF_MODEL_TYPES:
+        raise MlxtuneError(
+            f"--gguf: mlx-lm writes GGUF for {', '.join(GGUF_MODEL_TYPES)} only; "
+            f"{base} is {model_type!r} (export without --gguf, or convert with llama.cpp)"
+        )
+    if gguf and config.get("quantization") and not dequantize:
+        raise MlxtuneError(f"--gguf: {base} is quantized; add --de-quantize for a GGUF export")
+
+
+def _write_model(
+    out: Path,
+    model_path: Path,
+    model: Any,
+    tokenizer: Any,
+    config: dict[str, Any],
+    template: bytes,
+    *,
+    base: str,
+    gguf: bool,
+) -> None:
+    """Save (and convert) into a temp directory beside `out`, then rename it into place."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.gguf import convert_to_gguf
+    from mlx_lm.utils import save
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)
-    gguf_path = out / GGUF_NAME if gguf else None
     try:
         # mlx-lm prints progress; core modules stay silent (the CLI shows a spinner).
         with contextlib.redirect_stdout(io.StringIO()):
             save(tmp, str(model_path), model, tokenizer, config, donate_model=False)
-            # The exact template training rendered with, so the fused model prompts the same.
-            if run.chat_template.is_file():
-                shutil.copyfile(run.chat_template, tmp / "chat_template.jinja")
-            else:
-                (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
+            (tmp / "chat_template.jinja").write_bytes(template)
             if gguf:
                 weights = dict(tree_flatten(model.parameters()))
                 try:
@@ -117,11 +148,3 @@ def export_run(
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(tmp)
         raise
-    return ExportResult(
-        run=rec.name,
-        base_model=base,
-        out=out,
-        fused_layers=len(fused),
-        dequantized=dequantize,
-        gguf=gguf_path,
-    )

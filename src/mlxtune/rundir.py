@@ -95,16 +95,6 @@ def latest_run(runs_dir: Path) -> RunDir:
     )
 
 
-def resolve_adapter(path: Path | None, runs_dir: Path) -> RunDir:
-    """An explicit adapter/run directory, or the latest run."""
-    if path is None:
-        return latest_run(runs_dir)
-    run = RunDir(Path(path))
-    if not run.is_adapter():
-        raise MlxtuneError(f"{path}: not an adapter directory (no adapter_config.json)")
-    return run
-
-
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl rows; blank lines and a torn last line (a run still writing) are skipped."""
     if not path.is_file():
@@ -122,10 +112,13 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def resolve_run(ref: str | Path | None, cfg: Config, *, field: str = "run") -> RunDir:
+def resolve_run(
+    ref: str | Path | None, cfg: Config, *, field: str = "run", need_adapter: bool = True
+) -> RunDir:
     """THE way to name a run, for every verb: None -> the latest run; "@alias" -> the run the
-    alias points at; an existing directory; or a run name under `train.runs_dir`. A name that
-    matches nothing is an error listing the closest run names."""
+    alias points at; a run name under `train.runs_dir`; or a directory. A name that matches
+    nothing is an error listing the closest run names. `need_adapter=False` also accepts a run
+    without adapter files (a failed run), for verbs that only read its records."""
     runs_dir = cfg.train.runs_dir
     if ref is None or str(ref) == "":
         return latest_run(runs_dir)
@@ -137,17 +130,44 @@ def resolve_run(ref: str | Path | None, cfg: Config, *, field: str = "run") -> R
             return RunDir(resolve_alias(text, cfg))
         except MlxtuneError as e:
             raise MlxtuneError(f"{field}: {e}") from None
-    path = Path(text)
-    if not path.is_dir() and not path.is_absolute() and (runs_dir / path).is_dir():
-        path = runs_dir / path
-    if not path.is_dir():
-        names = sorted(p.name for p in runs_dir.glob("*") if p.is_dir())
-        close = difflib.get_close_matches(text, names, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        if not close and names:
-            hint = f" (runs in {runs_dir}: {', '.join(names[:8])})"
-        raise MlxtuneError(f"{field}: no run {text!r} in {runs_dir} and no such directory{hint}")
+    kind = "an adapter" if need_adapter else "a run"
+    path = _find_run_dir(text, runs_dir)
+    if path is None:
+        raise _no_such_run(text, runs_dir, field, kind)
     run = RunDir(path)
-    if not run.is_adapter():
-        raise MlxtuneError(f"{field}: {path} is not a run or adapter directory (no adapter files)")
+    if need_adapter and not run.is_adapter():
+        raise MlxtuneError(
+            f"{field}: {path}: not an adapter directory (no adapter_config.json "
+            "and adapters.safetensors)"
+        )
+    if not need_adapter and not (run.run_json.is_file() or run.adapter_config.is_file()):
+        raise MlxtuneError(f"{field}: {path}: not a run directory (no run.json)")
     return run
+
+
+def _is_plain_name(text: str) -> bool:
+    path = Path(text)
+    return len(path.parts) == 1 and not path.is_absolute()
+
+
+def _find_run_dir(text: str, runs_dir: Path) -> Path | None:
+    """A plain name is looked up in `runs_dir` first; anything else is a path."""
+    if _is_plain_name(text) and (runs_dir / text).is_dir():
+        return runs_dir / text
+    path = Path(text)
+    return path if path.is_dir() else None
+
+
+def _no_such_run(text: str, runs_dir: Path, field: str, kind: str) -> MlxtuneError:
+    """One line; for a name, the closest run names (or what runs exist)."""
+    if not _is_plain_name(text):
+        return MlxtuneError(f"{field}: {text}: not {kind} directory (no such directory)")
+    names = sorted(p.name for p in runs_dir.glob("*") if p.is_dir())
+    close = difflib.get_close_matches(text, names, n=3)
+    if close:
+        hint = f" (did you mean {', '.join(close)}?)"
+    elif names:
+        hint = f" (runs: {', '.join(names[:8])})"
+    else:
+        hint = " (no runs yet: run mlxtune train first)"
+    return MlxtuneError(f"{field}: no run named {text!r} in {runs_dir}{hint}")

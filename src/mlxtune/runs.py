@@ -23,7 +23,7 @@ import yaml
 
 from mlxtune.errors import MlxtuneError
 from mlxtune.metrics import METRICS
-from mlxtune.rundir import RunDir, read_metrics
+from mlxtune.rundir import RunDir, read_metrics, resolve_run
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
@@ -453,19 +453,22 @@ class Registry:
         return [self._row_to_record(r) for r in rows]
 
     def get(self, name: str) -> RunRecord:
+        """The indexed run called `name` (exactly). Verbs name runs through `find_run`."""
         row = self.conn.execute("SELECT * FROM runs WHERE name = ?", (name,)).fetchone()
         if row is None:
-            if name.startswith("@"):
-                return self.get(self.current(name[1:]).run)
-            names = [r["name"] for r in self.conn.execute("SELECT name FROM runs")]
-            import difflib
-
-            guess = difflib.get_close_matches(name, names, n=1)
-            hint = f", did you mean {guess[0]}?" if guess else f" (known: {', '.join(names)})"
-            if not names:
-                hint = " (no runs indexed: run mlxtune train first)"
-            raise MlxtuneError(f"{self.runs_dir}: no run named {name!r}{hint}")
+            raise MlxtuneError(f"{self.runs_dir}: no run named {name!r} in the registry")
         return self._row_to_record(row)
+
+    def record_for(self, run: RunDir) -> RunRecord:
+        """The record of a resolved run directory: its index row, or read from the directory
+        itself when it lives outside runs_dir (a path given on the command line)."""
+        path = str(run.root.resolve())
+        row = self.conn.execute("SELECT * FROM runs WHERE path = ?", (path,)).fetchone()
+        if row is not None:
+            return self._row_to_record(row)
+        rec = _record_from_dir(run)
+        rec.aliases = [a for a, ev in self.aliases().items() if str(ev.path) == path]
+        return rec
 
     # -- aliases -------------------------------------------------------------------------
 
@@ -518,9 +521,8 @@ class Registry:
     def history(self, alias: str = DEFAULT_ALIAS) -> list[AliasEvent]:
         return self._events(alias)
 
-    def promote(self, name: str, alias: str = DEFAULT_ALIAS) -> AliasChange:
+    def promote(self, rec: RunRecord, alias: str = DEFAULT_ALIAS) -> AliasChange:
         _check_alias(alias)
-        rec = self.get(name)
         run = RunDir(rec.path)
         if not run.is_adapter():
             raise MlxtuneError(f"{rec.path}: run {rec.name!r} has no adapter to promote")
@@ -575,9 +577,7 @@ def list_runs(cfg: Config) -> list[RunRecord]:
 
 
 def show_run(cfg: Config, name: str) -> RunDetail:
-    with Registry.open(cfg) as reg:
-        reg.sync()
-        rec = reg.get(name)
+    rec = find_run(cfg, name)
     run = RunDir(rec.path)
     rows = read_metrics(run.metrics)
     return RunDetail(
@@ -588,11 +588,13 @@ def show_run(cfg: Config, name: str) -> RunDetail:
     )
 
 
-def find_run(cfg: Config, name: str) -> RunRecord:
-    """A run by name or `@alias`, after syncing the index."""
+def find_run(cfg: Config, ref: str | Path | None, *, field: str = "run") -> RunRecord:
+    """A run's record by name, `@alias` or path (`rundir.resolve_run`), after syncing the
+    index. A run without an adapter is found too: show, compare and report read its records."""
+    run = resolve_run(ref, cfg, field=field, need_adapter=False)
     with Registry.open(cfg) as reg:
         reg.sync()
-        return reg.get(name)
+        return reg.record_for(run)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -633,9 +635,7 @@ def _deltas(a: dict[str, Any], b: dict[str, Any], keys: tuple[str, ...]) -> list
 
 
 def compare_runs(cfg: Config, name_a: str, name_b: str) -> Comparison:
-    with Registry.open(cfg) as reg:
-        reg.sync()
-        a, b = reg.get(name_a), reg.get(name_b)
+    a, b = find_run(cfg, name_a), find_run(cfg, name_b)
     lineage_keys = ("base_model", "method", "config_hash", "data_manifest_sha256", "git_commit")
     lineage = [
         (k, getattr(a, k), getattr(b, k)) for k in lineage_keys if getattr(a, k) != getattr(b, k)
@@ -670,9 +670,9 @@ def compare_runs(cfg: Config, name_a: str, name_b: str) -> Comparison:
 
 
 def promote(cfg: Config, name: str, alias: str = DEFAULT_ALIAS) -> AliasChange:
+    rec = find_run(cfg, name)
     with Registry.open(cfg) as reg:
-        reg.sync()
-        return reg.promote(name, alias)
+        return reg.promote(rec, alias)
 
 
 def rollback(cfg: Config, alias: str = DEFAULT_ALIAS) -> AliasChange:
@@ -722,16 +722,14 @@ class ServedAdapter:
 
 
 def resolve_serve_adapters(adapters: dict[str, Path], cfg: Config) -> dict[str, ServedAdapter]:
-    """`serve.adapters` with every "@alias" value resolved to its run directory; plain paths
-    pass through. Serve calls this at start-up and again on its reload endpoint."""
+    """`serve.adapters` with every value resolved (`rundir.resolve_run`: "@alias", run name or
+    path) to its run directory, keeping the alias each came through."""
     out = {}
     for model, value in adapters.items():
         text = str(value)
-        if is_alias(text):
-            path = resolve_alias(text, cfg)
-            out[model] = ServedAdapter(model, path, text.removeprefix("@"), path.name)
-        else:
-            out[model] = ServedAdapter(model, Path(value), None, Path(value).name)
+        run = resolve_run(text, cfg, field=f"serve.adapters.{model}")
+        alias = text.removeprefix("@") if is_alias(text) else None
+        out[model] = ServedAdapter(model, run.root, alias, run.name)
     return out
 
 

@@ -1,0 +1,104 @@
+"""`bench()`: the chosen workloads, mlxtune and the baseline interleaved A B A B run by run, so
+a noisy machine slows both sides alike and the ratio stays honest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlxtune.bench.core import SECTIONS, BenchResult, Progress, Recorder, environment, targets
+from mlxtune.bench.generate import bench_generate
+from mlxtune.bench.serve import bench_serve_once, serve_adapter
+from mlxtune.bench.train import bench_train_once, check_data
+from mlxtune.errors import MlxtuneError
+
+if TYPE_CHECKING:
+    from mlxtune.config import Config
+
+# The train settings a bench file records (the rest are bench's own or the model's).
+_TRAIN_SETTINGS = (
+    "method",
+    "batch_size",
+    "learning_rate",
+    "lora_rank",
+    "num_layers",
+    "max_seq_length",
+    "mask_prompt",
+    "grad_checkpoint",
+)
+
+
+def _check_arguments(what: str, baseline: str, repeat: int) -> None:
+    if what not in (*SECTIONS, "all"):
+        raise MlxtuneError(f"--what: expected train, generate, serve or all, got {what!r}")
+    if baseline not in ("none", "mlx-lm"):
+        raise MlxtuneError(f"--baseline: expected none or mlx-lm, got {baseline!r}")
+    if repeat < 1:
+        raise MlxtuneError(f"--repeat: must be >= 1, got {repeat}")
+
+
+def _settings(cfg: Config) -> dict[str, Any]:
+    return {
+        "model": cfg.model.path,
+        "bench": cfg.bench.model_dump(mode="json"),
+        "train": {k: getattr(cfg.train, k) for k in _TRAIN_SETTINGS},
+        "data_dir": str(cfg.data.dir),
+        "serve_adapter": serve_adapter(cfg)[0],
+    }
+
+
+def bench(
+    cfg: Config,
+    *,
+    what: str | None = None,
+    baseline: str | None = None,
+    repeat: int | None = None,
+    progress: Progress | None = None,
+) -> BenchResult:
+    """Measure the chosen workloads (`cfg.bench` unless given), interleaving mlxtune and the
+    baseline run by run. Raises MlxtuneError when a workload cannot run at all."""
+    say: Progress = progress or (lambda _msg: None)
+    what = what or cfg.bench.what
+    baseline = baseline or cfg.bench.baseline
+    repeat = repeat or cfg.bench.repeat
+    _check_arguments(what, baseline, repeat)
+    sections = list(SECTIONS) if what == "all" else [what]
+    sides = targets(baseline)
+    env = environment()
+    rec = Recorder()
+    notes: list[str] = []
+    work = Path(tempfile.mkdtemp(prefix="mlxtune-bench-"))
+    try:
+        if what == "all":
+            try:
+                check_data(cfg)
+            except MlxtuneError as e:  # `all` still times what it can
+                sections.remove("train")
+                notes.append(f"train skipped: {e}")
+        if "train" in sections:
+            for r in range(repeat):
+                for target in sides:
+                    say(f"train [{target}] repeat {r + 1}/{repeat}")
+                    rec.add("train", "lora", target, bench_train_once(cfg, target, work, say))
+        if "generate" in sections:
+            bench_generate(cfg, rec, sides, repeat, say, work)
+        if "serve" in sections:
+            for r in range(repeat):
+                for target in sides:
+                    say(f"serve [{target}] repeat {r + 1}/{repeat}")
+                    bench_serve_once(cfg, target, work, rec, say, notes)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    env["loadavg_end"] = list(os.getloadavg())
+    return BenchResult(
+        what=sections,
+        baseline=baseline,
+        repeat=repeat,
+        figures=list(rec.figures.values()),
+        environment=env,
+        settings=_settings(cfg),
+        notes=notes,
+    )
