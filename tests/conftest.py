@@ -40,6 +40,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-init BERT-style embedding model (needs the `embed` extra)."""
+    pytest.importorskip("mlx_embeddings", reason="pip install 'mlxtune[embed]'")
+    from mlxtune.tiny_model import build_tiny_model
+
+    out = tmp_path_factory.mktemp("models") / "bert"
+    build_tiny_model(out, preset="bert", seed=0, corpus=[DOMAIN_DATA])
+    return out
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])

@@ -218,6 +218,53 @@ class ServeConfig(Section):
         return self.api_key or os.environ.get("MLXTUNE_API_KEY") or None
 
 
+class EmbedConfig(Section):
+    kind: Literal["pooled", "dedicated"] = Field(
+        "pooled",
+        description="pooled: the language model (and its adapters) pools its hidden states; "
+        "dedicated: an embedding model through mlx-embeddings (pip install 'mlxtune[embed]').",
+    )
+    model: str | None = Field(
+        None, description="Dedicated embedding model (kind: dedicated): local directory or hub id."
+    )
+    name: str | None = Field(
+        None, description="Name of the dedicated model in /v1/models; default its directory name."
+    )
+    pooling: Literal["mean", "last"] = Field(
+        "mean", description="pooled kind: average the real tokens' states, or take the last one."
+    )
+    batch_size: int = Field(
+        32, gt=0, description="Inputs embedded in one forward pass; higher is faster, uses memory."
+    )
+    max_inputs: int = Field(256, gt=0, description="Inputs one request may send (400 beyond).")
+    max_tokens_per_input: int = Field(
+        512, gt=0, description="Tokens one input may have (400 beyond; never truncated)."
+    )
+    fail_fast: bool = Field(
+        False, description="Answer 503 at once while the model is busy instead of queueing."
+    )
+    matryoshka_dimensions: list[int] = Field(
+        default_factory=list,
+        description="Sizes `dimensions` may truncate to (Matryoshka-trained models); default "
+        "`matryoshka_dimensions` from the model's config.json, else full size only.",
+    )
+
+    @model_validator(mode="after")
+    def _model_matches_kind(self) -> EmbedConfig:
+        if self.kind == "dedicated" and not self.model:
+            raise ValueError("kind: dedicated needs embed.model (an embedding model directory)")
+        if self.kind == "pooled" and self.model:
+            raise ValueError("embed.model is for kind: dedicated (pooled uses model.path)")
+        return self
+
+    @property
+    def served_name(self) -> str | None:
+        """The dedicated model's name in /v1/models (None for the pooled kind)."""
+        if not self.model:
+            return None
+        return self.name or Path(self.model.rstrip("/")).name
+
+
 class BenchConfig(Section):
     what: Literal["train", "generate", "serve", "all"] = Field("all", description="What to time.")
     repeat: int = Field(1, gt=0, description="Repeat each measurement; min/median/max reported.")
@@ -253,6 +300,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Answer metrics: keyword accuracy, exact match, token F1 (pure Python, no mlx).
+"""Answer metrics (keyword accuracy, exact match, token F1) and retrieval metrics (recall@k,
+MRR), pure Python, no mlx.
 
 Exact match and token F1 use SQuAD's normalisation (case, punctuation, articles, spaces).
 Keywords keep their punctuation (`--show-config`, `0.05`, `/docs` are keywords in the
@@ -83,3 +84,27 @@ def mean(values: Iterable[float | None]) -> float | None:
     """Mean of the values that are not None; None when there are none."""
     kept = [v for v in values if v is not None]
     return sum(kept) / len(kept) if kept else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Retrieval: each query's rank is the 1-based position of its best relevant candidate.
+
+RETRIEVAL_METRICS = ("recall_at_1", "recall_at_5", "mrr")
+
+
+def recall_at_k(ranks: Sequence[int], k: int) -> float | None:
+    """Share of queries whose relevant candidate is among the top k; None for no queries."""
+    return sum(r <= k for r in ranks) / len(ranks) if ranks else None
+
+
+def mean_reciprocal_rank(ranks: Sequence[int]) -> float | None:
+    return sum(1 / r for r in ranks) / len(ranks) if ranks else None
+
+
+def retrieval_scores(ranks: Sequence[int]) -> dict[str, float | None]:
+    """Every retrieval metric for a list of ranks."""
+    return {
+        "recall_at_1": recall_at_k(ranks, 1),
+        "recall_at_5": recall_at_k(ranks, 5),
+        "mrr": mean_reciprocal_rank(ranks),
+    }
