@@ -215,3 +215,53 @@ def test_bert_refuses_more_tokens_than_its_positions(tiny_bert: Path) -> None:
     assert embedder.max_tokens == 512
     with pytest.raises(EmbeddingLimitError, match="max_position_embeddings"):
         encode_inputs(embedder, [5] * 513, EmbedLimits(8, 4096))
+
+
+# ---------------------------------------------------------------------------------------------
+# The serving worker: batching and overload
+
+
+@pytest.mark.e2e
+def test_worker_batches_waiting_requests_and_refuses_overload(llama: Any) -> None:
+    from mlxtune.embed_worker import EmbedJob, EmbedQueueFull, EmbedWorker
+
+    batches: list[tuple[int, int]] = []
+    worker = EmbedWorker(
+        {"base": llama},
+        max_queue=4,
+        batch_size=32,
+        on_batch=lambda model, requests, inputs, s: batches.append((requests, inputs)),
+    )
+    tokens = [llama.tokenize(t) for t in TEXTS]
+    jobs = [EmbedJob("base", [t]) for t in tokens[:4]]
+    for job in jobs:  # queued before the worker starts: they wait together
+        worker.submit(job)
+    with pytest.raises(EmbedQueueFull, match="queue full"):
+        worker.submit(EmbedJob("base", [tokens[4]]))
+    worker.start()
+    try:
+        got = [job.future.result(timeout=60) for job in jobs]
+    finally:
+        worker.stop()
+    assert batches == [(4, 4)]  # one forward pass for the four requests
+    single = _one_at_a_time(llama, tokens[:4])
+    for i, vectors in enumerate(got):
+        assert vectors.shape == (1, llama.dimensions)
+        assert abs(vectors[0] - single[i].tolist()).max() < 1e-5
+
+
+@pytest.mark.e2e
+def test_fail_fast_worker_refuses_while_busy(llama: Any) -> None:
+    from mlxtune.embed_worker import EmbedJob, EmbedQueueFull, EmbedWorker
+
+    worker = EmbedWorker({"base": llama}, max_queue=4, batch_size=8, fail_fast=True)
+    first = worker.submit(EmbedJob("base", [[1, 2, 3]]))
+    with pytest.raises(EmbedQueueFull, match="busy"):
+        worker.submit(EmbedJob("base", [[4, 5]]))
+    worker.start()
+    try:
+        first.result(timeout=60)
+        worker.submit(EmbedJob("base", [[4, 5]])).result(timeout=60)  # free again: accepted
+    finally:
+        worker.stop()
+    assert not worker.alive

@@ -291,17 +291,23 @@ def embed_texts(embedder: Embedder, texts: Sequence[str], *, batch_size: int = 3
     return embed_tokens(embedder, [embedder.tokenize(t) for t in texts], batch_size=batch_size)
 
 
+def check_dimensions(embedder: Embedder, dimensions: int | None) -> None:
+    """Truncation is allowed only at the model's full size or a size it declares
+    (embed.matryoshka_dimensions, or `matryoshka_dimensions` in its config.json): cutting a
+    vector that was not trained for it loses meaning silently."""
+    if dimensions is None or dimensions in embedder.allowed_dimensions:
+        return
+    sizes = ", ".join(str(d) for d in sorted(set(embedder.allowed_dimensions)))
+    raise DimensionsNotSupported(
+        f"dimensions: {dimensions} is not supported by this model (supported: {sizes})"
+    )
+
+
 def truncate(vectors: mx.array, dimensions: int | None, embedder: Embedder) -> mx.array:
-    """Matryoshka truncation to `dimensions`, renormalised. Allowed only at the model's full
-    size or a size it declares (embed.matryoshka_dimensions, or `matryoshka_dimensions` in
-    its config.json): cutting a vector that was not trained for it loses meaning silently."""
+    """Matryoshka truncation to `dimensions`, renormalised (see check_dimensions)."""
+    check_dimensions(embedder, dimensions)
     if dimensions is None or dimensions == embedder.dimensions:
         return vectors
-    if dimensions not in embedder.allowed_dimensions:
-        sizes = ", ".join(str(d) for d in sorted(set(embedder.allowed_dimensions)))
-        raise DimensionsNotSupported(
-            f"dimensions: {dimensions} is not supported by this model (supported: {sizes})"
-        )
     return _normalize(vectors[:, :dimensions])
 
 

@@ -1,0 +1,163 @@
+"""The embedding worker behind `POST /v1/embeddings`: one thread runs every forward pass, and
+requests that wait together for the same model are embedded in one batch.
+
+Overload is refused at `submit`, never queued without bound: more than `max_queue` waiting
+requests raise QueueFull (HTTP 503 + Retry-After), and in fail-fast mode any request that
+finds the model busy is refused at once (the seed service's `try_lock()`).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlxtune.embeddings import Embedder, embed_tokens, truncate
+from mlxtune.errors import MlxtuneError
+
+
+class EmbedQueueFull(MlxtuneError):
+    """No room for the request now; the caller should retry later (HTTP 503)."""
+
+
+@dataclass
+class EmbedJob:
+    model: str
+    tokens: list[list[int]]
+    dimensions: int | None = None
+    # resolves to a float32 numpy array (len(tokens), dimensions)
+    future: Future[Any] = field(default_factory=Future)
+    submitted_at: float = field(default_factory=time.perf_counter)
+
+
+# on_batch(model, requests, inputs, seconds) after each forward pass
+BatchHook = Callable[[str, int, int, float], None]
+
+
+class EmbedWorker:
+    def __init__(
+        self,
+        embedders: dict[str, Embedder],
+        *,
+        max_queue: int,
+        batch_size: int,
+        fail_fast: bool = False,
+        on_batch: BatchHook | None = None,
+    ) -> None:
+        self.embedders = embedders
+        self.max_queue = max_queue
+        self.batch_size = batch_size
+        self.fail_fast = fail_fast
+        self.on_batch = on_batch
+        self._pending: collections.deque[EmbedJob] = collections.deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._busy = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    # -- any thread ---------------------------------------------------------------------------
+
+    def submit(self, job: EmbedJob) -> Future[Any]:
+        """Queue a job or raise EmbedQueueFull at once."""
+        if job.model not in self.embedders:
+            raise MlxtuneError(f"unknown embedding model {job.model!r}")
+        with self._lock:
+            if self.error:
+                raise EmbedQueueFull("embedding worker failed (see /health)")
+            if self._stop:
+                raise EmbedQueueFull("server is shutting down")
+            if self.fail_fast and (self._busy or self._pending):
+                raise EmbedQueueFull("embedding model busy (fail_fast)")
+            if len(self._pending) >= self.max_queue:
+                raise EmbedQueueFull(f"embedding queue full ({self.max_queue} waiting)")
+            self._pending.append(job)
+            self._wake.notify()
+        return job.future
+
+    def queue_depth(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mlxtune-embed-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        with self._lock:
+            self._stop = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- worker thread ------------------------------------------------------------------------
+
+    def _take(self) -> list[EmbedJob] | None:
+        """The oldest job and the waiting jobs for the same model that fit in one batch;
+        None when stopping with nothing left."""
+        with self._lock:
+            while not self._pending:
+                if self._stop:
+                    return None
+                self._wake.wait(0.5)
+            first = self._pending.popleft()
+            batch, inputs = [first], len(first.tokens)
+            for job in list(self._pending):
+                if job.model == first.model and inputs + len(job.tokens) <= self.batch_size:
+                    self._pending.remove(job)
+                    batch.append(job)
+                    inputs += len(job.tokens)
+            self._busy = True
+            return batch
+
+    def _run(self) -> None:
+        import mlx.core as mx
+
+        with mx.stream(mx.default_stream(mx.default_device())):
+            while (batch := self._take()) is not None:
+                try:
+                    results = self._embed(batch)
+                except Exception as e:  # a bug: report it on /health, fail what is waiting
+                    self.error = f"{type(e).__name__}: {e}"
+                    with self._lock:
+                        batch += list(self._pending)
+                        self._pending.clear()
+                    for job in batch:
+                        if not job.future.done():
+                            job.future.set_exception(EmbedQueueFull("embedding worker failed"))
+                    raise
+                finally:
+                    self._busy = False
+                # Resolved once the worker is free, so a caller who got its answer finds the
+                # model idle (fail_fast accepts its next request).
+                for job, vectors in zip(batch, results, strict=True):
+                    job.future.set_result(vectors)
+
+    def _embed(self, batch: Sequence[EmbedJob]) -> list[Any]:
+        import numpy as np
+
+        started = time.perf_counter()
+        embedder = self.embedders[batch[0].model]
+        tokens = [t for job in batch for t in job.tokens]
+        vectors = embed_tokens(embedder, tokens, batch_size=self.batch_size)
+        results, start = [], 0
+        for job in batch:
+            part = truncate(vectors[start : start + len(job.tokens)], job.dimensions, embedder)
+            start += len(job.tokens)
+            results.append(np.array(part, dtype=np.float32))
+        if self.on_batch is not None:
+            self.on_batch(batch[0].model, len(batch), len(tokens), time.perf_counter() - started)
+        return results
