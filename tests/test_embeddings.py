@@ -223,7 +223,7 @@ def test_bert_refuses_more_tokens_than_its_positions(tiny_bert: Path) -> None:
 
 @pytest.mark.e2e
 def test_worker_batches_waiting_requests_and_refuses_overload(llama: Any) -> None:
-    from mlxtune.embed_worker import EmbedJob, EmbedQueueFull, EmbedWorker
+    from mlxtune.serve.embed_worker import EmbedJob, EmbedWorker, QueueFull
 
     batches: list[tuple[int, int]] = []
     worker = EmbedWorker(
@@ -236,7 +236,7 @@ def test_worker_batches_waiting_requests_and_refuses_overload(llama: Any) -> Non
     jobs = [EmbedJob("base", [t]) for t in tokens[:4]]
     for job in jobs:  # queued before the worker starts: they wait together
         worker.submit(job)
-    with pytest.raises(EmbedQueueFull, match="queue full"):
+    with pytest.raises(QueueFull, match="queue full"):
         worker.submit(EmbedJob("base", [tokens[4]]))
     worker.start()
     try:
@@ -252,11 +252,11 @@ def test_worker_batches_waiting_requests_and_refuses_overload(llama: Any) -> Non
 
 @pytest.mark.e2e
 def test_fail_fast_worker_refuses_while_busy(llama: Any) -> None:
-    from mlxtune.embed_worker import EmbedJob, EmbedQueueFull, EmbedWorker
+    from mlxtune.serve.embed_worker import EmbedJob, EmbedWorker, QueueFull
 
     worker = EmbedWorker({"base": llama}, max_queue=4, batch_size=8, fail_fast=True)
     first = worker.submit(EmbedJob("base", [[1, 2, 3]]))
-    with pytest.raises(EmbedQueueFull, match="busy"):
+    with pytest.raises(QueueFull, match="busy"):
         worker.submit(EmbedJob("base", [[4, 5]]))
     worker.start()
     try:

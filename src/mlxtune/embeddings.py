@@ -119,7 +119,7 @@ def _backbone(model: Any) -> Any:
     raise EmbeddingError(f"model type {model_type}: cannot find its final hidden states")
 
 
-def _model_dir_dimensions(path: str | Path) -> tuple[int, ...]:
+def model_dir_dimensions(path: str | Path) -> tuple[int, ...]:
     """`matryoshka_dimensions` declared in a local model's config.json, if any."""
     try:
         config = json.loads((Path(path) / "config.json").read_text())
@@ -327,12 +327,17 @@ def load_embedder(cfg: Config, adapter: Path | str | None = None) -> Embedder:
     from mlxtune.modeling import load_model
 
     model, tokenizer, _ = load_model(cfg.model, adapter)
-    dims = embed.matryoshka_dimensions or _model_dir_dimensions(cfg.model.path)
+    return pooled_embedder(model, tokenizer, cfg)
+
+
+def pooled_embedder(model: Any, tokenizer: Any, cfg: Config) -> PooledEmbedder:
+    """A loaded language model (base or adapted) as an embedder, as `cfg.embed` says."""
+    embed = cfg.embed
     return PooledEmbedder(
         model,
         tokenizer,
         pooling=embed.pooling,
-        matryoshka_dimensions=dims,
+        matryoshka_dimensions=embed.matryoshka_dimensions or model_dir_dimensions(cfg.model.path),
         max_tokens=embed.max_tokens_per_input,
     )
 
@@ -346,7 +351,7 @@ def load_dedicated(path: str, cfg: Config) -> DedicatedEmbedder:
         model, tokenizer = mlx_embeddings.load(path)
     except (FileNotFoundError, ValueError) as e:
         raise MlxtuneError(f"embed.model: cannot load {path}: {e}") from None
-    dims = cfg.embed.matryoshka_dimensions or _model_dir_dimensions(path)
+    dims = cfg.embed.matryoshka_dimensions or model_dir_dimensions(path)
     return DedicatedEmbedder(
         model,
         tokenizer,

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlxtune.errors import MlxtuneError
-from mlxtune.serve import wire
+from mlxtune.serve import embeddings, wire
 from mlxtune.serve.engine import Engine, LoadedModel
 from mlxtune.serve.metrics import Metrics
 from mlxtune.serve.models import default_model_name, load_models, usage_db_path
@@ -61,6 +61,7 @@ def create_app(cfg: Config, models: dict[str, LoadedModel] | None = None) -> Fas
         api_key=cfg.serve.resolved_api_key(),
         default_model=default,
         started=time.time(),
+        embed=embeddings.build_service(cfg, models, metrics.registry),
     )
     app.add_middleware(BodyLimit, limit=cfg.serve.max_body_bytes)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
@@ -68,6 +69,7 @@ def create_app(cfg: Config, models: dict[str, LoadedModel] | None = None) -> Fas
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _bug)
     app.include_router(router)
+    app.include_router(embeddings.router)
     return app
 
 
@@ -75,10 +77,14 @@ def create_app(cfg: Config, models: dict[str, LoadedModel] | None = None) -> Fas
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServeState = app.state.serve
     state.engine.start()
+    if state.embed:
+        state.embed.worker.start()
     try:
         yield
     finally:
         await asyncio.to_thread(state.engine.stop)
+        if state.embed:
+            await asyncio.to_thread(state.embed.worker.stop)
         state.usage.close()
 
 

@@ -50,7 +50,8 @@ authed = APIRouter(dependencies=[Depends(check_key)])
 @router.get("/health")
 async def health(state: State) -> JSONResponse:
     """Ready when this returns 200: models loaded, worker running."""
-    ok = state.engine.alive and state.engine.error is None
+    embed = state.embed.health() if state.embed else None
+    ok = state.engine.alive and state.engine.error is None and (embed is None or embed["ok"])
     body = {
         "status": "ok" if ok else "error",
         "error": state.engine.error,
@@ -61,6 +62,7 @@ async def health(state: State) -> JSONResponse:
         "uptime_s": round(time.time() - state.started, 3),
         "queue_depth": state.engine.queue_depth(),
         "active": state.engine.active_count,
+        "embeddings": embed,
     }
     return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -78,6 +80,8 @@ def _health_adapter(m: LoadedModel, path: str) -> dict[str, Any]:
 @router.get("/metrics")
 async def metrics(state: State) -> Response:
     state.metrics.queue_depth.set(state.engine.queue_depth())
+    if state.embed:
+        state.embed.sample_metrics()
     state.metrics.sample_memory()
     body, media_type = state.metrics.exposition()
     return Response(body, media_type=media_type)
@@ -86,12 +90,13 @@ async def metrics(state: State) -> Response:
 @authed.get("/v1/models")
 async def list_models(state: State) -> dict[str, Any]:
     created, root = int(state.started), state.cfg.model.path
-    return wire.model_list(
-        [
-            wire.model_entry(m.name, created, root, m.adapter, m.fingerprint)
-            for m in state.models.values()
-        ]
-    )
+    entries = [
+        wire.model_entry(m.name, created, root, m.adapter, m.fingerprint)
+        for m in state.models.values()
+    ]
+    dedicated = state.embed.dedicated if state.embed else {}
+    entries += [wire.model_entry(n, created, path, None, None) for n, path in dedicated.items()]
+    return wire.model_list(entries)
 
 
 @authed.post("/v1/chat/completions", response_model=None)

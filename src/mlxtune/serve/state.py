@@ -15,6 +15,7 @@ from mlxtune.serve.usage import UsageLog
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
+    from mlxtune.serve.embeddings import EmbedService
 
 
 @dataclass
@@ -27,6 +28,7 @@ class ServeState:
     api_key: str | None
     default_model: str
     started: float
+    embed: EmbedService | None = None  # POST /v1/embeddings (serve/embeddings.py)
 
     def record(self, req: GenRequest, endpoint: str, status: int, finish: str | None) -> None:
         """A request that reached the engine: its metrics and its usage row."""
@@ -52,7 +54,10 @@ class ServeState:
         path = request.url.path
         if not (path.startswith("/v1/") and request.method == "POST"):
             return
-        endpoint = "chat" if path.endswith("chat/completions") else "completions"
+        endpoint = (
+            "chat" if path.endswith("chat/completions")
+            else "embeddings" if path.endswith("/embeddings") else "completions"
+        )  # fmt: skip
         self.usage.log(endpoint=endpoint, model=model, status=status, latency_s=0.0)
         label = model if model in self.models else "unknown"  # bounded label values
         self.metrics.requests.labels(label, str(status)).inc()

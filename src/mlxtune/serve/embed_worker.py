@@ -18,10 +18,7 @@ from typing import Any
 
 from mlxtune.embeddings import Embedder, embed_tokens, truncate
 from mlxtune.errors import MlxtuneError
-
-
-class EmbedQueueFull(MlxtuneError):
-    """No room for the request now; the caller should retry later (HTTP 503)."""
+from mlxtune.serve.engine import QueueFull
 
 
 @dataclass
@@ -63,19 +60,24 @@ class EmbedWorker:
 
     # -- any thread ---------------------------------------------------------------------------
 
+    def check_room(self) -> None:
+        """Raise QueueFull when a request would be refused now (callers check before they
+        read and tokenize a body, so a refusal costs next to nothing)."""
+        if self.error:
+            raise QueueFull("embedding worker failed (see /health)")
+        if self._stop:
+            raise QueueFull("server is shutting down")
+        if self.fail_fast and (self._busy or self._pending):
+            raise QueueFull("embedding model busy (fail_fast)")
+        if len(self._pending) >= self.max_queue:
+            raise QueueFull(f"embedding queue full ({self.max_queue} waiting)")
+
     def submit(self, job: EmbedJob) -> Future[Any]:
-        """Queue a job or raise EmbedQueueFull at once."""
+        """Queue a job or raise QueueFull (HTTP 503) at once."""
         if job.model not in self.embedders:
             raise MlxtuneError(f"unknown embedding model {job.model!r}")
         with self._lock:
-            if self.error:
-                raise EmbedQueueFull("embedding worker failed (see /health)")
-            if self._stop:
-                raise EmbedQueueFull("server is shutting down")
-            if self.fail_fast and (self._busy or self._pending):
-                raise EmbedQueueFull("embedding model busy (fail_fast)")
-            if len(self._pending) >= self.max_queue:
-                raise EmbedQueueFull(f"embedding queue full ({self.max_queue} waiting)")
+            self.check_room()
             self._pending.append(job)
             self._wake.notify()
         return job.future
@@ -88,9 +90,13 @@ class EmbedWorker:
     def busy(self) -> bool:
         return self._busy
 
-    def start(self) -> None:
+    def start(self, warm_timeout: float = 60.0) -> None:
+        """Start the thread and wait until it has embedded once with every model: a thread's
+        first MLX work is slow, and the first burst must not pay for it."""
+        self._warm = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mlxtune-embed-worker", daemon=True)
         self._thread.start()
+        self._warm.wait(warm_timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         with self._lock:
@@ -127,6 +133,11 @@ class EmbedWorker:
         import mlx.core as mx
 
         with mx.stream(mx.default_stream(mx.default_device())):
+            try:
+                for embedder in self.embedders.values():
+                    embed_tokens(embedder, [[0], [0, 0]])
+            finally:
+                self._warm.set()
             while (batch := self._take()) is not None:
                 try:
                     results = self._embed(batch)
@@ -137,7 +148,7 @@ class EmbedWorker:
                         self._pending.clear()
                     for job in batch:
                         if not job.future.done():
-                            job.future.set_exception(EmbedQueueFull("embedding worker failed"))
+                            job.future.set_exception(QueueFull("embedding worker failed"))
                     raise
                 finally:
                     self._busy = False

@@ -1,0 +1,222 @@
+"""`POST /v1/embeddings`: OpenAI's embeddings endpoint over the served models.
+
+Every served language model (the base and each adapter) answers by pooling its hidden states;
+with `embed.kind: dedicated` an embedding model loaded through mlx-embeddings is served beside
+them under its own name. Requests go to one EmbedWorker thread, which batches those that wait
+together; its queue is bounded like chat's (serve.max_queue, then 503 + Retry-After), and
+`embed.fail_fast` refuses any request that finds the model busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mlxtune.embeddings import (
+    Embedder,
+    EmbeddingError,
+    EmbeddingLimitError,
+    EmbedLimits,
+    check_dimensions,
+    encode_inputs,
+)
+from mlxtune.errors import MlxtuneError
+from mlxtune.serve.embed_worker import EmbedJob, EmbedWorker
+from mlxtune.serve.engine import LoadedModel, QueueFull
+from mlxtune.serve.routes import RETRY_AFTER_S, check_key
+from mlxtune.serve.state import ServeState, get_state
+from mlxtune.serve.wire import ApiError
+
+if TYPE_CHECKING:
+    from mlxtune.config import Config
+
+# ---------------------------------------------------------------------------------------------
+# Wire shapes (pure)
+
+
+class EmbeddingBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        ..., description="A text, a list of texts, a token array or a list of token arrays."
+    )
+    model: str | None = Field(None, description="A served model, or the dedicated embed model.")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, gt=0, description="Truncate (Matryoshka models only).")
+    user: str | None = None
+
+
+def encode_vector(vector: Any, encoding_format: str) -> list[float] | str:
+    """A float list, or base64 of little-endian float32 (what the openai client decodes)."""
+    if encoding_format == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return [float(x) for x in vector.tolist()]
+
+
+def embedding_response(
+    model: str, vectors: Any, encoding_format: str, prompt_tokens: int
+) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": encode_vector(v, encoding_format)}
+            for i, v in enumerate(vectors)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The service: embedders, worker, metrics
+
+
+@dataclass
+class EmbedService:
+    embedders: dict[str, Embedder]
+    worker: EmbedWorker
+    limits: EmbedLimits
+    default_model: str
+    dedicated: dict[str, str] = field(default_factory=dict)  # name -> model path
+    queue_gauge: Any = None  # mlxtune_embed_queue_depth
+
+    def sample_metrics(self) -> None:
+        if self.queue_gauge is not None:
+            self.queue_gauge.set(self.worker.queue_depth())
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "ok": self.worker.alive and self.worker.error is None,
+            "error": self.worker.error,
+            "models": list(self.embedders),
+            "dedicated": list(self.dedicated),
+            "fail_fast": self.worker.fail_fast,
+            "queue_depth": self.worker.queue_depth(),
+            "busy": self.worker.busy,
+        }
+
+
+def build_service(cfg: Config, models: dict[str, LoadedModel], registry: Any) -> EmbedService:
+    """Pooled embedders over the loaded models, plus the dedicated model when configured.
+    A dedicated model without the `embed` extra fails here, at start, with the install line."""
+    from prometheus_client import Gauge, Histogram
+
+    from mlxtune.embeddings import load_dedicated, pooled_embedder
+
+    embed = cfg.embed
+    embedders: dict[str, Embedder] = {
+        name: pooled_embedder(m.model, m.tokenizer, cfg) for name, m in models.items()
+    }
+    dedicated: dict[str, str] = {}
+    default = cfg.serve.default_model or next(iter(cfg.serve.adapters), cfg.serve.base_name)
+    if embed.kind == "dedicated" and embed.model:
+        name = embed.served_name or "embed"
+        if name in embedders:
+            raise MlxtuneError(f"embed.name: {name!r} clashes with a served model; set embed.name")
+        embedders[name] = load_dedicated(embed.model, cfg)
+        dedicated[name] = embed.model
+        default = name
+    queue = Gauge("mlxtune_embed_queue_depth", "Embedding requests waiting", registry=registry)
+    batch = Histogram(
+        "mlxtune_embed_batch_inputs", "Inputs per embedding forward pass",
+        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry,
+    )  # fmt: skip
+    worker = EmbedWorker(
+        embedders,
+        max_queue=cfg.serve.max_queue,
+        batch_size=embed.batch_size,
+        fail_fast=embed.fail_fast,
+        on_batch=lambda model, requests, inputs, seconds: batch.observe(inputs),
+    )
+    limits = EmbedLimits(embed.max_inputs, embed.max_tokens_per_input)
+    return EmbedService(embedders, worker, limits, default, dedicated, queue)
+
+
+# ---------------------------------------------------------------------------------------------
+# The endpoint
+
+State = Annotated[ServeState, Depends(get_state)]
+router = APIRouter(dependencies=[Depends(check_key)])
+# The body is read by hand (after the overload check); its schema still documents it.
+_BODY_SCHEMA = {
+    "requestBody": {
+        "content": {"application/json": {"schema": EmbeddingBody.model_json_schema()}},
+        "required": True,
+    }
+}
+
+
+def _refuse(state: ServeState, model: str | None, err: ApiError) -> ApiError:
+    """Count and log a refused embeddings request, once."""
+    label = model if model in (state.embed.embedders if state.embed else {}) else "unknown"
+    state.metrics.requests.labels(label, str(err.status)).inc()
+    state.usage.log(endpoint="embeddings", model=model, status=err.status, latency_s=0.0)
+    err.logged = True
+    return err
+
+
+def _busy(state: ServeState, model: str | None, e: QueueFull) -> ApiError:
+    busy = ApiError(
+        503, f"server busy: {e}; retry later", type_="server_error", code="overloaded",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )  # fmt: skip
+    return _refuse(state, model, busy)
+
+
+@router.post("/v1/embeddings", openapi_extra=_BODY_SCHEMA)
+async def embeddings(request: Request, state: State) -> JSONResponse:
+    started = time.perf_counter()
+    service = state.embed
+    if service is None:
+        raise ApiError(404, "embeddings are not served")
+    try:  # refuse before reading the body: under a burst a 503 must cost next to nothing
+        service.worker.check_room()
+    except QueueFull as e:
+        raise _busy(state, None, e) from None
+    try:
+        body = EmbeddingBody.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise RequestValidationError(e.errors()) from None
+    name = body.model or service.default_model
+    embedder = service.embedders.get(name)
+    if embedder is None:
+        served = ", ".join(service.embedders)
+        raise _refuse(
+            state, name[:100],
+            ApiError(404, f"model {name[:100]!r} not found; served: {served}", param="model",
+                     code="model_not_found"),
+        )  # fmt: skip
+    try:
+        tokens = encode_inputs(embedder, body.input, service.limits)
+        check_dimensions(embedder, body.dimensions)
+    except EmbeddingError as e:
+        param = "dimensions" if str(e).startswith("dimensions") else "input"
+        code = e.limit if isinstance(e, EmbeddingLimitError) else None
+        raise _refuse(state, name, ApiError(400, str(e), param=param, code=code)) from None
+    n_tokens = sum(len(t) for t in tokens)
+    try:
+        future = service.worker.submit(EmbedJob(name, tokens, body.dimensions))
+    except QueueFull as e:
+        raise _busy(state, name, e) from None
+    try:
+        vectors = await asyncio.wrap_future(future)
+    except QueueFull as e:  # the worker failed while this request waited
+        raise _refuse(state, name, ApiError(503, str(e), type_="server_error")) from None
+    latency = time.perf_counter() - started
+    m = state.metrics
+    m.requests.labels(name, "200").inc()
+    m.latency.labels(name).observe(latency)
+    m.tokens.labels(name, "in").inc(n_tokens)
+    state.usage.log(
+        endpoint="embeddings", model=name, prompt_tokens=n_tokens, completion_tokens=0,
+        latency_s=round(latency, 6), status=200,
+    )  # fmt: skip
+    return JSONResponse(embedding_response(name, vectors, body.encoding_format, n_tokens))
