@@ -97,3 +97,45 @@ def test_dedicated_model_scores_answers(tiny_bert: Path, domain_data: Path) -> N
     assert result.overall["adapter"] is None and result.overall["delta"] is None
     # random weights, but shared WordPiece tokens between question and answer: above chance
     assert result.overall["base"]["recall_at_5"] > 5 / len(task.candidates)
+
+
+@pytest.mark.e2e
+def test_evaluate_task_retrieval_cli_gate_and_exit_codes(
+    tiny_model: Path, domain_data: Path, tmp_path: Path
+) -> None:
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from mlxtune.cli import app
+
+    adapter = make_adapter(tiny_model, tmp_path / "runs" / "live", b_scale=0.05)
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"path": str(tiny_model)},
+                "data": {"dir": str(domain_data)},
+                "train": {"runs_dir": str(tmp_path / "runs")},
+            }
+        )
+    )
+    args = ["evaluate", "-c", str(config), "--task", "retrieval", "--adapter", str(adapter)]
+    result = CliRunner().invoke(app, [*args, "--min", "recall_at_5=0", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((adapter / "eval" / "report.json").read_text())
+    assert report["n_examples"] == 77 and report["passed"]
+    assert set(report["overall"]["adapter"]) == {"recall_at_1", "recall_at_5", "mrr"}
+    assert report["overall"]["delta"]["mrr"] == pytest.approx(
+        report["overall"]["adapter"]["mrr"] - report["overall"]["base"]["mrr"]
+    )
+    assert "(308 candidates)" not in report["timing"]["mode"]  # answers: 77 distinct
+    rows = (adapter / "eval" / "predictions.jsonl").read_text().splitlines()
+    assert len(rows) == 77 and json.loads(rows[0])["relevant"]
+    result = CliRunner().invoke(
+        app, [*args, "--candidates", "paraphrases", "--min", "architecture/mrr=1.01"]
+    )
+    assert result.exit_code == 1, result.output  # the gate failed
+    result = CliRunner().invoke(app, [*args, "--min", "keyword_accuracy=0.5"])
+    assert result.exit_code == 2 and "unknown metric" in result.output

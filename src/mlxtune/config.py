@@ -163,6 +163,16 @@ class TrainConfig(Section):
 
 
 class EvaluateConfig(Section):
+    task: Literal["generation", "retrieval"] = Field(
+        "generation",
+        description="generation: answer and score; retrieval: does each question's embedding "
+        "rank its answer (or paraphrases) first.",
+    )
+    retrieval_candidates: Literal["answers", "paraphrases"] = Field(
+        "answers",
+        description="retrieval: rank every distinct answer, or every other question (relevant: "
+        "the same `fact`). Candidates come from all splits in data.dir.",
+    )
     split: Literal["test", "valid", "train"] = Field("test", description="Split to score.")
     adapter: Path | None = Field(
         None, description="Adapter or run directory; defaults to the latest run in runs_dir."

@@ -24,7 +24,14 @@ from mlxtune.config import Config
 from mlxtune.errors import ConfigError, DataError, MlxtuneError, UsageError
 from mlxtune.eval_report import EvalReport, Guard, MetricBlock, Threshold, Timing
 from mlxtune.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
-from mlxtune.metrics import GENERATION_METRICS, LOSS_METRICS, METRICS, mean, score
+from mlxtune.metrics import (
+    GENERATION_METRICS,
+    LOSS_METRICS,
+    METRICS,
+    RETRIEVAL_METRICS,
+    mean,
+    score,
+)
 from mlxtune.provenance import versions
 from mlxtune.render.documents import evaluation_markdown
 from mlxtune.rundir import RunDir, resolve_run
@@ -106,7 +113,9 @@ def parse_threshold_flags(items: list[str] | None, flag: str) -> dict[str, float
     return out
 
 
-def _thresholds(cfg: Config, categories: set[str], has_base: bool) -> list[Threshold]:
+def _thresholds(
+    cfg: Config, categories: set[str], has_base: bool, gated: tuple[str, ...] = GENERATION_METRICS
+) -> list[Threshold]:
     problems: list[str] = []
     out: list[Threshold] = []
     for kind, table in (("min", cfg.evaluate.min), ("min_delta", cfg.evaluate.min_delta)):
@@ -115,11 +124,10 @@ def _thresholds(cfg: Config, categories: set[str], has_base: bool) -> list[Thres
             where = f"evaluate.{kind}.{key}"
             if metric in LOSS_METRICS:
                 problems.append(
-                    f"{where}: gate on {', '.join(GENERATION_METRICS)} ({metric} is "
-                    "lower-is-better)"
+                    f"{where}: gate on {', '.join(gated)} ({metric} is lower-is-better)"
                 )
-            elif metric not in GENERATION_METRICS:
-                problems.append(f"{where}: unknown metric (known: {', '.join(GENERATION_METRICS)})")
+            elif metric not in gated:
+                problems.append(f"{where}: unknown metric (known: {', '.join(gated)})")
             elif category and category not in categories:
                 known = ", ".join(sorted(categories)) or "none"
                 problems.append(f"{where}: no category {category!r} in the data (known: {known})")
@@ -358,7 +366,7 @@ def _aggregate(rows: list[dict[str, Any]], side: str) -> dict[str, float | None]
 
 def _delta(base: dict[str, float | None], adapter: dict[str, float | None]) -> dict[str, Any]:
     out: dict[str, float | None] = {}
-    for m in METRICS:
+    for m in (m for m in METRICS if m in adapter or m in base):
         a, b = adapter.get(m), base.get(m)
         out[m] = a - b if a is not None and b is not None else None
     return out
@@ -438,6 +446,8 @@ def _run_models(
 def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult:
     """Score the adapter (or an endpoint) and, unless told not to, the base model beside it."""
     ev = cfg.evaluate
+    if ev.task == "retrieval":
+        return evaluate_retrieval(cfg, progress=progress)
     started = time.perf_counter()
     if ev.endpoint and not ev.endpoint_model:
         raise ConfigError("evaluate.endpoint_model: required with --endpoint (use --model NAME)")
@@ -502,6 +512,87 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
         versions=versions(),
     )
     return _write_report(report, rows, Path(out_dir))
+
+
+def evaluate_retrieval(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult:
+    """Retrieval scores (recall@1, recall@5, MRR) of the adapter's pooled embeddings beside the
+    base model's, per category, through the same report and gate as generation."""
+    from mlxtune.embeddings import load_embedder
+    from mlxtune.retrieval import build_task, compare, load_items
+
+    ev = cfg.evaluate
+    started = time.perf_counter()
+    if ev.endpoint:
+        raise UsageError("evaluate.endpoint: --task retrieval runs the models locally")
+    if cfg.embed.kind != "pooled":
+        raise UsageError("embed.kind: --task retrieval scores the language model and its adapter")
+    queries = load_items(cfg.data.dir, ev.split)[: ev.max_examples]
+    pool = [
+        item
+        for split in ("train", "valid", "test")
+        if split != ev.split and (Path(cfg.data.dir) / f"{split}.jsonl").is_file()
+        for item in load_items(cfg.data.dir, split)
+    ]
+    task = build_task(queries, pool, ev.retrieval_candidates)
+    has_base = ev.compare_base
+    categories = sorted({q.category for q in task.queries})
+    thresholds = _thresholds(cfg, set(categories), has_base, RETRIEVAL_METRICS)
+    try:
+        run = resolve_run(ev.adapter, cfg, field="evaluate.adapter")
+    except MlxtuneError as e:
+        raise UsageError(str(e)) from None
+    loaders = {"adapter": lambda: load_embedder(cfg, run.root)}
+    if has_base:
+        loaders["base"] = lambda: load_embedder(cfg)
+    say = (lambda side: progress(f"embed {side}", 0, len(task.queries))) if progress else None
+    result = compare(task, loaders, batch_size=cfg.embed.batch_size, progress=say)
+    rows = [
+        {
+            "id": q.id,
+            "category": q.category,
+            "question": q.question,
+            "relevant": [task.candidates[i] for i in sorted(task.relevant[n])],
+            "base": result.ranks["base"][n] if has_base else None,
+            "adapter": result.ranks["adapter"][n],
+        }
+        for n, q in enumerate(task.queries)
+    ]
+    warnings = [f"{task.skipped} questions have no paraphrase to find; skipped"] * bool(
+        task.skipped
+    )
+
+    def metric_block(raw: dict[str, Any]) -> MetricBlock:
+        return MetricBlock(raw["adapter"], raw["base"], raw["delta"], n=raw["n"])
+
+    overall = metric_block(result.overall)
+    per_category = {c: metric_block(b) for c, b in result.per_category.items()}
+    guards = _apply_gate(rows, thresholds, overall, per_category, has_base, warnings)
+    report = EvalReport(
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        run=run.name,
+        adapter=str(run.root),
+        model=cfg.model.path,
+        labels={"adapter": str(run.root), "base": cfg.model.path if has_base else None},
+        split=ev.split,
+        data_dir=str(cfg.data.dir),
+        n_examples=len(rows),
+        overall=MetricBlock(overall.adapter, overall.base, overall.delta),
+        per_category=per_category,
+        thresholds=thresholds,
+        guards=guards,
+        passed=all(t.passed for t in thresholds) and all(g.passed for g in guards),
+        adapter_equals_base=not guards[0].passed if guards else False,
+        warnings=warnings,
+        timing=Timing(
+            mode=f"retrieval {task.mode} ({len(task.candidates)} candidates)",
+            batch_size=cfg.embed.batch_size,
+            load_s=round(sum(v for k, v in result.timing.items() if k.startswith("load")), 3),
+            generate_s={k: v for k, v in result.timing.items() if k.startswith("embed")},
+            total_s=round(time.perf_counter() - started, 3),
+        ),
+        versions=versions(),
+    )
+    return _write_report(report, rows, Path(ev.out_dir or run.eval_dir))
 
 
 def _score_rows(

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 
 GENERATION_METRICS = ("keyword_accuracy", "exact_match", "token_f1")
 LOSS_METRICS = ("loss", "perplexity")
-METRICS = GENERATION_METRICS + LOSS_METRICS
+RETRIEVAL_METRICS = ("recall_at_1", "recall_at_5", "mrr")  # evaluate --task retrieval
+METRICS = GENERATION_METRICS + LOSS_METRICS + RETRIEVAL_METRICS
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
@@ -88,8 +89,6 @@ def mean(values: Iterable[float | None]) -> float | None:
 
 # ---------------------------------------------------------------------------------------------
 # Retrieval: each query's rank is the 1-based position of its best relevant candidate.
-
-RETRIEVAL_METRICS = ("recall_at_1", "recall_at_5", "mrr")
 
 
 def recall_at_k(ranks: Sequence[int], k: int) -> float | None:

@@ -56,6 +56,14 @@ def evaluate_cmd(
         bool | None,
         typer.Option("--allow-template-mismatch", help="Go on when the run used another template."),
     ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="generation (answers scored) or retrieval (embeddings ranked)."),
+    ] = None,
+    candidates: Annotated[
+        str | None,
+        typer.Option(help="With --task retrieval: rank answers, or paraphrases of the fact."),
+    ] = None,
     tasks: Annotated[
         str | None,
         typer.Option(help="lm-eval-harness tasks instead, comma-separated (needs lm-eval)."),
@@ -88,6 +96,8 @@ def evaluate_cmd(
             evaluate__max_examples=max_examples,
             evaluate__out_dir=out,
             evaluate__allow_template_mismatch=allow_template_mismatch,
+            evaluate__task=task,
+            evaluate__retrieval_candidates=candidates,
             **gates,
         )
         if tasks is not None:
