@@ -276,7 +276,9 @@ class EmbedConfig(Section):
 
 
 class BenchConfig(Section):
-    what: Literal["train", "generate", "serve", "all"] = Field("all", description="What to time.")
+    what: Literal["train", "generate", "serve", "embed", "all"] = Field(
+        "all", description="What to time (all = train, generate, serve)."
+    )
     repeat: int = Field(1, gt=0, description="Repeat each measurement; min/median/max reported.")
     baseline: Literal["none", "mlx-lm"] = Field(
         "none", description="Also run raw mlx-lm on the same workload."

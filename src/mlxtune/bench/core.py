@@ -96,6 +96,13 @@ METRICS: dict[str, tuple[str, bool]] = {
     "peak_memory_gb": ("GB", False),
     "max_rss_mb": ("MB", False),
     "wall_s": ("s", False),
+    # embed (seed 002's load test)
+    "load_s": ("s", False),
+    "mean_ms": ("ms", False),
+    "p50_ms": ("ms", False),
+    "p95_ms": ("ms", False),
+    "success_pct": ("%", True),
+    "qps": ("req/s", True),
 }
 
 

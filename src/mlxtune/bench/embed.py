@@ -4,7 +4,7 @@ Figures, each printed beside the seed's target: model load time, sequential late
 (mean/p50/p95) and success, QPS at 1/4/8/16 concurrent clients with their 503 counts, and the
 server's peak MLX memory and RSS. `--baseline` times the same inputs through mlx-embeddings
 (or mlx-lm for a pooled language model) called directly in a loop, interleaved with the served
-rounds, and reports the ratio.
+rounds, and reports the ratio. (Not built yet: --baseline is refused for embed.)
 """
 
 from __future__ import annotations
@@ -12,9 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mlxtune.stats import percentile
+
+if TYPE_CHECKING:
+    from mlxtune.bench.core import BenchResult, Progress, Recorder
+    from mlxtune.config import Config
 
 # The seed service's targets (seeds/002): load < 5 s, mean < 250 ms, > 5 QPS, < 1 GB, > 99%.
 TARGETS = {
@@ -125,3 +130,76 @@ async def drive_embeddings(
 
 def run_embed_load(base_url: str, model: str | None, inputs: list[str], **kw: Any) -> EmbedLoad:
     return asyncio.run(drive_embeddings(base_url, model, inputs, **kw))
+
+
+def embed_model_name(cfg: Config) -> str | None:
+    """The model bench asks for: the dedicated model, else the first adapter, else the base."""
+    from mlxtune.bench.serve import serve_adapter
+
+    return cfg.embed.served_name if cfg.embed.kind == "dedicated" else serve_adapter(cfg)[0]
+
+
+def bench_embed_once(cfg: Config, work: Path, rec: Recorder, say: Progress) -> None:
+    """One served round: start `mlxtune serve` (load = spawn until /health answers), time
+    sequential requests, then each concurrency level, then read the server's memory."""
+    from mlxtune.bench.core import filler
+    from mlxtune.bench.procs import running_server
+    from mlxtune.bench.serve import scrape_peak_memory, server_command
+
+    b = cfg.bench
+    model = embed_model_name(cfg)
+    key = cfg.serve.resolved_api_key()
+    inputs = [filler(i)[:200] for i in range(16)]
+    t0 = time.perf_counter()
+    with running_server(
+        lambda port: server_command(cfg, "mlxtune", port, work),
+        work / "embed-server.log",
+        b.time_limit_s,
+    ) as server:
+        rec.add("embed", "load", "mlxtune", {"load_s": time.perf_counter() - t0})
+        run_embed_load(server.url, model, inputs, concurrency=1, requests=1, api_key=key)
+        say(f"embed sequential: {b.requests_per_level} requests")
+        seq = run_embed_load(
+            server.url, model, inputs, concurrency=1, requests=b.requests_per_level, api_key=key
+        )
+        figs = seq.figures()
+        rec.add(
+            "embed",
+            "sequential",
+            "mlxtune",
+            {k: figs[k] for k in ("mean_ms", "p50_ms", "p95_ms", "success_pct")},
+        )
+        for c in b.concurrency:
+            say(f"embed c={c}: {b.requests_per_level} requests")
+            res = run_embed_load(
+                server.url, model, inputs, concurrency=c, requests=b.requests_per_level,
+                api_key=key,
+            )  # fmt: skip
+            figs = res.figures()
+            rec.add("embed", f"c={c}", "mlxtune", {k: figs[k] for k in ("qps", "n503", "errors")})
+        peak = scrape_peak_memory(server.url)
+    rec.add("embed", "server", "mlxtune", {"peak_memory_gb": peak, "max_rss_mb": server.max_rss_mb})
+
+
+def target_rows(result: BenchResult) -> list[tuple[str, float | None, str, bool | None]]:
+    """(figure, median value, seed target, met) for each seed target bench measured."""
+    from statistics import median
+
+    def value(case: str, metric: str) -> float | None:
+        fig = result.figure("embed", case, metric)
+        return median(fig.mlxtune) if fig and fig.mlxtune else None
+
+    qps = [v for c in result.figures if c.section == "embed" and c.metric == "qps"
+           for v in c.mlxtune]  # fmt: skip
+    picks = {
+        "load_s": ("load", value("load", "load_s")),
+        "sequential_mean_ms": ("sequential mean", value("sequential", "mean_ms")),
+        "qps": ("best QPS", max(qps) if qps else None),
+        "peak_memory_gb": ("peak MLX memory", value("server", "peak_memory_gb")),
+        "sequential_success_pct": ("sequential success", value("sequential", "success_pct")),
+    }
+    rows = []
+    for metric, (label, v) in picks.items():
+        op, bound = TARGETS[metric]
+        rows.append((label, v, f"{op} {bound:g}", meets(metric, v)))
+    return rows

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxtune.bench.core import SECTIONS, BenchResult, Progress, Recorder, environment, targets
+from mlxtune.bench.embed import bench_embed_once
 from mlxtune.bench.generate import bench_generate
 from mlxtune.bench.serve import bench_serve_once, serve_adapter
 from mlxtune.bench.train import bench_train_once, check_data
@@ -32,8 +33,10 @@ _TRAIN_SETTINGS = (
 
 
 def _check_arguments(what: str, baseline: str, repeat: int) -> None:
-    if what not in (*SECTIONS, "all"):
-        raise MlxtuneError(f"--what: expected train, generate, serve or all, got {what!r}")
+    if what not in (*SECTIONS, "embed", "all"):
+        raise MlxtuneError(f"--what: expected train, generate, serve, embed or all, got {what!r}")
+    if what == "embed" and baseline != "none":
+        raise MlxtuneError("--baseline: not available for --what embed yet")
     if baseline not in ("none", "mlx-lm"):
         raise MlxtuneError(f"--baseline: expected none or mlx-lm, got {baseline!r}")
     if repeat < 1:
@@ -85,6 +88,10 @@ def bench(
                     rec.add("train", "lora", target, bench_train_once(cfg, target, work, say))
         if "generate" in sections:
             bench_generate(cfg, rec, sides, repeat, say, work)
+        if "embed" in sections:
+            for r in range(repeat):
+                say(f"embed repeat {r + 1}/{repeat}")
+                bench_embed_once(cfg, work, rec, say)
         if "serve" in sections:
             for r in range(repeat):
                 for target in sides:

@@ -62,5 +62,15 @@ def bench_table(result: BenchResult) -> Table:
 
 def print_bench(console: Console, result: BenchResult) -> None:
     console.print(bench_table(result))
+    if "embed" in result.what:
+        from mlxtune.bench.embed import target_rows
+
+        table = Table(title="embed vs the seed service's targets")
+        for col in ("figure", "measured", "target", "met"):
+            table.add_column(col)
+        for label, value, target, met in target_rows(result):
+            verdict = "-" if met is None else "[green]yes[/]" if met else "[red]no[/]"
+            table.add_row(label, _num(value), target, verdict)
+        console.print(table)
     for note in result.notes:
         console.print(f"[yellow]note[/yellow] {note}")
