@@ -265,3 +265,37 @@ def test_fail_fast_worker_refuses_while_busy(llama: Any) -> None:
     finally:
         worker.stop()
     assert not worker.alive
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_bench_embed_reports_every_figure_beside_the_targets(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from mlxtune.bench import bench
+    from mlxtune.bench.embed import target_rows
+
+    flags = {
+        "model.path": str(tiny_model),
+        "bench.requests_per_level": 4,
+        "bench.concurrency": [1, 4],
+        "serve.usage_db": str(tmp_path / "usage.sqlite"),
+    }
+    result = bench(load_config(flags=flags), what="embed")
+    metrics = {(f.case, f.metric) for f in result.figures}
+    for case, metric in [
+        ("load", "load_s"),
+        ("sequential", "mean_ms"),
+        ("sequential", "p95_ms"),
+        ("sequential", "success_pct"),
+        ("c=4", "qps"),
+        ("c=4", "n503"),
+        ("server", "peak_memory_gb"),
+        ("server", "max_rss_mb"),
+    ]:
+        assert (case, metric) in metrics, (case, metric)
+    seq = result.figure("embed", "sequential", "success_pct")
+    assert seq is not None and seq.mlxtune == [100.0]
+    rows = target_rows(result)
+    assert [r[0] for r in rows][:2] == ["load", "sequential mean"]
+    assert all(r[1] is not None for r in rows)
