@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole lifecycle on the shipped data and a tiny model built here, in about 3 minutes on
-# a 2-core CPU: tiny-model -> prepare -> validate-format -> train -> evaluate -> serve -> bench.
+# a 2-core CPU: tiny-model -> prepare -> validate-format -> train -> evaluate (answers, retrieval) -> serve
+# (chat and one embeddings call) -> bench.
 # Every figure in the closing summary is read back from what the steps wrote.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,8 @@ step train "$BIN/mlxtune" train -c "$CFG"
 step evaluate-train "$BIN/mlxtune" evaluate -c "$CFG" --split train --min keyword_accuracy=0.9
 ln -sfn ../runs/demo/eval "$OUT/eval-train"  # the run keeps its report; the summary reads it here
 step evaluate-test "$BIN/mlxtune" evaluate -c "$CFG" --split test --out "$OUT/eval-test"
+# Embeddings of the same run: does a held-out paraphrase retrieve its fact's answer?
+step evaluate-retrieval "$BIN/mlxtune" evaluate -c "$CFG" --task retrieval --out "$OUT/retrieval"
 step serve "$BIN/python" scripts/demo_serve.py -c "$CFG" --out "$OUT/serve.json"
 step bench "$BIN/mlxtune" bench -c "$CFG" --what generate --json "$OUT/bench.json"
 # A second, cheaper run so the registry has something to compare, promote and roll back.

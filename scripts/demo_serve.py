@@ -44,6 +44,7 @@ def main() -> int:
                 model=name, messages=question, max_tokens=48, temperature=0.0
             )
             answers[name] = {"model": resp.model, "text": resp.choices[0].message.content}
+        embedded = client.embeddings.create(model=adapter_name, input=question[-1]["content"])
         health = httpx.get(f"{base_url}/health", timeout=5).json()
     finally:
         server.stop(timeout=30)
@@ -57,6 +58,11 @@ def main() -> int:
         "adapter_answered": answers[adapter_name]["model"] == adapter_name,
         "keywords_found": all(k.lower() in adapted.lower() for k in keywords),
         "differs_from_base": adapted != answers[cfg.serve.base_name]["text"],
+        "embedding": {
+            "model": embedded.model,
+            "dimensions": len(embedded.data[0].embedding),
+            "prompt_tokens": embedded.usage.prompt_tokens,
+        },
         "health": health,
         "server_exit_code": server.returncode,
     }
@@ -65,6 +71,8 @@ def main() -> int:
     print(f"Q: {result['question']}")
     for a in answers.values():
         print(f"A [{a['model']}]: {a['text']}")
+    e = result["embedding"]
+    print(f"embedding [{e['model']}]: {e['dimensions']} floats, {e['prompt_tokens']} tokens")
     ok = result["adapter_answered"] and result["differs_from_base"]
     if not ok:
         print("the adapter did not answer, or answered like the base model", file=sys.stderr)

@@ -44,6 +44,11 @@ def main(out: Path) -> None:
             base = overall.get("base", {}).get(metric)
             adapter = overall.get("adapter", {}).get(metric)
             results.add_row(f"{metric} ({label})", pct(base), pct(adapter))
+    retrieval = load(out / "retrieval" / "report.json").get("overall", {})
+    for metric in ("recall_at_1", "mrr") if retrieval else ():
+        base, adapter = retrieval["base"].get(metric), retrieval["adapter"].get(metric)
+        label = f"retrieval {metric} (held-out question -> answer)"
+        results.add_row(label, pct(base), pct(adapter))
     serve = load(out / "serve.json")
     if serve:
         results.add_row(
