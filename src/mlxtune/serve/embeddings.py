@@ -31,6 +31,7 @@ from mlxtune.embeddings import (
 from mlxtune.errors import MlxtuneError
 from mlxtune.serve.embed_worker import EmbedJob, EmbedWorker
 from mlxtune.serve.engine import LoadedModel, QueueFull
+from mlxtune.serve.models import default_model_name
 from mlxtune.serve.routes import RETRY_AFTER_S, check_key
 from mlxtune.serve.state import ServeState, get_state
 from mlxtune.serve.wire import ApiError
@@ -116,7 +117,7 @@ def build_service(cfg: Config, models: dict[str, LoadedModel], registry: Any) ->
         name: pooled_embedder(m.model, m.tokenizer, cfg) for name, m in models.items()
     }
     dedicated: dict[str, str] = {}
-    default = cfg.serve.default_model or next(iter(cfg.serve.adapters), cfg.serve.base_name)
+    default = default_model_name(cfg)
     if embed.kind == "dedicated" and embed.model:
         name = embed.served_name or "embed"
         if name in embedders:
