@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import httpx
 import pytest
 
 from conftest import REPO, cli_env, make_adapter, run_cli
+from mlxtune.bench.procs import free_port
 from mlxtune.config import Config
 from mlxtune.runtime import wait_until_ready
 
@@ -319,12 +319,6 @@ def test_usage_log_and_metrics(served: App) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # In a subprocess: what needs a real server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
