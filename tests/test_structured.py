@@ -243,3 +243,124 @@ def test_mlx_lm_generate_accepts_the_constraint(
     jsonschema.validate(json.loads(text), SERVICE)
     # It tracked exactly what it accepted (the final EOS is not part of the answer).
     assert tokenizer.decode(constraint.tokens) == text
+
+
+# ---------------------------------------------------------------------------------------------
+# format_compliance, config, validate-format, the shipped dataset
+
+
+def test_format_compliance_and_field_matches() -> None:
+    from mlxtune.metrics import field_matches, format_compliance, schema_problem, score_format
+
+    good = '{"service": "gateway", "port": 8080}'
+    assert format_compliance(good, SERVICE) == 1.0
+    assert format_compliance(" " + good + "\n", SERVICE) == 1.0
+    assert format_compliance('{"service": "gateway", "port": 0}', SERVICE) == 0.0
+    assert format_compliance("```json\n" + good + "\n```", SERVICE) == 0.0
+    assert format_compliance("[1, 2]", None) == 1.0  # no schema: any JSON
+    assert schema_problem('{"service": "web", "port": 1}', SERVICE) == (
+        "does not match the schema at $.service: 'web' is not one of ['gateway', 'router', 'core']"
+    )
+    assert (schema_problem("{'a': 1}", None) or "").startswith("not JSON")
+    assert field_matches('{"service": "gateway", "port": 1}', good) == {
+        "service": 1.0,
+        "port": 0.0,
+    }
+    assert field_matches("not json", good) == {"service": 0.0, "port": 0.0}
+    assert field_matches(good, "plain text") == {}
+    assert score_format('{"service": "gateway"}', good, SERVICE) == {
+        "format_compliance": 0.0,
+        "field_exact_match": 0.5,
+    }
+
+
+def test_output_schema_inline_or_beside_the_config(tmp_path: Path) -> None:
+    from mlxtune.config import load_config
+    from mlxtune.errors import ConfigError
+
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "svc.json").write_text(json.dumps(SERVICE))
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text("evaluate:\n  output_schema: schemas/svc.json\n  constrained: true\n")
+    assert load_config(cfg_path).evaluate.resolved_output_schema() == SERVICE
+    inline = load_config(overrides=['evaluate.output_schema={"type": "object"}'])
+    assert inline.evaluate.resolved_output_schema() == {"type": "object"}
+    assert load_config().evaluate.resolved_output_schema() is None
+
+    with pytest.raises(ConfigError, match="evaluate: constrained needs output_schema"):
+        load_config(overrides=["evaluate.constrained=true"])
+    missing = load_config(overrides=["evaluate.output_schema=nowhere.json"])
+    with pytest.raises(
+        ConfigError, match=r"evaluate\.output_schema: nowhere\.json: file not found"
+    ):
+        missing.evaluate.resolved_output_schema()
+    (tmp_path / "bad.json").write_text('{"type": "object",\n}')
+    bad = load_config(overrides=[f"evaluate.output_schema={tmp_path / 'bad.json'}"])
+    with pytest.raises(ConfigError, match=r"bad.json:2: invalid JSON"):
+        bad.evaluate.resolved_output_schema()
+    wrong = load_config(overrides=['evaluate.output_schema={"type": 5}'])
+    with pytest.raises(ConfigError, match=r"evaluate.output_schema.type: invalid JSON Schema"):
+        wrong.evaluate.resolved_output_schema()
+
+
+def test_validate_format_checks_answers_against_the_schema(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    from conftest import run_cli
+
+    def chat(answer: str) -> str:
+        q = f"Which port, {answer[:12]}?"
+        return json.dumps(
+            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": answer}]}
+        )
+
+    rows = ['{"service": "gateway", "port": 8080}', '{"service": "gateway"}', "port 8080"]
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(chat(a) for a in rows) + "\n")
+    (tmp_path / "svc.json").write_text(json.dumps(SERVICE))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"model:\n  path: {tiny_model}\ntrain:\n  batch_size: 1\n"
+        "evaluate:\n  output_schema: svc.json\n"
+    )
+    proc = run_cli("validate-format", "-c", str(cfg), str(data))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = " ".join((proc.stdout + proc.stderr).split())
+    missing_port = "answer does not match the schema at $: 'port' is a required property"
+    assert f"{data}:2: messages[1].content: {missing_port}" in out
+    assert f"{data}:3: messages[1].content: answer not JSON" in out
+    assert f"{data}:1:" not in out
+
+
+def test_shipped_structured_data_is_current_and_valid(
+    tmp_path: Path, tiny_model: Path, repo_root: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from mlxtune.config import load_config
+    from mlxtune.data.prepare import prepare
+    from mlxtune.data.validate import validate_format
+
+    shipped = repo_root / "data" / "structured"
+    subprocess.run(
+        [
+            sys.executable,
+            str(repo_root / "scripts" / "make_structured_data.py"),
+            "--out",
+            str(tmp_path / "gen"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    for name in ("domain_facts.jsonl", "schema.json"):
+        assert (tmp_path / "gen" / name).read_text() == (shipped / name).read_text(), name
+
+    cfg = load_config(
+        repo_root / "configs" / "structured.yaml",
+        [f"model.path={tiny_model}", f"data.dir={tmp_path / 'data'}"],
+    )
+    prepare(cfg)
+    result = validate_format(cfg)
+    assert result.ok, [str(p) for p in result.problems]
+    assert result.rows == 308
