@@ -141,7 +141,7 @@ def test_nesting_counts_open_containers_and_strings() -> None:
 
 
 def test_closing_reserve_bounds() -> None:
-    assert [closing_reserve(n) for n in (8, 64, 1000)] == [8, 16, 64]
+    assert [closing_reserve(n) for n in (8, 60, 1000)] == [16, 20, 64]
 
 
 # ---------------------------------------------------------------------------------------------

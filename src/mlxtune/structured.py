@@ -11,8 +11,9 @@ Answers are compact JSON with Python's separators (`{"a": 1, "b": [2, 3]}`), no 
 whitespace: a weak model cannot stall in an endless run of spaces and newlines. Given the
 request's `max_tokens`, the last `closing_reserve(max_tokens)` tokens are steered shut:
 wherever the grammar allows a token made only of `"`, `}` and `]` (or EOS), only the ones
-that leave the least open nesting remain, so an answer still open near the budget is closed
-into valid JSON rather than cut mid-string (`closed_early` says so).
+that leave the least open nesting remain, elsewhere only the longest allowed tokens, so an
+answer still open near the budget is closed into valid JSON rather than cut mid-string
+(`closed_early` says so).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ CLOSERS = frozenset(b'"}]')
 
 
 def closing_reserve(max_tokens: int) -> int:
-    """Tokens kept at the end of the budget for closing the JSON: a quarter, 8 to 64."""
-    return max(8, min(64, max_tokens // 4))
+    """Tokens kept at the end of the budget for closing the JSON: a third, 16 to 64."""
+    return max(16, min(64, max_tokens // 3))
 
 
 class ResponseFormatError(MlxtuneError):
@@ -166,17 +167,20 @@ class Grammars:
             closing_from=closing_from,
         )
 
-    def closers(self) -> Any:
-        """Boolean mask over the vocabulary: tokens made only of `"`, `}`, `]`, and EOS."""
+    def closers(self) -> tuple[Any, Any]:
+        """Over the vocabulary: which tokens are made only of `"`, `}`, `]` (EOS counts), and
+        each token's length in bytes."""
         if self._closers is None:
             import numpy as np
 
             mask = np.zeros(self.vocab_size, dtype=np.bool_)
+            lengths = np.zeros(self.vocab_size, dtype=np.int32)
             for i in range(self.vocab_size):
                 text = self._tokenizer.decode_bytes([i])
                 mask[i] = bool(text) and set(text) <= CLOSERS
+                lengths[i] = len(text)
             mask[self.eos_token_ids] = True
-            self._closers = mask
+            self._closers = (mask, lengths)
         return self._closers
 
 
@@ -257,8 +261,17 @@ class JsonConstraint:
         """Keep only the allowed closing tokens that leave the least nesting open."""
         import numpy as np
 
-        candidates = [int(t) for t in np.flatnonzero(allowed[: self.vocab_size] & self._closers)]
+        closers, lengths = self._closers
+        candidates = [int(t) for t in np.flatnonzero(allowed[: self.vocab_size] & closers)]
         if not candidates:
+            # Nothing closes here (a required key, `true`, a minLength): take the longest
+            # allowed tokens, to get through the forced part in as few tokens as possible.
+            ids = np.flatnonzero(allowed[: self.vocab_size])
+            if ids.size:
+                longest = ids[lengths[ids] == lengths[ids].max()]
+                allowed[:] = False
+                allowed[longest] = True
+                self.closed_early = True
             return
         eos = set(self.eos_token_ids)
         depth = {t: -1 if t in eos else self._nesting.after(self._bytes(t)) for t in candidates}
