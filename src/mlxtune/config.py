@@ -185,6 +185,42 @@ class EvaluateConfig(Section):
     allow_template_mismatch: bool = Field(
         False, description="Evaluate even if the run trained with another prompt template."
     )
+    output_schema: dict[str, Any] | str | None = Field(
+        None,
+        description="JSON Schema every answer must match (inline, or a .json file relative to "
+        "the config): scored as format_compliance, checked in training data by validate-format.",
+    )
+    constrained: bool = Field(
+        False, description="Also generate under output_schema, as serve's response_format does."
+    )
+
+    def resolved_output_schema(self) -> dict[str, Any] | None:
+        """output_schema as a checked JSON Schema (read from its file when it is a path)."""
+        from mlxtune.structured import ResponseFormatError, check_schema
+
+        value = self.output_schema
+        where = "evaluate.output_schema"
+        if isinstance(value, str):
+            path = Path(value)
+            try:
+                value = json.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise ConfigError(f"{where}: {path}: file not found") from None
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{where}: {path}:{e.lineno}: invalid JSON ({e.msg})") from None
+            where = f"{where}: {path}"
+        if value is None:
+            return None
+        try:
+            return check_schema(value, where=where)
+        except ResponseFormatError as e:
+            raise ConfigError(str(e)) from None
+
+    @model_validator(mode="after")
+    def _constrained_needs_schema(self) -> EvaluateConfig:
+        if self.constrained and self.output_schema is None:
+            raise ValueError("constrained needs output_schema")
+        return self
 
 
 class ServeConfig(Section):
@@ -396,6 +432,15 @@ def _format_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
+def _resolve_beside(tree: dict[str, Any], section: str, key: str, base: Path) -> None:
+    """A relative file path written in the YAML is relative to the YAML file."""
+    node = tree.get(section)
+    if isinstance(node, dict) and isinstance(node.get(key), str):
+        value = Path(node[key])
+        if not value.is_absolute():
+            node[key] = str(base / value)
+
+
 def load_config(
     path: Path | str | None = None,
     overrides: list[str] | None = None,
@@ -403,6 +448,8 @@ def load_config(
 ) -> Config:
     """Build the resolved config: defaults < YAML < --set overrides < flags (None = not given)."""
     tree: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    if path:
+        _resolve_beside(tree, "evaluate", "output_schema", Path(path).parent)
     for dotted, value in parse_overrides(overrides or []).items():
         _set_dotted(tree, dotted, value)
     for dotted, value in (flags or {}).items():
