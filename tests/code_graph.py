@@ -50,7 +50,7 @@ class BoltServer:
     data_dir: Path
 
     def save(self) -> Path:
-        """Write the graph to data_dir/dump.rdb (redis SAVE); `bolt_server(data_dir=)` reloads it."""
+        """Write the graph to data_dir/dump.rdb (redis SAVE); bolt_server(data_dir=) reloads it."""
         with socket.create_connection(("127.0.0.1", self.redis_port), 10) as conn:
             conn.sendall(b"*1\r\n$4\r\nSAVE\r\n")
             reply = conn.recv(64)

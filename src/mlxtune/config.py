@@ -77,7 +77,9 @@ class SourceConfig(Section):
     uri: str | None = Field(
         None, description="neo4j: Bolt URI (bolt://host:7687); default `path`. No credentials."
     )
-    database: str | None = Field(None, description="neo4j: database to query; default the server's.")
+    database: str | None = Field(
+        None, description="neo4j: database to query; default the server's."
+    )
     params: dict[str, Any] = Field(
         default_factory=dict, description="neo4j: query parameters, used as $name in the query."
     )
@@ -106,9 +108,9 @@ class SourceConfig(Section):
         if "path" not in data and isinstance(data.get("uri"), str):
             data["path"] = data["uri"]
         path = data.get("path")
-        if data.get("type", "auto") == "auto" and isinstance(path, str):
-            if path.startswith(GRAPH_SCHEMES):
-                data["type"] = "neo4j"
+        auto = data.get("type", "auto") == "auto"
+        if auto and isinstance(path, str) and path.startswith(GRAPH_SCHEMES):
+            data["type"] = "neo4j"
         if data.get("type") == "neo4j" and not data.get("uri"):
             data["uri"] = path
         return data
@@ -132,7 +134,9 @@ class SourceConfig(Section):
 class QualityWeights(Section):
     """Weight of each quality factor in the score; 0 turns a factor off."""
 
-    explanation: float = Field(1.0, ge=0, description="The answer explains (enough words of prose).")
+    explanation: float = Field(
+        1.0, ge=0, description="The answer explains (enough words of prose)."
+    )
     length: float = Field(1.0, ge=0, description="The answer's length is within answer_chars.")
     not_copy: float = Field(1.0, ge=0, description="The answer is not a copy of the question.")
     repetition: float = Field(1.0, ge=0, description="The answer has no repetition loops.")
@@ -157,6 +161,12 @@ class QualityConfig(Section):
         0.8, gt=0, le=1, description="Answer/question similarity at which `not_copy` is 0."
     )
     language: Literal["en"] = Field("en", description="Expected prose language for `language`.")
+    required: list[
+        Literal["explanation", "length", "not_copy", "repetition", "identifiers", "language"]
+    ] = Field(
+        default_factory=lambda: ["not_copy", "repetition"],  # type: ignore[arg-type]
+        description="Factors that veto: a record scoring 0 on one of these scores 0.",
+    )
 
     @model_validator(mode="after")
     def _some_weight(self) -> QualityConfig:
@@ -188,7 +198,7 @@ class AugmentConfig(Section):
         "without its final mark and capital ('What is X?' -> 'what is X').",
     )
     splits: list[Literal["train", "valid", "test"]] = Field(
-        default_factory=lambda: ["train"],
+        default_factory=lambda: ["train"],  # type: ignore[arg-type]
         description="Splits that get augmented rows; evaluation data stays original by default.",
     )
     model_path: str | None = Field(

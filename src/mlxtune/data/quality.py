@@ -32,7 +32,7 @@ _IDENT = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*")
 _CHAR_LOOP = re.compile(r"(.{2,40}?)\1{4,}", re.S)  # the same chunk 5+ times in a row
 # Common English function words: prose with none of these is not English.
 _EN_STOPWORDS = frozenset(
-    "the a an of to in and or is are was be it that this for on with as by at from not can "
+    "the a an of to in and or is are was be it that this for on with as by at from not can "  # noqa: SIM905
     "you your its which what how when does do use uses used has have will if".split()
 )
 
@@ -102,6 +102,8 @@ class Scorer:
         }
         total = sum(self.weights[f] for f in factors)
         score = sum(self.weights[f] * v for f, v in factors.items()) / total
+        if any(factors.get(f) == 0 for f in self.cfg.required):
+            score = 0.0  # a copy or a loop is no training example, whatever else it has
         return Scored(round(score, 3), factors)
 
     # -- factors: each maps (question, answer) to [0, 1] ------------------------------------
@@ -128,7 +130,9 @@ class Scorer:
         named = _code_names(answer)
         if not named:
             return 1.0
-        resolved = sum(1 for n in named if n in self.vocabulary or n.split(".")[-1] in self.vocabulary)
+        resolved = sum(
+            1 for n in named if n in self.vocabulary or n.split(".")[-1] in self.vocabulary
+        )
         return resolved / len(named)
 
     def _language(self, _question: str, answer: str) -> float:
@@ -178,7 +182,9 @@ def _identifiers_in(text: str) -> set[str]:
 
 def _code_names(answer: str) -> list[str]:
     """Names the answer presents as code: `inline` identifiers and calls like f(x)."""
-    found = [m.rstrip("()") for m in _INLINE_CODE.findall(answer) if _IDENT.fullmatch(m.rstrip("()"))]
+    found = [
+        m.rstrip("()") for m in _INLINE_CODE.findall(answer) if _IDENT.fullmatch(m.rstrip("()"))
+    ]
     found += _CALL.findall(_CODE_BLOCK.sub(" ", answer))
     return list(dict.fromkeys(found))
 
