@@ -283,3 +283,27 @@ def test_template_augmentation_is_deterministic_and_never_duplicates_held_out():
     assert [r["messages"][0]["content"] for r in added] == ["Quick question: What is LoRA?"]
     assert report.duplicates_dropped == 1  # the rephrasing equal to the test question
     assert first["test"] == test and report.added == {"train": 1}
+
+
+@pytest.mark.e2e
+def test_model_augmentation_on_the_tiny_model(tiny_model: Path):
+    from mlxtune.config import ModelConfig
+    from mlxtune.data.augment import model_paraphrases
+
+    cfg = AugmentConfig(method="model", factor=2, max_tokens=12, batch_size=4)
+    train = [chat(f"What does service {i} do?", f"Service {i} routes requests.") for i in range(4)]
+    paraphrase = model_paraphrases(cfg, ModelConfig(path=str(tiny_model)))
+    first = paraphrase([_q(r) for r in train], 1)
+    assert first == paraphrase([_q(r) for r in train], 1)  # greedy: same model, same rows
+    out, report = augment({"train": train, "test": []}, cfg, lambda qs, n: first)
+    added = [r for r in out["train"] if r.get("augmented") == "model"]
+    assert len(added) == report.added["train"]
+    assert report.added["train"] + report.empty_dropped + report.duplicates_dropped == len(train)
+    rows = out["train"]
+    for i, row in enumerate(rows):  # each new row follows its original and keeps its answer
+        if row.get("augmented"):
+            assert rows[i - 1]["messages"][-1] == row["messages"][-1]
+
+
+def _q(record: dict[str, Any]) -> str:
+    return str(record["messages"][0]["content"])
