@@ -150,7 +150,9 @@ class QualityWeights(Section):
 
 class QualityConfig(Section):
     threshold: float = Field(0.5, ge=0, le=1, description="Keep records scoring at least this.")
-    weights: QualityWeights = Field(default_factory=QualityWeights)
+    weights: QualityWeights = Field(
+        default_factory=QualityWeights, description="Weight of each factor; 0 turns it off."
+    )
     answer_chars: tuple[int, int] = Field(
         (20, 4000), description="Answer length band [min, max] in characters for `length`."
     )
