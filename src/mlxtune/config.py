@@ -51,10 +51,16 @@ class DataConfig(Section):
     )
 
 
+GRAPH_SCHEMES = ("bolt://", "bolt+s://", "bolt+ssc://", "neo4j://", "neo4j+s://", "neo4j+ssc://")
+
+
 class SourceConfig(Section):
-    path: str = Field(..., description="File, directory, SQLite database or hub dataset id.")
-    type: Literal["auto", "jsonl", "json", "csv", "parquet", "hf", "sqlite"] = Field(
-        "auto", description="Source type; 'auto' picks by file extension."
+    path: str = Field(
+        ...,
+        description="File, directory, SQLite database, hub dataset id, or a bolt:// graph URI.",
+    )
+    type: Literal["auto", "jsonl", "json", "csv", "parquet", "hf", "sqlite", "neo4j"] = Field(
+        "auto", description="Source type; 'auto' picks by file extension (or bolt:// URI)."
     )
     format: Literal["auto", "chat", "alpaca", "sharegpt", "completions", "text"] = Field(
         "auto", description="Record format; 'auto' detects it from every row."
@@ -63,9 +69,159 @@ class SourceConfig(Section):
         default_factory=dict,
         description="Rename source columns to format fields, e.g. {instruction: question}.",
     )
-    query: str | None = Field(None, description="SQL query for a SQLite source.")
+    query: str | None = Field(
+        None, description="SQL query for a SQLite source; Cypher for a neo4j source."
+    )
     split: str = Field("train", description="Split to read from a Hugging Face dataset.")
     name: str | None = Field(None, description="Hugging Face dataset config name.")
+    uri: str | None = Field(
+        None, description="neo4j: Bolt URI (bolt://host:7687); default `path`. No credentials."
+    )
+    database: str | None = Field(
+        None, description="neo4j: database to query; default the server's."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="neo4j: query parameters, used as $name in the query."
+    )
+    user_env: str | None = Field(
+        None, description="neo4j: environment variable holding the user name."
+    )
+    password_env: str | None = Field(
+        None, description="neo4j: environment variable holding the password (never the file)."
+    )
+    template: dict[str, str] = Field(
+        default_factory=dict,
+        description="neo4j: record field -> Jinja template over the returned columns, "
+        "e.g. {instruction: 'What does {{ m.name }} do?'}; node columns expose properties.",
+    )
+    node: str | None = Field(
+        None, description="neo4j: column whose node is the record's provenance; default the first."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _graph_uri(cls, data: Any) -> Any:
+        """`uri` and `path` name the same thing for a graph; a Bolt URI picks type neo4j."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "path" not in data and isinstance(data.get("uri"), str):
+            data["path"] = data["uri"]
+        path = data.get("path")
+        auto = data.get("type", "auto") == "auto"
+        if auto and isinstance(path, str) and path.startswith(GRAPH_SCHEMES):
+            data["type"] = "neo4j"
+        if data.get("type") == "neo4j" and not data.get("uri"):
+            data["uri"] = path
+        return data
+
+    @model_validator(mode="after")
+    def _graph_source(self) -> SourceConfig:
+        if self.type != "neo4j":
+            return self
+        uri = self.uri or ""
+        if not uri.startswith(GRAPH_SCHEMES):
+            raise ValueError(f"uri: {uri!r} is not a Bolt URI (bolt://, neo4j://)")
+        if "@" in uri.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError("uri: credentials in the URI; name env vars in user_env/password_env")
+        if not self.query:
+            raise ValueError("a neo4j source needs `query` (Cypher)")
+        if self.columns and self.template:
+            raise ValueError("set columns or template, not both")
+        return self
+
+
+class QualityWeights(Section):
+    """Weight of each quality factor in the score; 0 turns a factor off."""
+
+    explanation: float = Field(
+        1.0, ge=0, description="The answer explains (enough words of prose)."
+    )
+    length: float = Field(1.0, ge=0, description="The answer's length is within answer_chars.")
+    not_copy: float = Field(1.0, ge=0, description="The answer is not a copy of the question.")
+    repetition: float = Field(1.0, ge=0, description="The answer has no repetition loops.")
+    identifiers: float = Field(
+        1.0, ge=0, description="Code names in the answer (`x`, x()) appear in some question."
+    )
+    language: float = Field(
+        0.0, ge=0, description="Prose is in quality.language; python code blocks parse."
+    )
+
+
+class QualityConfig(Section):
+    threshold: float = Field(0.5, ge=0, le=1, description="Keep records scoring at least this.")
+    weights: QualityWeights = Field(
+        default_factory=QualityWeights, description="Weight of each factor; 0 turns it off."
+    )
+    answer_chars: tuple[int, int] = Field(
+        (20, 4000), description="Answer length band [min, max] in characters for `length`."
+    )
+    explanation_words: int = Field(
+        8, gt=0, description="Words of prose for full `explanation` credit."
+    )
+    copy_ratio: float = Field(
+        0.8, gt=0, le=1, description="Answer/question similarity at which `not_copy` is 0."
+    )
+    language: Literal["en"] = Field("en", description="Expected prose language for `language`.")
+    required: list[
+        Literal["explanation", "length", "not_copy", "repetition", "identifiers", "language"]
+    ] = Field(
+        default_factory=lambda: ["not_copy", "repetition"],  # type: ignore[arg-type]
+        description="Factors that veto: a record scoring 0 on one of these scores 0.",
+    )
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> QualityConfig:
+        if not any(self.weights.model_dump().values()):
+            raise ValueError("weights: at least one factor needs a weight above 0")
+        if self.answer_chars[0] > self.answer_chars[1]:
+            raise ValueError("answer_chars: [min, max] with min <= max")
+        return self
+
+
+DEFAULT_AUGMENT_TEMPLATES = [
+    "Quick question: {question}",
+    "{question} Please answer briefly.",
+    "Could you explain {topic}?",
+    "I'd like to know {topic}.",
+    "Tell me {topic}.",
+    "Help me understand {topic}.",
+]
+
+
+class AugmentConfig(Section):
+    factor: int = Field(2, ge=1, description="Rows per original after augmenting (2 doubles).")
+    method: Literal["templates", "model"] = Field(
+        "templates", description="templates: fixed rephrasings; model: paraphrases by model_path."
+    )
+    templates: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_AUGMENT_TEMPLATES),
+        description="Rephrasings: {question} is the question as written, {topic} the same "
+        "without its final mark and capital ('What is X?' -> 'what is X').",
+    )
+    splits: list[Literal["train", "valid", "test"]] = Field(
+        default_factory=lambda: ["train"],  # type: ignore[arg-type]
+        description="Splits that get augmented rows; evaluation data stays original by default.",
+    )
+    model_path: str | None = Field(
+        None, description="model: the paraphrasing model (default model.path)."
+    )
+    prompt: str = Field(
+        "Rewrite this question in other words. Reply with the question only.\n\n{question}",
+        description="model: instruction sent for each paraphrase ({question}).",
+    )
+    max_tokens: int = Field(48, gt=0, description="model: tokens per paraphrase.")
+    batch_size: int = Field(16, gt=0, description="model: questions paraphrased together.")
+    seed: int = Field(0, description="Seed for template order and any sampling.")
+
+    @model_validator(mode="after")
+    def _templates_usable(self) -> AugmentConfig:
+        if self.method == "templates" and not self.templates:
+            raise ValueError("templates: at least one template")
+        for t in self.templates:
+            if "{question}" not in t and "{topic}" not in t:
+                raise ValueError(f"templates: {t!r} has neither {{question}} nor {{topic}}")
+        return self
 
 
 class PrepareConfig(Section):
@@ -87,6 +243,12 @@ class PrepareConfig(Section):
     min_answer_chars: int = Field(1, ge=0, description="Drop records with shorter answers.")
     drop_long: bool = Field(
         True, description="Drop records longer than train.max_seq_length tokens."
+    )
+    quality: QualityConfig | None = Field(
+        None, description="Score each record and drop those below quality.threshold."
+    )
+    augment: AugmentConfig | None = Field(
+        None, description="Add rephrased questions to the training split, same group."
     )
 
     @model_validator(mode="after")
