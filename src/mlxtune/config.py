@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mlxtune.errors import ConfigError
 
@@ -403,17 +410,53 @@ class ServeConfig(Section):
     max_tokens_cap: int = Field(1024, gt=0, description="Largest max_tokens a request may ask.")
     default_max_tokens: int = Field(256, gt=0, description="max_tokens when a request omits it.")
     max_prompt_tokens: int = Field(4096, gt=0, description="Longest prompt accepted.")
+    max_prompt_chars: int | None = Field(
+        None, gt=0,
+        description="Prompt characters refused before tokenizing; default 16 x max_prompt_tokens.",
+    )  # fmt: skip
+    max_messages: int = Field(1024, gt=0, description="Most messages in one chat request.")
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted.")
     usage_db: Path | None = Field(
         None, description="SQLite usage log; default usage.sqlite beside the first adapter."
     )
+    usage_retention_days: float = Field(
+        90, ge=0, description="Usage rows older than this are deleted (0 keeps them for ever)."
+    )
+    public_endpoints: list[Literal["/health", "/metrics", "/docs", "/openapi.json"]] = Field(
+        default_factory=list,
+        description="Open without the key even when one is set (/health: its details).",
+    )
+    header_timeout_s: float = Field(
+        10, gt=0, description="Close a connection whose request headers take longer."
+    )
+    body_timeout_s: float = Field(30, gt=0, description="408 when a request body takes longer.")
+    keep_alive_timeout_s: float = Field(5, gt=0, description="Close idle keep-alive connections.")
+    max_connections: int = Field(
+        256, gt=0, description="Open connections at most; more are closed at once."
+    )
+    shutdown_grace_s: float = Field(
+        30, gt=0, description="On SIGTERM, streams still running after this end with an error."
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if not v.strip():
+            raise ValueError("an empty key would turn authentication off; omit api_key instead")
+        return v.strip()
+
+    @property
+    def prompt_chars_cap(self) -> int:
+        return self.max_prompt_chars or 16 * self.max_prompt_tokens
 
     def resolved_api_key(self) -> str | None:
         """The key clients must send: `serve.api_key`, else env MLXTUNE_API_KEY. The one place
         that reads the fallback (serve, bench and `evaluate --endpoint` all ask here)."""
         import os
 
-        return self.api_key or os.environ.get("MLXTUNE_API_KEY") or None
+        return self.api_key or os.environ.get("MLXTUNE_API_KEY", "").strip() or None
 
 
 class BenchConfig(Section):
