@@ -25,9 +25,10 @@ import httpx
 import pytest
 
 from conftest import REPO, cli_env, make_adapter, run_cli
+from mlxtune.bench.procs import free_port
 from mlxtune.config import Config
 from test_serve import API_KEY as KEY
-from test_serve import AUTH, free_port, serve_config, sse_events, start_server
+from test_serve import AUTH, serve_config, sse_events, start_server
 
 pytestmark = pytest.mark.e2e
 
