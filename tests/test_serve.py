@@ -461,7 +461,7 @@ def test_sigterm_finishes_inflight_then_exits(server: Server) -> None:
     t = threading.Thread(target=ask)
     t.start()
     deadline = time.monotonic() + 30
-    while not httpx.get(server.url + "/health").json()["active"]:  # in flight, not just sent
+    while not httpx.get(server.url + "/health", headers=AUTH).json()["active"]:  # in flight
         assert time.monotonic() < deadline and t.is_alive(), "the request never ran"
         time.sleep(0.02)
     server.proc.send_signal(signal.SIGTERM)
