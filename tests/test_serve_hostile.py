@@ -522,7 +522,6 @@ def test_fuzz_request_bodies_from_openapi(app: App) -> None:
     components = schema["components"]["schemas"]
     bodies = {"/v1/completions": "CompletionBody", "/v1/chat/completions": "ChatBody"}
     fields = {path: sorted(components[name]["properties"]) for path, name in bodies.items()}
-    fields["/v1/chat/completions"].remove("messages")
 
     text = st.text(max_size=40) | st.sampled_from(["\ud800", "../../etc/passwd", "'; DROP--"])
     hostile = st.recursive(
@@ -537,15 +536,18 @@ def test_fuzz_request_bodies_from_openapi(app: App) -> None:
     )
     messages = st.lists(message | hostile, min_size=0, max_size=3) | hostile
 
+    valid = {
+        "/v1/completions": {"prompt": "MLX"},
+        "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}]},
+    }
+
     @st.composite
     def request(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+        """A valid body with a few fields made hostile, or hostile fields alone."""
         path = draw(st.sampled_from(sorted(bodies)))
-        body = {
-            key: draw(hostile)
-            for key in draw(st.lists(st.sampled_from(fields[path]), unique=True, max_size=5))
-        }
-        if path.endswith("chat/completions"):
-            body["messages"] = draw(messages)
+        body = dict(valid[path]) if draw(st.booleans()) else {}
+        for key in draw(st.lists(st.sampled_from(fields[path]), unique=True, max_size=3)):
+            body[key] = draw(messages if key == "messages" else hostile)
         if draw(st.booleans()):
             body["max_tokens"] = draw(st.integers(min_value=-2, max_value=8))
         return path, body
