@@ -447,6 +447,16 @@ class ServeConfig(Section):
             raise ValueError("an empty key would turn authentication off; omit api_key instead")
         return v.strip()
 
+    @model_validator(mode="after")
+    def _default_within_cap(self) -> ServeConfig:
+        # else every request that omits max_tokens would be refused with a 400
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens_cap "
+                f"({self.max_tokens_cap})"
+            )
+        return self
+
     @property
     def prompt_chars_cap(self) -> int:
         return self.max_prompt_chars or 16 * self.max_prompt_tokens
