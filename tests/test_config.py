@@ -133,5 +133,5 @@ def test_shipped_schema_is_current() -> None:
 
 
 def test_serve_default_max_tokens_must_fit_the_cap() -> None:
-    with pytest.raises(ConfigError, match="default_max_tokens .* exceeds max_tokens_cap"):
+    with pytest.raises(ConfigError, match=r"default_max_tokens .* exceeds max_tokens_cap"):
         load_config(None, ["serve.default_max_tokens=64", "serve.max_tokens_cap=32"])
