@@ -45,6 +45,11 @@ class ModelConfig(Section):
     )
     trust_remote_code: bool = Field(False, description="Allow custom tokenizer code from the hub.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    kind: Literal["auto", "text", "vlm"] = Field(
+        "auto",
+        description="text or vlm (vision-language, needs the vlm extra); auto reads the model's "
+        "config (a vision_config means vlm).",
+    )
 
 
 class DataConfig(Section):

@@ -21,7 +21,9 @@ from mlxtune.cli.common import (
 @handles_errors
 def tiny_model(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the model to.")],
-    preset: Annotated[str, typer.Option(help="tiny (hidden 256, 4 layers) or small.")] = "tiny",
+    preset: Annotated[
+        str, typer.Option(help="tiny (hidden 256, 4 layers), small, or vlm (tiny Qwen2-VL).")
+    ] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed: same seed, same files.")] = 0,
     corpus: Annotated[
         list[Path] | None,

@@ -28,6 +28,7 @@ from mlxtune.data import records as rec
 from mlxtune.data.sources import read_source, source_type
 from mlxtune.errors import BadData, ConfigError, MlxtuneError, UsageError
 from mlxtune.io import atomic_write_json, atomic_write_jsonl, sha256_file
+from mlxtune.vlm.data import ImageLedger, flatten_image_parts, image_group, link_images
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
@@ -113,7 +114,8 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
     say("loading tokenizer")
     tokenizer, template, origin = rec.load_tokenizer(cfg.model)
 
-    items, sources_meta, kind = _read_all(cfg, say)
+    ledger = ImageLedger()
+    items, sources_meta, kind = _read_all(cfg, say, ledger)
     filters: list[Filter] = []
 
     def apply(name: str, keep: Callable[[_Item], bool]) -> None:
@@ -231,6 +233,8 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
     }
     if any(provenance.values()):
         manifest["provenance"] = provenance
+    if ledger.linked:
+        manifest["images"] = ledger.manifest()
 
     say(f"writing {out_dir}")
     _write(out_dir, split_rows, manifest, force)
@@ -308,7 +312,9 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
 # Reading
 
 
-def _read_all(cfg: Config, say: Progress) -> tuple[list[_Item], list[dict[str, Any]], str]:
+def _read_all(
+    cfg: Config, say: Progress, ledger: ImageLedger
+) -> tuple[list[_Item], list[dict[str, Any]], str]:
     items: list[_Item] = []
     sources_meta = []
     problems: list[str] = []
@@ -337,8 +343,10 @@ def _read_all(cfg: Config, say: Progress) -> tuple[list[_Item], list[dict[str, A
             fmt = src.format
         n_before = len(items)
         source_name = Path(src.path).name
+        base = Path(src.path).parent if kind != "hf" else Path.cwd()
         for row in rows:
             where = rec.Located(row.path, row.line)
+            row.data = flatten_image_parts(row.data)
             if formats.detect_format(row.data) is None and src.format == "auto":
                 continue  # already reported
             bad = rec.schema_problems(row.data, fmt)
@@ -347,6 +355,10 @@ def _read_all(cfg: Config, say: Progress) -> tuple[list[_Item], list[dict[str, A
                 continue
             record = formats.to_canonical(row.data, fmt, system_prompt=cfg.data.system_prompt)
             record = rec.clean_record(record)
+            bad_images = link_images(record, base, ledger)
+            if bad_images:
+                problems.extend(f"{where}: {f}: {m}" for f, m in bad_images)
+                continue
             if "messages" in record:
                 # an empty system message is noise, not a reason to drop the row
                 record["messages"] = [
@@ -422,8 +434,8 @@ def _first_of(key: Callable[[dict[str, Any]], str]) -> Callable[[_Item], bool]:
 
 
 def _group(item: _Item, group_by: str | None) -> str:
-    if group_by is None:
-        return rec.question_key(item.record)
+    if group_by is None:  # records with images group by image: one image, one split
+        return image_group(item.record) or rec.question_key(item.record)
     value = item.record.get(group_by)
     if value is None:
         raise BadData(f"{item.where}: {group_by}: missing (prepare.group_by needs it)")

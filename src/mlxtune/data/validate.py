@@ -20,6 +20,7 @@ from mlxtune.data import records as rec
 from mlxtune.data.sources import iter_jsonl_lines, json_error
 from mlxtune.errors import ConfigError
 from mlxtune.metrics import schema_problem
+from mlxtune.vlm.data import flatten_image_parts, link_images
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
@@ -167,6 +168,7 @@ def validate_format(
             if not isinstance(obj, dict):
                 add(where, "json", f"expected an object, got {type(obj).__name__}", "json")
                 continue
+            obj = flatten_image_parts(obj)
             fmt = formats.detect_format(obj)
             if fmt is None:
                 keys = ", ".join(obj) or "none"
@@ -188,6 +190,8 @@ def validate_format(
         if bad:
             continue
         record = formats.to_canonical(obj, fmt)
+        for fld, message in link_images(record, Path(where.path).parent):
+            add(where, fld, message, "image")
         if "messages" in record:
             order = formats.role_order_problem(record["messages"])
             if order:
