@@ -121,6 +121,13 @@ class TrainStep:
 
         self.step = mx.compile(step, inputs=self.state, outputs=self.state)
 
+    def to_device(self, batch: tuple[Any, Any, Any, int]) -> tuple[Any, Any, Any, int]:
+        """A `Batches.arrays` batch (numpy) as mx arrays for `step`."""
+        import mlx.core as mx
+
+        inputs, targets, mask, real = batch
+        return mx.array(inputs), mx.array(targets), mx.array(mask), real
+
     def evaluate(self, valid: list[Example], batch_size: int, max_batches: int) -> float:
         """Mean validation loss per trained token, over every rank."""
         import mlx.core as mx
@@ -160,11 +167,22 @@ def train_loop(
     *,
     world: Any,
     start: LoopState | None = None,
+    step_type: type[TrainStep] | None = None,
 ) -> LoopOutcome:
     """Train from `start` (a fresh run, or a checkpoint's state with weights and optimizer state
-    already loaded) to `args.total_steps`, or until early stopping."""
+    already loaded) to `args.total_steps`, or until early stopping. `step_type` replaces the
+    text step (vision-language models bring their own: `vlm.train.VisionTrainStep`)."""
+    trainer = (step_type or TrainStep)(model, optimizer, args, world)
     return _Loop(
-        model, optimizer, train_batches, valid, args, callback or TrainingCallback(), world, start
+        model,
+        optimizer,
+        train_batches,
+        valid,
+        args,
+        callback or TrainingCallback(),
+        world,
+        start,
+        trainer,
     ).run()
 
 
@@ -190,11 +208,12 @@ class _Loop:
         callback: TrainingCallback,
         world: Any,
         start: LoopState | None,
+        trainer: TrainStep,
     ) -> None:
         self.model, self.optimizer, self.batches, self.valid = model, optimizer, batches, valid
         self.args, self.callback, self.world = args, callback, world
         self.state = replace(start) if start else LoopState()
-        self.trainer = TrainStep(model, optimizer, args, world)
+        self.trainer = trainer
         self.window = _Window()
         self.wall_before, self.wall_start = self.state.wall_s, time.perf_counter()
         self.train_loss: float | None = None
@@ -263,10 +282,7 @@ class _Loop:
                 break
 
     def _prepare(self, micro: int) -> tuple[Any, Any, Any, int]:
-        import mlx.core as mx
-
-        inputs, targets, mask, real = self.batches.arrays(self.batches.indices(micro))
-        return mx.array(inputs), mx.array(targets), mx.array(mask), real
+        return self.trainer.to_device(self.batches.arrays(self.batches.indices(micro)))
 
     def _report(self) -> None:
         import mlx.core as mx

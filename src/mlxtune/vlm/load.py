@@ -39,8 +39,16 @@ def load_vlm(model_cfg: ModelConfig, adapter: Path | str | None = None) -> tuple
     if adapter is not None:
         apply_adapter(model, Path(adapter))
     model.eval()
-    template = resolve_template(processor.tokenizer, model_cfg)
+    template = resolve_template(text_tokenizer(processor), model_cfg)
     return model, processor, template
+
+
+def text_tokenizer(processor: Any) -> Any:
+    """The processor's tokenizer as `formats` takes it (mlx-lm's wrapper around the HF one), so
+    VLM prompts go through the same renderer as text prompts."""
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+    return TokenizerWrapper(processor.tokenizer)
 
 
 def apply_adapter(model: Any, adapter: Path) -> None:
