@@ -78,7 +78,10 @@ class LoopOutcome:
 
 class TrainStep:
     """The compiled training step (gradient accumulation, all-reduce, clipping, update) and the
-    validation loss, over one model and optimizer."""
+    validation loss, over one model and optimizer. A subclass may change how a batch reaches
+    the model (`logits`, `collate`, `to_device`) and whether the step compiles."""
+
+    compiled = True
 
     def __init__(self, model: Any, optimizer: Any, args: LoopArgs, world: Any) -> None:
         import mlx.core as mx
@@ -93,7 +96,7 @@ class TrainStep:
         world_size = world.size()
 
         def loss_fn(model: Any, inputs: Any, targets: Any, mask: Any) -> tuple[Any, Any]:
-            logits = model(inputs)
+            logits = self.logits(model, inputs)
             ce = nn.losses.cross_entropy(logits, targets) * mask
             ntoks = mask.sum()
             return ce.astype(mx.float32).sum() / ntoks, ntoks
@@ -119,7 +122,15 @@ class TrainStep:
                 grad = None
             return loss, toks, grad
 
-        self.step = mx.compile(step, inputs=self.state, outputs=self.state)
+        self.step = (
+            mx.compile(step, inputs=self.state, outputs=self.state) if self.compiled else step
+        )
+
+    def logits(self, model: Any, inputs: Any) -> Any:
+        return model(inputs)
+
+    def collate(self, batch: list[Example]) -> Any:
+        return collate(batch)
 
     def to_device(self, batch: tuple[Any, Any, Any, int]) -> tuple[Any, Any, Any, int]:
         """A `Batches.arrays` batch (numpy) as mx arrays for `step`."""
@@ -143,10 +154,8 @@ class TrainStep:
             mine = g[rank::size]
             if not mine:
                 continue
-            inputs, targets, mask, _ = collate([valid[i] for i in mine])
-            loss, toks = self.loss_fn(
-                self.model, mx.array(inputs), mx.array(targets), mx.array(mask)
-            )
+            inputs, targets, mask, _ = self.to_device(self.collate([valid[i] for i in mine]))
+            loss, toks = self.loss_fn(self.model, inputs, targets, mask)
             total = total + loss * toks
             ntok = ntok + toks
             mx.eval(total, ntok)

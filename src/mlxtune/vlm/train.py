@@ -19,7 +19,7 @@ from mlxtune.config import Config
 from mlxtune.errors import ConfigError, DataError
 from mlxtune.formats import encode_for_training, read_records
 from mlxtune.train.data import Batches, Example, collate
-from mlxtune.train.loop import LoopArgs, TrainStep
+from mlxtune.train.loop import TrainStep
 from mlxtune.train.plan import (
     PlannedRun,
     TrainPlan,
@@ -103,9 +103,10 @@ def encode_record(
 
 def read_examples(
     path: Path, processor: Any, image_id: int, *, mask_prompt: bool, max_seq_length: int
-) -> tuple[list[VisionExample], int]:
+) -> tuple[list[Example], int]:
     """Every record of a split as examples; a missing image names its file and line."""
-    out, truncated = [], 0
+    out: list[Example] = []
+    truncated = 0
     for line, record in read_records(path):
         missing = [p for p in resolve_record_images(record, path.parent) if not p.is_file()]
         if missing:
@@ -118,68 +119,38 @@ def read_examples(
     return out, truncated
 
 
-def collate_vision(batch: list[VisionExample]) -> tuple[dict[str, np.ndarray], Any, Any, int]:
+def collate_vision(batch: list[Any]) -> tuple[dict[str, np.ndarray], Any, Any, int]:
     """Text collate plus the batch's pixels (images in row order, as the model merges them)."""
     inputs, targets, mask, real = collate(list(batch))
     with_images = [e for e in batch if e.pixel_values is not None]
     features: dict[str, np.ndarray] = {"input_ids": inputs}
     if with_images:
-        features["pixel_values"] = np.concatenate([e.pixel_values for e in with_images])  # type: ignore[misc]
-        features["image_grid_thw"] = np.concatenate([e.image_grid_thw for e in with_images])  # type: ignore[misc]
+        features["pixel_values"] = np.concatenate([e.pixel_values for e in with_images])
+        features["image_grid_thw"] = np.concatenate([e.image_grid_thw for e in with_images])
     return features, targets, mask, real
 
 
 class VisionBatches(Batches):
     def arrays(self, idx: list[int]) -> Any:
-        return collate_vision([self.examples[i] for i in idx])  # type: ignore[misc]
+        return collate_vision([self.examples[i] for i in idx])
 
 
 class VisionTrainStep(TrainStep):
-    """The text step's contract (step, evaluate, to_device, state) for a model that takes
-    pixels. Not compiled: mlx-vlm computes Qwen2-VL's rope positions on the host."""
+    """The text step, with pixels: not compiled, because mlx-vlm computes Qwen2-VL's rope
+    positions on the host."""
 
-    def __init__(self, model: Any, optimizer: Any, args: LoopArgs, world: Any) -> None:
-        import mlx.core as mx
-        import mlx.nn as nn
-        from mlx.nn.utils import average_gradients
-        from mlx.utils import tree_map
+    compiled = False
 
-        self.model, self.world = model, world
-        accum, clip, world_size = args.grad_accumulation_steps, args.grad_clip, world.size()
+    def logits(self, model: Any, inputs: Any) -> Any:
+        out = model(
+            inputs["input_ids"],
+            pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=inputs.get("image_grid_thw"),
+        )
+        return getattr(out, "logits", out)
 
-        def loss_fn(model: Any, features: Any, targets: Any, mask: Any) -> tuple[Any, Any]:
-            out = model(
-                features["input_ids"],
-                pixel_values=features.get("pixel_values"),
-                image_grid_thw=features.get("image_grid_thw"),
-            )
-            logits = getattr(out, "logits", out)
-            ce = nn.losses.cross_entropy(logits, targets) * mask
-            ntoks = mask.sum()
-            return ce.astype(mx.float32).sum() / ntoks, ntoks
-
-        self.loss_fn = loss_fn
-        value_and_grad = nn.value_and_grad(model, loss_fn)
-        self.state = [model.state, optimizer.state, mx.random.state]
-
-        def step(features: Any, targets: Any, mask: Any, prev: Any, update: bool) -> Any:
-            (loss, toks), grad = value_and_grad(model, features, targets, mask)
-            if prev is not None:
-                grad = tree_map(lambda a, b: a + b, grad, prev)
-            if update:
-                if world_size > 1:
-                    grad = average_gradients(grad)
-                if accum > 1:
-                    grad = tree_map(lambda g: g / accum, grad)
-                if clip:
-                    import mlx.optimizers as optim
-
-                    grad, _ = optim.clip_grad_norm(grad, clip)
-                optimizer.update(model, grad)
-                grad = None
-            return loss, toks, grad
-
-        self.step = step
+    def collate(self, batch: list[Example]) -> Any:
+        return collate_vision(batch)
 
     def to_device(self, batch: Any) -> Any:
         import mlx.core as mx
@@ -187,30 +158,6 @@ class VisionTrainStep(TrainStep):
         features, targets, mask, real = batch
         feats = {k: mx.array(v) for k, v in features.items()}
         return feats, mx.array(targets), mx.array(mask), real
-
-    def evaluate(self, valid: list[Example], batch_size: int, max_batches: int) -> float:
-        import mlx.core as mx
-
-        self.model.eval()
-        rank, size = self.world.rank(), self.world.size()
-        order = sorted(range(len(valid)), key=lambda i: len(valid[i].tokens))
-        groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        if max_batches != -1:
-            groups = groups[:max_batches]
-        total, ntok = mx.array(0.0), mx.array(0.0)
-        for g in groups:
-            mine = g[rank::size]
-            if not mine:
-                continue
-            feats, targets, mask, _ = self.to_device(collate_vision([valid[i] for i in mine]))  # type: ignore[misc]
-            loss, toks = self.loss_fn(self.model, feats, targets, mask)
-            total, ntok = total + loss * toks, ntok + toks
-            mx.eval(total, ntok)
-        if size > 1:
-            total = mx.distributed.all_sum(total, stream=mx.cpu)
-            ntok = mx.distributed.all_sum(ntok, stream=mx.cpu)
-        self.model.train()
-        return float((total / mx.maximum(ntok, 1)).item())
 
 
 def setup_vlm(cfg: Config) -> tuple[Any, Any, str]:
@@ -263,10 +210,10 @@ def plan_vlm(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> 
     (train_ex, truncated), (valid_ex, _) = split["train"], split["valid"]
     problems += _data_problems(
         cfg, train_ex, valid_ex, world_size, len(model.language_model.layers)
-    )  # type: ignore[arg-type]
+    )
     if problems and not dry_run:
         raise ConfigError(problems)
-    batches = VisionBatches(train_ex, t.batch_size, seed=t.seed, rank=rank, world=world_size)  # type: ignore[arg-type]
+    batches = VisionBatches(train_ex, t.batch_size, seed=t.seed, rank=rank, world=world_size)
     n_batches = max(1, len(batches))
     steps = total_steps(t, n_batches)
     tokens_epoch, trained_epoch = batches.tokens_per_epoch() if len(batches) else (0, 0)
@@ -294,6 +241,6 @@ def plan_vlm(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> 
         optimizer=optimizer,
         template=template,
         train_batches=batches,
-        valid_examples=valid_ex,  # type: ignore[arg-type]
+        valid_examples=valid_ex,
         step_type=VisionTrainStep,
     )
