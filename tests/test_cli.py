@@ -46,8 +46,8 @@ def test_startup_imports_nothing_heavy() -> None:
         "r = CliRunner()\n"
         "for args in (['--help'], ['config', 'show']):\n"
         "    assert r.invoke(app, args).exit_code == 0, args\n"
-        "heavy = ['mlx', 'mlx.core', 'mlx_lm', 'datasets', 'transformers', 'torch',\n"
-        "         'mlx_embeddings', 'mlx_vlm']\n"
+        "heavy = ['mlx', 'mlx.core', 'mlx_lm', 'mlx_vlm', 'datasets', 'transformers', 'torch',\n"
+        "         'mlx_embeddings']\n"
         "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
     )
     out = subprocess.run(

@@ -130,3 +130,8 @@ def test_shipped_schema_is_current() -> None:
 
     shipped = json.loads((REPO / "docs" / "config.schema.json").read_text())
     assert shipped == json_schema(), "run `make docs` to regenerate docs/config.schema.json"
+
+
+def test_serve_default_max_tokens_must_fit_the_cap() -> None:
+    with pytest.raises(ConfigError, match=r"default_max_tokens .* exceeds max_tokens_cap"):
+        load_config(None, ["serve.default_max_tokens=64", "serve.max_tokens_cap=32"])

@@ -136,6 +136,19 @@ def test_bad_requests_are_400_naming_the_limit(served: App) -> None:
         client.embeddings.create(model="nope", input="hi")
     r = served.http.post("/v1/embeddings", json={"input": "hi"})
     assert r.status_code == 401
+    r = served.http.post("/v1/embeddings", content=b"{not json")  # the key comes before the body
+    assert r.status_code == 401
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    strict = [
+        b'{"model": "base", "input": "hi", "dimensions": "256"}',
+        b'{"input": [[1, 2.0]]}',
+        b'{"input": "\\ud800"}',
+    ]
+    for raw in strict:
+        r = served.http.post("/v1/embeddings", content=raw, headers=auth)
+        assert r.status_code == 400, raw
+    r = served.http.post("/v1/embeddings", json={"input": "x" * (16 * 64 + 1)}, headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "embed.max_tokens_per_input"
     r = served.http.post(
         "/v1/embeddings", json={"input": {"x": 1}}, headers={"Authorization": f"Bearer {API_KEY}"}
     )
@@ -144,18 +157,25 @@ def test_bad_requests_are_400_naming_the_limit(served: App) -> None:
 
 def test_usage_log_metrics_and_health_cover_embeddings(served: App) -> None:
     client = served.client()
+    auth = {"Authorization": f"Bearer {API_KEY}"}
     client.embeddings.create(model="bert", input=TEXTS[:2])
+    refused = served.http.post("/v1/embeddings", json={"model": "bert", "input": ""}, headers=auth)
+    assert refused.status_code == 400
+    served.http.app.state.serve.usage.flush()
     with sqlite3.connect(served.usage_db) as db:
         rows = db.execute(
             "SELECT endpoint, model, status, prompt_tokens FROM requests "
             "WHERE endpoint = 'embeddings' ORDER BY id DESC LIMIT 1"
         ).fetchall()
+    # the last stored row is the served one: the refusal is counted, not stored
     assert rows[0][:3] == ("embeddings", "bert", 200) and rows[0][3] > 0
-    metrics = served.http.get("/metrics").text
+    metrics = served.http.get("/metrics", headers=auth).text
     assert 'mlxtune_requests_total{model="bert",status="200"}' in metrics
+    assert 'mlxtune_requests_total{model="bert",status="400"}' in metrics
     assert "mlxtune_embed_batch_inputs_count" in metrics
     assert "mlxtune_embed_queue_depth" in metrics
-    health = served.http.get("/health").json()
+    assert "embeddings" not in served.http.get("/health").json()  # details need the key
+    health = served.http.get("/health", headers=auth).json()
     assert health["embeddings"]["ok"] and "bert" in health["embeddings"]["models"]
     assert health["embeddings"]["dedicated"] == ["bert"]
 

@@ -56,7 +56,7 @@ def test_resolve_adapters(tmp_path: Path) -> None:
     for adapters, needle in (
         ({"x": str(tmp_path / "missing")}, "serve.adapters.x: "),
         ({"base": str(good)}, "clashes with serve.base_name"),
-        ({"y": str(tmp_path)}, "serve.adapters.y: .* not a run or adapter directory"),
+        ({"y": str(tmp_path)}, "serve.adapters.y: .* not an adapter directory"),
     ):
         cfg = Config.model_validate({"serve": {"adapters": adapters}})
         with pytest.raises(MlxtuneError, match=needle):

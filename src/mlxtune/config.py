@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mlxtune.errors import ConfigError
 
@@ -38,6 +45,11 @@ class ModelConfig(Section):
     )
     trust_remote_code: bool = Field(False, description="Allow custom tokenizer code from the hub.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    kind: Literal["auto", "text", "vlm"] = Field(
+        "auto",
+        description="text or vlm (vision-language, needs the vlm extra); auto reads the model's "
+        "config (a vision_config means vlm).",
+    )
 
 
 class DataConfig(Section):
@@ -51,10 +63,16 @@ class DataConfig(Section):
     )
 
 
+GRAPH_SCHEMES = ("bolt://", "bolt+s://", "bolt+ssc://", "neo4j://", "neo4j+s://", "neo4j+ssc://")
+
+
 class SourceConfig(Section):
-    path: str = Field(..., description="File, directory, SQLite database or hub dataset id.")
-    type: Literal["auto", "jsonl", "json", "csv", "parquet", "hf", "sqlite"] = Field(
-        "auto", description="Source type; 'auto' picks by file extension."
+    path: str = Field(
+        ...,
+        description="File, directory, SQLite database, hub dataset id, or a bolt:// graph URI.",
+    )
+    type: Literal["auto", "jsonl", "json", "csv", "parquet", "hf", "sqlite", "neo4j"] = Field(
+        "auto", description="Source type; 'auto' picks by file extension (or bolt:// URI)."
     )
     format: Literal["auto", "chat", "alpaca", "sharegpt", "completions", "text"] = Field(
         "auto", description="Record format; 'auto' detects it from every row."
@@ -63,9 +81,159 @@ class SourceConfig(Section):
         default_factory=dict,
         description="Rename source columns to format fields, e.g. {instruction: question}.",
     )
-    query: str | None = Field(None, description="SQL query for a SQLite source.")
+    query: str | None = Field(
+        None, description="SQL query for a SQLite source; Cypher for a neo4j source."
+    )
     split: str = Field("train", description="Split to read from a Hugging Face dataset.")
     name: str | None = Field(None, description="Hugging Face dataset config name.")
+    uri: str | None = Field(
+        None, description="neo4j: Bolt URI (bolt://host:7687); default `path`. No credentials."
+    )
+    database: str | None = Field(
+        None, description="neo4j: database to query; default the server's."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="neo4j: query parameters, used as $name in the query."
+    )
+    user_env: str | None = Field(
+        None, description="neo4j: environment variable holding the user name."
+    )
+    password_env: str | None = Field(
+        None, description="neo4j: environment variable holding the password (never the file)."
+    )
+    template: dict[str, str] = Field(
+        default_factory=dict,
+        description="neo4j: record field -> Jinja template over the returned columns, "
+        "e.g. {instruction: 'What does {{ m.name }} do?'}; node columns expose properties.",
+    )
+    node: str | None = Field(
+        None, description="neo4j: column whose node is the record's provenance; default the first."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _graph_uri(cls, data: Any) -> Any:
+        """`uri` and `path` name the same thing for a graph; a Bolt URI picks type neo4j."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "path" not in data and isinstance(data.get("uri"), str):
+            data["path"] = data["uri"]
+        path = data.get("path")
+        auto = data.get("type", "auto") == "auto"
+        if auto and isinstance(path, str) and path.startswith(GRAPH_SCHEMES):
+            data["type"] = "neo4j"
+        if data.get("type") == "neo4j" and not data.get("uri"):
+            data["uri"] = path
+        return data
+
+    @model_validator(mode="after")
+    def _graph_source(self) -> SourceConfig:
+        if self.type != "neo4j":
+            return self
+        uri = self.uri or ""
+        if not uri.startswith(GRAPH_SCHEMES):
+            raise ValueError(f"uri: {uri!r} is not a Bolt URI (bolt://, neo4j://)")
+        if "@" in uri.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError("uri: credentials in the URI; name env vars in user_env/password_env")
+        if not self.query:
+            raise ValueError("a neo4j source needs `query` (Cypher)")
+        if self.columns and self.template:
+            raise ValueError("set columns or template, not both")
+        return self
+
+
+class QualityWeights(Section):
+    """Weight of each quality factor in the score; 0 turns a factor off."""
+
+    explanation: float = Field(
+        1.0, ge=0, description="The answer explains (enough words of prose)."
+    )
+    length: float = Field(1.0, ge=0, description="The answer's length is within answer_chars.")
+    not_copy: float = Field(1.0, ge=0, description="The answer is not a copy of the question.")
+    repetition: float = Field(1.0, ge=0, description="The answer has no repetition loops.")
+    identifiers: float = Field(
+        1.0, ge=0, description="Code names in the answer (`x`, x()) appear in some question."
+    )
+    language: float = Field(
+        0.0, ge=0, description="Prose is in quality.language; python code blocks parse."
+    )
+
+
+class QualityConfig(Section):
+    threshold: float = Field(0.5, ge=0, le=1, description="Keep records scoring at least this.")
+    weights: QualityWeights = Field(
+        default_factory=QualityWeights, description="Weight of each factor; 0 turns it off."
+    )
+    answer_chars: tuple[int, int] = Field(
+        (20, 4000), description="Answer length band [min, max] in characters for `length`."
+    )
+    explanation_words: int = Field(
+        8, gt=0, description="Words of prose for full `explanation` credit."
+    )
+    copy_ratio: float = Field(
+        0.8, gt=0, le=1, description="Answer/question similarity at which `not_copy` is 0."
+    )
+    language: Literal["en"] = Field("en", description="Expected prose language for `language`.")
+    required: list[
+        Literal["explanation", "length", "not_copy", "repetition", "identifiers", "language"]
+    ] = Field(
+        default_factory=lambda: ["not_copy", "repetition"],  # type: ignore[arg-type]
+        description="Factors that veto: a record scoring 0 on one of these scores 0.",
+    )
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> QualityConfig:
+        if not any(self.weights.model_dump().values()):
+            raise ValueError("weights: at least one factor needs a weight above 0")
+        if self.answer_chars[0] > self.answer_chars[1]:
+            raise ValueError("answer_chars: [min, max] with min <= max")
+        return self
+
+
+DEFAULT_AUGMENT_TEMPLATES = [
+    "Quick question: {question}",
+    "{question} Please answer briefly.",
+    "Could you explain {topic}?",
+    "I'd like to know {topic}.",
+    "Tell me {topic}.",
+    "Help me understand {topic}.",
+]
+
+
+class AugmentConfig(Section):
+    factor: int = Field(2, ge=1, description="Rows per original after augmenting (2 doubles).")
+    method: Literal["templates", "model"] = Field(
+        "templates", description="templates: fixed rephrasings; model: paraphrases by model_path."
+    )
+    templates: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_AUGMENT_TEMPLATES),
+        description="Rephrasings: {question} is the question as written, {topic} the same "
+        "without its final mark and capital ('What is X?' -> 'what is X').",
+    )
+    splits: list[Literal["train", "valid", "test"]] = Field(
+        default_factory=lambda: ["train"],  # type: ignore[arg-type]
+        description="Splits that get augmented rows; evaluation data stays original by default.",
+    )
+    model_path: str | None = Field(
+        None, description="model: the paraphrasing model (default model.path)."
+    )
+    prompt: str = Field(
+        "Rewrite this question in other words. Reply with the question only.\n\n{question}",
+        description="model: instruction sent for each paraphrase ({question}).",
+    )
+    max_tokens: int = Field(48, gt=0, description="model: tokens per paraphrase.")
+    batch_size: int = Field(16, gt=0, description="model: questions paraphrased together.")
+    seed: int = Field(0, description="Seed for template order and any sampling.")
+
+    @model_validator(mode="after")
+    def _templates_usable(self) -> AugmentConfig:
+        if self.method == "templates" and not self.templates:
+            raise ValueError("templates: at least one template")
+        for t in self.templates:
+            if "{question}" not in t and "{topic}" not in t:
+                raise ValueError(f"templates: {t!r} has neither {{question}} nor {{topic}}")
+        return self
 
 
 class PrepareConfig(Section):
@@ -87,6 +255,12 @@ class PrepareConfig(Section):
     min_answer_chars: int = Field(1, ge=0, description="Drop records with shorter answers.")
     drop_long: bool = Field(
         True, description="Drop records longer than train.max_seq_length tokens."
+    )
+    quality: QualityConfig | None = Field(
+        None, description="Score each record and drop those below quality.threshold."
+    )
+    augment: AugmentConfig | None = Field(
+        None, description="Add rephrased questions to the training split, same group."
     )
 
     @model_validator(mode="after")
@@ -195,6 +369,42 @@ class EvaluateConfig(Section):
     allow_template_mismatch: bool = Field(
         False, description="Evaluate even if the run trained with another prompt template."
     )
+    output_schema: dict[str, Any] | str | None = Field(
+        None,
+        description="JSON Schema every answer must match (inline, or a .json file relative to "
+        "the config): scored as format_compliance, checked in training data by validate-format.",
+    )
+    constrained: bool = Field(
+        False, description="Also generate under output_schema, as serve's response_format does."
+    )
+
+    def resolved_output_schema(self) -> dict[str, Any] | None:
+        """output_schema as a checked JSON Schema (read from its file when it is a path)."""
+        from mlxtune.structured import ResponseFormatError, check_schema
+
+        value = self.output_schema
+        where = "evaluate.output_schema"
+        if isinstance(value, str):
+            path = Path(value)
+            try:
+                value = json.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise ConfigError(f"{where}: {path}: file not found") from None
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{where}: {path}:{e.lineno}: invalid JSON ({e.msg})") from None
+            where = f"{where}: {path}"
+        if value is None:
+            return None
+        try:
+            return check_schema(value, where=where)
+        except ResponseFormatError as e:
+            raise ConfigError(str(e)) from None
+
+    @model_validator(mode="after")
+    def _constrained_needs_schema(self) -> EvaluateConfig:
+        if self.constrained and self.output_schema is None:
+            raise ValueError("constrained needs output_schema")
+        return self
 
 
 class ServeConfig(Section):
@@ -215,17 +425,63 @@ class ServeConfig(Section):
     max_tokens_cap: int = Field(1024, gt=0, description="Largest max_tokens a request may ask.")
     default_max_tokens: int = Field(256, gt=0, description="max_tokens when a request omits it.")
     max_prompt_tokens: int = Field(4096, gt=0, description="Longest prompt accepted.")
+    max_prompt_chars: int | None = Field(
+        None, gt=0,
+        description="Prompt characters refused before tokenizing; default 16 x max_prompt_tokens.",
+    )  # fmt: skip
+    max_messages: int = Field(1024, gt=0, description="Most messages in one chat request.")
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body accepted.")
     usage_db: Path | None = Field(
         None, description="SQLite usage log; default usage.sqlite beside the first adapter."
     )
+    usage_retention_days: float = Field(
+        90, ge=0, description="Usage rows older than this are deleted (0 keeps them for ever)."
+    )
+    public_endpoints: list[Literal["/health", "/metrics", "/docs", "/openapi.json"]] = Field(
+        default_factory=list,
+        description="Open without the key even when one is set (/health: its details).",
+    )
+    header_timeout_s: float = Field(
+        10, gt=0, description="Close a connection whose request headers take longer."
+    )
+    body_timeout_s: float = Field(30, gt=0, description="408 when a request body takes longer.")
+    keep_alive_timeout_s: float = Field(5, gt=0, description="Close idle keep-alive connections.")
+    max_connections: int = Field(
+        256, gt=0, description="Open connections at most; more are closed at once."
+    )
+    shutdown_grace_s: float = Field(
+        30, gt=0, description="On SIGTERM, streams still running after this end with an error."
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if not v.strip():
+            raise ValueError("an empty key would turn authentication off; omit api_key instead")
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _default_within_cap(self) -> ServeConfig:
+        # else every request that omits max_tokens would be refused with a 400
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens_cap "
+                f"({self.max_tokens_cap})"
+            )
+        return self
+
+    @property
+    def prompt_chars_cap(self) -> int:
+        return self.max_prompt_chars or 16 * self.max_prompt_tokens
 
     def resolved_api_key(self) -> str | None:
         """The key clients must send: `serve.api_key`, else env MLXTUNE_API_KEY. The one place
         that reads the fallback (serve, bench and `evaluate --endpoint` all ask here)."""
         import os
 
-        return self.api_key or os.environ.get("MLXTUNE_API_KEY") or None
+        return self.api_key or os.environ.get("MLXTUNE_API_KEY", "").strip() or None
 
 
 class EmbedConfig(Section):
@@ -456,6 +712,15 @@ def _format_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
+def _resolve_beside(tree: dict[str, Any], section: str, key: str, base: Path) -> None:
+    """A relative file path written in the YAML is relative to the YAML file."""
+    node = tree.get(section)
+    if isinstance(node, dict) and isinstance(node.get(key), str):
+        value = Path(node[key])
+        if not value.is_absolute():
+            node[key] = str(base / value)
+
+
 def load_config(
     path: Path | str | None = None,
     overrides: list[str] | None = None,
@@ -463,6 +728,8 @@ def load_config(
 ) -> Config:
     """Build the resolved config: defaults < YAML < --set overrides < flags (None = not given)."""
     tree: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    if path:
+        _resolve_beside(tree, "evaluate", "output_schema", Path(path).parent)
     for dotted, value in parse_overrides(overrides or []).items():
         _set_dotted(tree, dotted, value)
     for dotted, value in (flags or {}).items():

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from mlxtune.config import ModelConfig
 
 FORMATS = ("chat", "alpaca", "sharegpt", "completions", "text")
-META_KEYS = ("id", "category", "keywords", "source", "fact")
+META_KEYS = ("id", "category", "keywords", "source", "fact", "images")
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {
     "system": "system",

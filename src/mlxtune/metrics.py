@@ -1,5 +1,6 @@
-"""Answer metrics (keyword accuracy, exact match, token F1) and retrieval metrics (recall@k,
-MRR), pure Python, no mlx.
+"""Answer metrics: keyword accuracy, exact match, token F1, format compliance (pure Python,
+no mlx; any model's text answers, chat or vision-language), and retrieval metrics (recall@k,
+MRR).
 
 Exact match and token F1 use SQuAD's normalisation (case, punctuation, articles, spaces).
 Keywords keep their punctuation (`--show-config`, `0.05`, `/docs` are keywords in the
@@ -8,15 +9,18 @@ shipped data), so they are only case- and space-folded, and must appear as whole
 
 from __future__ import annotations
 
+import json
 import re
 import string
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 GENERATION_METRICS = ("keyword_accuracy", "exact_match", "token_f1")
 LOSS_METRICS = ("loss", "perplexity")
 RETRIEVAL_METRICS = ("recall_at_1", "recall_at_5", "mrr")  # evaluate --task retrieval
+FORMAT_METRICS = ("format_compliance", "field_exact_match")
 METRICS = GENERATION_METRICS + LOSS_METRICS + RETRIEVAL_METRICS
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -85,6 +89,59 @@ def mean(values: Iterable[float | None]) -> float | None:
     """Mean of the values that are not None; None when there are none."""
     kept = [v for v in values if v is not None]
     return sum(kept) / len(kept) if kept else None
+
+
+def schema_problem(text: str, schema: Mapping[str, Any] | None) -> str | None:
+    """Why `text` is not a JSON value valid against `schema` (None: it is). Without a schema,
+    any JSON value passes. Surrounding whitespace is allowed; code fences or prose are not."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"not JSON ({e.msg} at char {e.pos})"
+    if schema is None:
+        return None
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(dict(schema))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is None:
+        return None
+    return f"does not match the schema at {error.json_path}: {error.message}"
+
+
+def format_compliance(prediction: str, schema: Mapping[str, Any] | None) -> float:
+    """1.0 when the answer parses as JSON and validates against `schema`, else 0.0."""
+    return 1.0 if schema_problem(prediction, schema) is None else 0.0
+
+
+def field_matches(prediction: str, expected: str) -> dict[str, float]:
+    """Per top-level field of the expected JSON object: 1.0 when the answer has the same
+    value (JSON equality), else 0.0. Empty when the expected answer is not a JSON object."""
+    try:
+        gold = json.loads(expected)
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(gold, dict):
+        return {}
+    try:
+        pred = json.loads(prediction)
+    except json.JSONDecodeError:
+        pred = None
+    if not isinstance(pred, dict):
+        pred = {}
+    return {k: 1.0 if k in pred and pred[k] == v else 0.0 for k, v in gold.items()}
+
+
+def score_format(
+    prediction: str, expected: str, schema: Mapping[str, Any] | None
+) -> dict[str, float | None]:
+    """The format metrics for one answer: compliance, and the mean per-field exact match
+    (None when the expected answer is not a JSON object)."""
+    fields = field_matches(prediction, expected)
+    return {
+        "format_compliance": format_compliance(prediction, schema),
+        "field_exact_match": mean(fields.values()),
+    }
 
 
 # ---------------------------------------------------------------------------------------------

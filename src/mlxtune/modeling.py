@@ -17,7 +17,15 @@ def load_model(model_cfg: ModelConfig, adapter: Path | str | None = None) -> tup
     every later `formats.render` call renders with it."""
     from mlx_lm import load
 
+    from mlxtune.vlm.kind import model_kind, require_mlx_vlm
+
     path = model_cfg.path
+    if model_kind(model_cfg) == "vlm":
+        require_mlx_vlm()  # the install command first, when the extra is missing
+        raise MlxtuneError(
+            f"model.path: {path} is a vision-language model; this command supports text models "
+            "only (see docs/vision.md for the verbs that take images)"
+        )
     local = Path(path)
     if (local.is_absolute() or path.startswith(".") or local.exists()) and not local.is_dir():
         raise MlxtuneError(f"model.path: {path} is not a directory (build one: mlxtune tiny-model)")

@@ -89,7 +89,9 @@ def default_corpus(root: Path = Path("data")) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix in (".jsonl", ".json", ".txt"))
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, extra_special: Iterable[str] = ()
+) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -97,7 +99,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=[*SPECIAL_TOKENS, *extra_special],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -247,8 +249,10 @@ def build_tiny_model(
     corpus: list[Path] | None = None,
     force: bool = False,
 ) -> TinyModelResult:
-    if preset not in PRESETS:
-        raise MlxtuneError(f"--preset: unknown preset {preset!r} (choose {', '.join(PRESETS)})")
+    if preset not in (*PRESETS, "vlm"):
+        raise MlxtuneError(
+            f"--preset: unknown preset {preset!r} (choose {', '.join(PRESETS)}, vlm)"
+        )
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise MlxtuneError(f"{out}: already exists and is not empty (use --force to replace)")
@@ -257,6 +261,11 @@ def build_tiny_model(
         if not f.is_file():
             raise MlxtuneError(f"{f}: corpus file not found")
     texts = list(corpus_texts(files)) if files else [FALLBACK_CORPUS]
+    if preset == "vlm":  # vision-language: its own module, needs the `vlm` extra
+        from mlxtune.vlm.tiny import build_tiny_vlm
+
+        n, vocab = build_tiny_vlm(out, texts, seed)
+        return TinyModelResult(out, preset, seed, n, vocab, [str(f) for f in files])
     p = PRESETS[preset]
     built = (_bert if preset == "bert" else _llama)(p, texts, seed)
 

@@ -157,12 +157,14 @@ def run_load(
     return asyncio.run(drive(base_url, model, prompts, **kw))
 
 
-def scrape_peak_memory(url: str) -> float | None:
-    """Peak MLX memory in GB, when the server exports it on /metrics (mlxtune serve does)."""
+def scrape_peak_memory(url: str, api_key: str | None = None) -> float | None:
+    """Peak MLX memory in GB, when the server exports it on /metrics (mlxtune serve does;
+    with an API key set, /metrics needs it)."""
     import httpx
 
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     with contextlib.suppress(httpx.HTTPError, ValueError):
-        r = httpx.get(url + "/metrics", timeout=2)
+        r = httpx.get(url + "/metrics", timeout=2, headers=headers)
         if r.status_code == 200:
             for line in r.text.splitlines():
                 name, _, value = line.partition(" ")
@@ -257,7 +259,7 @@ def bench_serve_once(
                     f"serve {case} [{target}]: {res.errors} errors, {res.timed_out} timed out"
                     f" ({samples})"
                 )
-        peak_memory_gb = scrape_peak_memory(server.url)
+        peak_memory_gb = scrape_peak_memory(server.url, key)
     rec.add(
         "serve",
         "server",

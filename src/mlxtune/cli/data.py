@@ -23,7 +23,10 @@ def tiny_model(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the model to.")],
     preset: Annotated[
         str,
-        typer.Option(help="tiny (hidden 256, 4 layers), small, or bert (embeddings; embed extra)."),
+        typer.Option(
+            help="tiny (hidden 256, 4 layers), small, vlm (tiny Qwen2-VL), or bert (embeddings;"
+            " embed extra)."
+        ),
     ] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed: same seed, same files.")] = 0,
     corpus: Annotated[

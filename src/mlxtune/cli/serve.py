@@ -52,7 +52,10 @@ def serve(
         )
 
     def ready(url: str, names: list[str]) -> None:
-        console.print(f"[green]serving[/green] {', '.join(names)} at {url}  (docs: {url}/docs)")
+        # /docs needs the key when one is set, unless serve.public_endpoints opens it
+        docs_open = not cfg.serve.resolved_api_key() or "/docs" in cfg.serve.public_endpoints
+        docs = f"  (docs: {url}/docs)" if docs_open else ""
+        console.print(f"[green]serving[/green] {', '.join(names)} at {url}{docs}")
 
     err_console.print("loading models ...")
     result = run_server(cfg, on_ready=ready)

@@ -2,8 +2,9 @@
 
 Steps, each counted in manifest.json: read every source (format detected from every row,
 JSON Schema per row, role order) -> clean (NFKC, whitespace) -> drop empty turns -> minimum
-answer length -> exact and normalised duplicates -> token length with the real tokenizer ->
-grouped, stratified split -> atomic write. Bad rows stop the run with every problem listed;
+answer length -> exact and normalised duplicates -> quality score (optional) -> token length
+with the real tokenizer -> grouped, stratified split -> augmentation of the training split
+(optional) -> atomic write. Bad rows stop the run with every problem listed;
 filtered rows are counted, never dropped silently.
 """
 
@@ -27,6 +28,7 @@ from mlxtune.data import records as rec
 from mlxtune.data.sources import read_source, source_type
 from mlxtune.errors import BadData, ConfigError, MlxtuneError, UsageError
 from mlxtune.io import atomic_write_json, atomic_write_jsonl, sha256_file
+from mlxtune.vlm.data import ImageLedger, flatten_image_parts, image_group, link_images
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
@@ -58,6 +60,16 @@ class Filter:
 
 
 @dataclass
+class Dropped:
+    """A record the quality threshold dropped, with the factor values behind its score."""
+
+    where: str
+    record: dict[str, Any]
+    score: float
+    factors: dict[str, float]
+
+
+@dataclass
 class PrepareResult:
     out_dir: Path
     manifest: dict[str, Any]
@@ -66,6 +78,7 @@ class PrepareResult:
     categories: dict[str, dict[str, int]]
     wall_s: float
     warnings: list[str] = field(default_factory=list)
+    quality_dropped: list[Dropped] = field(default_factory=list)  # for `prepare --explain N`
 
     @property
     def read(self) -> int:
@@ -92,11 +105,17 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
     if not pc.sources:
         raise ConfigError("prepare.sources: no sources configured")
     _check_out_dir(out_dir, force)
+    for src in pc.sources:
+        if source_type(src) == "neo4j":
+            from mlxtune.data import graph
+
+            graph.check(src)  # driver installed, credentials set, templates parse
 
     say("loading tokenizer")
     tokenizer, template, origin = rec.load_tokenizer(cfg.model)
 
-    items, sources_meta, kind = _read_all(cfg, say)
+    ledger = ImageLedger()
+    items, sources_meta, kind = _read_all(cfg, say, ledger)
     filters: list[Filter] = []
 
     def apply(name: str, keep: Callable[[_Item], bool]) -> None:
@@ -116,6 +135,20 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
     if pc.dedup == "normalized":
         apply("duplicates_normalized", _first_of(rec.normalized_key))
 
+    quality_report = None
+    quality_dropped: list[Dropped] = []
+    if pc.quality is not None:
+        from mlxtune.data.quality import score_all
+
+        say(f"scoring the quality of {len(items)} rows")
+        scored, quality_report = score_all(pc.quality, [it.record for it in items])
+        for item, sc in zip(items, scored, strict=True):
+            item.record["quality"] = sc.score
+            if sc.score < pc.quality.threshold:
+                quality_dropped.append(Dropped(str(item.where), item.record, sc.score, sc.factors))
+        threshold = pc.quality.threshold
+        apply("quality", lambda it: it.record["quality"] >= threshold)
+
     say(f"counting tokens of {len(items)} rows")
     for item, n in zip(
         items, formats.training_lengths(tokenizer, [i.record for i in items]), strict=True
@@ -130,13 +163,20 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
     say("splitting")
     assigned = _split(items, cfg)
     split_rows = {s: [it for it in items if assigned[id(it)] == s] for s in SPLITS}
+    kept_before_augment = len(items)
+    augment_report = None
+    if pc.augment is not None:
+        say(f"augmenting {', '.join(pc.augment.splits)} ({pc.augment.method})")
+        split_rows, augment_report = _augment(cfg, tokenizer, split_rows)
+        items = [it for rows in split_rows.values() for it in rows]
 
     categories: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(SPLITS, 0))
     for s, rows in split_rows.items():
         for it in rows:
             categories[str(it.record.get("category", ""))][s] += 1
     group_counts = {
-        s: len({_group(it, pc.group_by) for it in rows}) for s, rows in split_rows.items()
+        s: len({_group(it, pc.group_by) for it in rows if not it.record.get("augmented")})
+        for s, rows in split_rows.items()
     }
 
     manifest: dict[str, Any] = {
@@ -146,6 +186,16 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
         "format": kind,
         "system_prompt": cfg.data.system_prompt,
         "counts": {"read": filters[0].before, "written": len(items)},
+        "funnel": {
+            "extracted": filters[0].before,
+            "filtered": quality_report.kept + quality_report.dropped
+            if quality_report
+            else kept_before_augment,
+            "kept_by_quality": quality_report.kept if quality_report else None,
+            "kept": kept_before_augment,
+            "augmented": sum(augment_report.added.values()) if augment_report else 0,
+            "splits": {s: len(rows) for s, rows in split_rows.items()},
+        },
         "filters": [f.to_dict() for f in filters],
         "splits": {s: len(rows) for s, rows in split_rows.items()},
         "groups": group_counts,
@@ -173,6 +223,18 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
         | {"all": rec.length_stats([it.tokens for it in items])},
         "files": {},
     }
+    if quality_report is not None:
+        manifest["quality"] = quality_report.to_dict()
+    if augment_report is not None:
+        manifest["augment"] = augment_report.to_dict()
+    provenance = {
+        s: [str(it.record["source"]) for it in rows if _is_graph_provenance(it.record)]
+        for s, rows in split_rows.items()
+    }
+    if any(provenance.values()):
+        manifest["provenance"] = provenance
+    if ledger.linked:
+        manifest["images"] = ledger.manifest()
 
     say(f"writing {out_dir}")
     _write(out_dir, split_rows, manifest, force)
@@ -190,7 +252,51 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
         categories=manifest["categories"],
         wall_s=time.perf_counter() - started,
         warnings=warnings,
+        quality_dropped=quality_dropped,
     )
+
+
+def _is_graph_provenance(record: dict[str, Any]) -> bool:
+    return str(record.get("source", "")).startswith("neo4j:") and not record.get("augmented")
+
+
+def _augment(
+    cfg: Config, tokenizer: Any, split_rows: dict[str, list[_Item]]
+) -> tuple[dict[str, list[_Item]], Any]:
+    """New phrasings for the splits in augment.splits; each new row goes right after its
+    original, in the same split and group. Rows over max_seq_length are dropped and counted."""
+    from mlxtune.data import augment as aug
+
+    ac = cfg.prepare.augment
+    assert ac is not None
+    if ac.method == "model":
+        paraphrase = aug.model_paraphrases(ac, cfg.model)
+    else:
+        paraphrase = aug.template_paraphrases(ac)
+    where = {id(it.record): it.where for rows in split_rows.values() for it in rows}
+    records = {s: [it.record for it in rows] for s, rows in split_rows.items()}
+    augmented, report = aug.augment(records, ac, paraphrase)
+    out: dict[str, list[_Item]] = {}
+    for split, rows in augmented.items():
+        new = [r for r in rows if id(r) not in where]
+        lengths = dict(zip(map(id, new), formats.training_lengths(tokenizer, new), strict=True))
+        old = {id(it.record): it for it in split_rows[split]}
+        items: list[_Item] = []
+        last = None
+        for r in rows:
+            if id(r) in old:
+                last = old[id(r)]
+                items.append(last)
+                continue
+            n = lengths[id(r)]
+            if cfg.prepare.drop_long and n > cfg.train.max_seq_length:
+                report.too_long_dropped += 1
+                report.added[split] -= 1
+                continue
+            assert last is not None
+            items.append(_Item(r, last.where, n))
+        out[split] = items
+    return out, report
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
@@ -206,7 +312,9 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
 # Reading
 
 
-def _read_all(cfg: Config, say: Progress) -> tuple[list[_Item], list[dict[str, Any]], str]:
+def _read_all(
+    cfg: Config, say: Progress, ledger: ImageLedger
+) -> tuple[list[_Item], list[dict[str, Any]], str]:
     items: list[_Item] = []
     sources_meta = []
     problems: list[str] = []
@@ -235,8 +343,10 @@ def _read_all(cfg: Config, say: Progress) -> tuple[list[_Item], list[dict[str, A
             fmt = src.format
         n_before = len(items)
         source_name = Path(src.path).name
+        base = Path(src.path).parent if kind != "hf" else Path.cwd()
         for row in rows:
             where = rec.Located(row.path, row.line)
+            row.data = flatten_image_parts(row.data)
             if formats.detect_format(row.data) is None and src.format == "auto":
                 continue  # already reported
             bad = rec.schema_problems(row.data, fmt)
@@ -245,6 +355,10 @@ def _read_all(cfg: Config, say: Progress) -> tuple[list[_Item], list[dict[str, A
                 continue
             record = formats.to_canonical(row.data, fmt, system_prompt=cfg.data.system_prompt)
             record = rec.clean_record(record)
+            bad_images = link_images(record, base, ledger)
+            if bad_images:
+                problems.extend(f"{where}: {f}: {m}" for f, m in bad_images)
+                continue
             if "messages" in record:
                 # an empty system message is noise, not a reason to drop the row
                 record["messages"] = [
@@ -260,17 +374,24 @@ def _read_all(cfg: Config, say: Progress) -> tuple[list[_Item], list[dict[str, A
             record.setdefault("source", source_name)
             items.append(_Item(record, where))
             kinds.append(("text" if "text" in record else "chat", where))
-        sources_meta.append(
-            {
-                "path": src.path,
-                "type": kind,
-                "format": fmt,
-                "rows": len(items) - n_before,
-                "sha256": _sha256(Path(src.path)),
-                **({"query": src.query} if src.query else {}),
-                **({"columns": src.columns} if src.columns else {}),
-            }
-        )
+        meta: dict[str, Any] = {
+            "path": src.path,
+            "type": kind,
+            "format": fmt,
+            "rows": len(items) - n_before,
+            "sha256": _sha256(Path(src.path)),
+            **({"query": src.query} if src.query else {}),
+            **({"columns": src.columns} if src.columns else {}),
+        }
+        if kind == "neo4j":
+            from mlxtune.data.graph import rows_sha256
+
+            # the graph has no file to hash: hash what the query returned
+            meta.update(sha256=rows_sha256(rows), uri=src.uri, database=src.database)
+            meta.update(
+                {k: v for k, v in (("params", src.params), ("template", src.template)) if v}
+            )
+        sources_meta.append(meta)
     if problems:
         more = len(problems) - MAX_LISTED
         listed = problems[:MAX_LISTED] + ([f"... and {more} more"] if more > 0 else [])
@@ -313,8 +434,8 @@ def _first_of(key: Callable[[dict[str, Any]], str]) -> Callable[[_Item], bool]:
 
 
 def _group(item: _Item, group_by: str | None) -> str:
-    if group_by is None:
-        return rec.question_key(item.record)
+    if group_by is None:  # records with images group by image: one image, one split
+        return image_group(item.record) or rec.question_key(item.record)
     value = item.record.get(group_by)
     if value is None:
         raise BadData(f"{item.where}: {group_by}: missing (prepare.group_by needs it)")

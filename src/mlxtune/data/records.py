@@ -189,14 +189,21 @@ def fold(text: str) -> str:
 def exact_key(record: dict[str, Any]) -> str:
     """The whole conversation (never the answer alone: paraphrases share answers)."""
     if "messages" in record:
-        return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in record["messages"])
+        turns = "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in record["messages"])
+        return turns + _images_key(record)
     return str(record["text"])
 
 
 def normalized_key(record: dict[str, Any]) -> str:
     if "messages" in record:
-        return "\x1e".join(f"{m['role']}\x1f{fold(m['content'])}" for m in record["messages"])
+        turns = "\x1e".join(f"{m['role']}\x1f{fold(m['content'])}" for m in record["messages"])
+        return turns + _images_key(record)
     return fold(str(record["text"]))
+
+
+def _images_key(record: dict[str, Any]) -> str:
+    """Same question about a different image is not a duplicate."""
+    return "\x1d" + "\x1f".join(record["images"]) if record.get("images") else ""
 
 
 def question(record: dict[str, Any]) -> str:
@@ -204,7 +211,7 @@ def question(record: dict[str, Any]) -> str:
     if "messages" not in record:
         return str(record["text"])
     prompt, _ = formats.prompt_and_answer(record)
-    return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in prompt)
+    return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in prompt) + _images_key(record)
 
 
 def question_key(record: dict[str, Any]) -> str:

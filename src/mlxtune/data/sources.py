@@ -1,4 +1,5 @@
-"""Readers for raw data: JSONL/JSON, CSV, Parquet, Hugging Face datasets and SQLite.
+"""Readers for raw data: JSONL/JSON, CSV, Parquet, Hugging Face datasets, SQLite and a Neo4j
+graph (`data/graph.py`).
 
 Every reader yields `Row`s that remember where they came from (file and line, or row number
 for tabular sources), so every later problem can be reported as `path:line: field: message`.
@@ -76,6 +77,13 @@ def source_type(src: SourceConfig) -> str:
 def read_source(src: SourceConfig) -> Iterator[Row]:
     """Rows of one source with `columns` mapping applied and nulls dropped."""
     kind = source_type(src)
+    if kind == "neo4j":
+        from mlxtune.data.graph import read_graph
+
+        for row in read_graph(src):
+            row.data = _map_columns(row, src.columns, tabular=True)
+            yield row
+        return
     if kind != "hf" and not Path(src.path).exists():
         raise ConfigError(f"prepare.sources: {src.path}: file not found")
     if kind == "sqlite" and not src.query:

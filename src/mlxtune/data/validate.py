@@ -1,7 +1,8 @@
 """`mlxtune validate-format`: check prepared (or any) JSONL files before training does.
 
 Every row: JSON parses, one known format, its JSON Schema, role order, no empty turns,
-length within `train.max_seq_length`. Across files: one format, no question in two splits
+length within `train.max_seq_length`, the answer against `evaluate.output_schema` when set.
+Across files: one format, no question in two splits
 (exact or normalised), enough rows for `train.batch_size`. Prompts: a chat template exists
 and the prompt training masks is token-for-token the prompt evaluate and serve generate from
 (and what raw mlx-lm tokenizes). Each problem is `path:line: field: message`.
@@ -18,6 +19,8 @@ from mlxtune import formats
 from mlxtune.data import records as rec
 from mlxtune.data.sources import iter_jsonl_lines, json_error
 from mlxtune.errors import ConfigError
+from mlxtune.metrics import schema_problem
+from mlxtune.vlm.data import flatten_image_parts, link_images
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
@@ -136,6 +139,7 @@ def validate_format(
     cfg: Config, paths: list[Path] | None = None, *, show: int = 0
 ) -> ValidateResult:
     files = resolve_paths(cfg, paths)
+    output_schema = cfg.evaluate.resolved_output_schema()
     tokenizer, template, _ = rec.load_tokenizer(cfg.model)
     max_len = cfg.train.max_seq_length
     problems: list[Problem] = []
@@ -164,6 +168,7 @@ def validate_format(
             if not isinstance(obj, dict):
                 add(where, "json", f"expected an object, got {type(obj).__name__}", "json")
                 continue
+            obj = flatten_image_parts(obj)
             fmt = formats.detect_format(obj)
             if fmt is None:
                 keys = ", ".join(obj) or "none"
@@ -185,6 +190,8 @@ def validate_format(
         if bad:
             continue
         record = formats.to_canonical(obj, fmt)
+        for fld, message in link_images(record, Path(where.path).parent):
+            add(where, fld, message, "image")
         if "messages" in record:
             order = formats.role_order_problem(record["messages"])
             if order:
@@ -278,6 +285,17 @@ def validate_format(
                     f"prepared with template {was}, model.path now renders with {fingerprint}",
                     "prompt",
                 )
+
+    # 9. answers in the format evaluate scores and serve enforces, so none teaches another
+    if output_schema is not None:
+        for row in rows:
+            if "messages" not in row.record:
+                continue
+            _, answer = formats.prompt_and_answer(row.record)
+            problem = schema_problem(answer, output_schema)
+            if problem:
+                last = len(row.record["messages"]) - 1
+                add(row.where, f"messages[{last}].content", f"answer {problem}", "output_schema")
 
     examples = [preview(tokenizer, r.record, str(r.where)) for r in rows[:show]]
     # file order (train, valid, test), then line; problems about other files go last

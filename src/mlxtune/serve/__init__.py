@@ -6,7 +6,8 @@ answered, an unknown name is a 404, and no request can make the server load a pa
 adapter that fails to load stops the server from starting.
 
   server.py   serve(cfg): bind, run uvicorn until a signal, drain -> ServeResult
-  app.py      create_app(cfg, models=None): state, lifespan, error handlers, body limit
+  app.py      create_app(cfg, models=None): state, lifespan, error handlers, guards
+  guard.py    the key (before the body), body size/time, header timeout and connection cap
   routes.py   the endpoints, one small handler each, state through Depends(get_state)
   wire.py     OpenAI request bodies and response shapes, pure functions
   engine.py   the model worker: continuous batching, one BatchGenerator per model

@@ -1,10 +1,10 @@
 """The FastAPI app: `create_app(cfg, models=None)` builds the state, the lifespan that runs the
-engine, the error handlers (every error is OpenAI-style JSON) and the body-size limit."""
+engine, the error handlers (every error is OpenAI-style JSON) and the guards (key, body)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,11 +15,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlxtune.errors import MlxtuneError
 from mlxtune.serve import embeddings, wire
 from mlxtune.serve.engine import Engine, LoadedModel
+from mlxtune.serve.guard import BodyLimit, KeyGate
 from mlxtune.serve.metrics import Metrics
 from mlxtune.serve.models import default_model_name, load_models, usage_db_path
 from mlxtune.serve.routes import router
@@ -29,6 +29,8 @@ from mlxtune.serve.wire import ApiError
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
+
+log = logging.getLogger("mlxtune.serve")
 
 
 def create_app(cfg: Config, models: dict[str, LoadedModel] | None = None) -> FastAPI:
@@ -51,19 +53,23 @@ def create_app(cfg: Config, models: dict[str, LoadedModel] | None = None) -> Fas
         title="mlxtune serve",
         description="OpenAI-compatible API for a base model and its named adapters.",
         lifespan=_lifespan,
+        redoc_url=None,  # one docs page: /docs
+        swagger_ui_oauth2_redirect_url=None,
     )
     app.state.serve = ServeState(
         cfg=cfg,
         models=models,
         engine=engine,
         metrics=metrics,
-        usage=UsageLog(usage_db_path(cfg, adapters)),
+        usage=UsageLog(usage_db_path(cfg, adapters), retention_days=cfg.serve.usage_retention_days),
         api_key=cfg.serve.resolved_api_key(),
         default_model=default,
         started=time.time(),
         embed=embeddings.build_service(cfg, models, metrics.registry),
     )
-    app.add_middleware(BodyLimit, limit=cfg.serve.max_body_bytes)
+    # The key first (outermost), then the body limits: no key, no 413 or 408 hints.
+    app.add_middleware(BodyLimit, state=app.state.serve)
+    app.add_middleware(KeyGate, state=app.state.serve)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
@@ -83,83 +89,33 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await asyncio.to_thread(state.engine.stop)
+        state.tokenizer_pool.shutdown(wait=False)
         if state.embed:
             await asyncio.to_thread(state.embed.worker.stop)
-        state.usage.close()
+        await asyncio.to_thread(state.usage.close)
 
 
 # ---------------------------------------------------------------------------------------------
-# Errors: OpenAI-style JSON, never a traceback; refusals of generation requests are logged
+# Errors: OpenAI-style JSON, never a traceback; refusals are counted in /metrics
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     if not exc.logged:
-        get_state(request).record_refusal(request, exc.status, exc.model)
+        get_state(request).record_refusal(exc.status, exc.model)
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    get_state(request).record_refusal(request, 400, None)
+    get_state(request).record_refusal(400, None)
     message, param = wire.validation_error(exc.errors())
     return JSONResponse(wire.error_body(message, param=param), status_code=400)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    get_state(request).record_refusal(request, exc.status_code, None)
+    get_state(request).record_refusal(exc.status_code, None)
     return JSONResponse(wire.error_body(str(exc.detail)), status_code=exc.status_code)
 
 
 async def _bug(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s", request.url.path, exc_info=exc)
     return JSONResponse(wire.error_body("internal server error", "server_error"), status_code=500)
-
-
-class BodyLimit:
-    """ASGI middleware: refuse bodies over `limit` bytes with 413, chunked ones too."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(send)
-            return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.limit:
-                await self._refuse(send)
-                return
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, send: Send) -> None:
-        payload = wire.error_body(f"request body over {self.limit} bytes", code="body_too_large")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": json.dumps(payload).encode()})

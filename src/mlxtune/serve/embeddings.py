@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from mlxtune.embeddings import (
     Embedder,
@@ -32,9 +32,9 @@ from mlxtune.errors import MlxtuneError
 from mlxtune.serve.embed_worker import EmbedJob, EmbedWorker
 from mlxtune.serve.engine import LoadedModel, QueueFull
 from mlxtune.serve.models import default_model_name
-from mlxtune.serve.routes import RETRY_AFTER_S, check_key
+from mlxtune.serve.routes import RETRY_AFTER_S
 from mlxtune.serve.state import ServeState, get_state
-from mlxtune.serve.wire import ApiError
+from mlxtune.serve.wire import ApiError, Text
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
@@ -44,15 +44,28 @@ if TYPE_CHECKING:
 
 
 class EmbeddingBody(BaseModel):
+    """Strict like the chat bodies: "8" is not a dimension, 1.0 is not a token id."""
+
     model_config = ConfigDict(extra="ignore")
 
-    input: str | list[str] | list[int] | list[list[int]] = Field(
+    input: Text | list[Text] | list[StrictInt] | list[list[StrictInt]] = Field(
         ..., description="A text, a list of texts, a token array or a list of token arrays."
     )
-    model: str | None = Field(None, description="A served model, or the dedicated embed model.")
+    model: Text | None = Field(
+        None, min_length=1, max_length=256,
+        description="A served model, or the dedicated embed model.",
+    )  # fmt: skip
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, gt=0, description="Truncate (Matryoshka models only).")
-    user: str | None = None
+    dimensions: StrictInt | None = Field(
+        None, gt=0, description="Truncate (Matryoshka models only)."
+    )
+    user: Text | None = Field(None, max_length=256)
+
+    def texts(self) -> list[str]:
+        """The string inputs (token arrays need no tokenizing)."""
+        if isinstance(self.input, str):
+            return [self.input]
+        return [t for t in self.input if isinstance(t, str)]
 
 
 def encode_vector(vector: Any, encoding_format: str) -> list[float] | str:
@@ -145,7 +158,8 @@ def build_service(cfg: Config, models: dict[str, LoadedModel], registry: Any) ->
 # The endpoint
 
 State = Annotated[ServeState, Depends(get_state)]
-router = APIRouter(dependencies=[Depends(check_key)])
+# The API key is checked by guard.KeyGate before a route (or the body) is reached.
+router = APIRouter()
 # The body is read by hand (after the overload check); its schema still documents it.
 _BODY_SCHEMA = {
     "requestBody": {
@@ -153,23 +167,34 @@ _BODY_SCHEMA = {
         "required": True,
     }
 }
+CHARS_PER_TOKEN_CAP = 16  # as serve.max_prompt_chars: a text this long cannot fit, untokenized
 
 
-def _refuse(state: ServeState, model: str | None, err: ApiError) -> ApiError:
-    """Count and log a refused embeddings request, once."""
-    label = model if model in (state.embed.embedders if state.embed else {}) else "unknown"
-    state.metrics.requests.labels(label, str(err.status)).inc()
-    state.usage.log(endpoint="embeddings", model=model, status=err.status, latency_s=0.0)
-    err.logged = True
+def _refused(err: ApiError, model: str | None) -> ApiError:
+    """A refusal for the app's handler to count in /metrics (not stored in the usage log)."""
+    err.model = model
     return err
 
 
-def _busy(state: ServeState, model: str | None, e: QueueFull) -> ApiError:
+def _busy(model: str | None, e: QueueFull) -> ApiError:
     busy = ApiError(
         503, f"server busy: {e}; retry later", type_="server_error", code="overloaded",
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )  # fmt: skip
-    return _refuse(state, model, busy)
+    return _refused(busy, model)
+
+
+def _check_chars(body: EmbeddingBody, limits: EmbedLimits) -> None:
+    """The check that costs nothing, made before tokenizing: no text longer than the token
+    cap could ever be at CHARS_PER_TOKEN_CAP characters a token."""
+    cap = CHARS_PER_TOKEN_CAP * limits.max_tokens_per_input
+    for i, text in enumerate(body.texts()):
+        if len(text) > cap:
+            where = "input" if isinstance(body.input, str) else f"input[{i}]"
+            raise ApiError(
+                400, f"{where} has {len(text)} characters, over the cap of {cap}",
+                param="input", code="embed.max_tokens_per_input",
+            )  # fmt: skip
 
 
 @router.post("/v1/embeddings", openapi_extra=_BODY_SCHEMA)
@@ -178,10 +203,10 @@ async def embeddings(request: Request, state: State) -> JSONResponse:
     service = state.embed
     if service is None:
         raise ApiError(404, "embeddings are not served")
-    try:  # refuse before reading the body: under a burst a 503 must cost next to nothing
+    try:  # refuse before parsing the body: under a burst a 503 must cost next to nothing
         service.worker.check_room()
     except QueueFull as e:
-        raise _busy(state, None, e) from None
+        raise _busy(None, e) from None
     try:
         body = EmbeddingBody.model_validate_json(await request.body())
     except ValidationError as e:
@@ -190,27 +215,37 @@ async def embeddings(request: Request, state: State) -> JSONResponse:
     embedder = service.embedders.get(name)
     if embedder is None:
         served = ", ".join(service.embedders)
-        raise _refuse(
-            state, name[:100],
+        raise _refused(
             ApiError(404, f"model {name[:100]!r} not found; served: {served}", param="model",
                      code="model_not_found"),
+            name[:100],
         )  # fmt: skip
     try:
-        tokens = encode_inputs(embedder, body.input, service.limits)
         check_dimensions(embedder, body.dimensions)
+        _check_chars(body, service.limits)
+        tokens = await asyncio.get_running_loop().run_in_executor(
+            state.tokenizer_pool, encode_inputs, embedder, body.input, service.limits
+        )  # tokenized off the event loop
     except EmbeddingError as e:
         param = "dimensions" if str(e).startswith("dimensions") else "input"
         code = e.limit if isinstance(e, EmbeddingLimitError) else None
-        raise _refuse(state, name, ApiError(400, str(e), param=param, code=code)) from None
+        raise _refused(ApiError(400, str(e), param=param, code=code), name) from None
     n_tokens = sum(len(t) for t in tokens)
     try:
         future = service.worker.submit(EmbedJob(name, tokens, body.dimensions))
     except QueueFull as e:
-        raise _busy(state, name, e) from None
+        raise _busy(name, e) from None
     try:
         vectors = await asyncio.wrap_future(future)
     except QueueFull as e:  # the worker failed while this request waited
-        raise _refuse(state, name, ApiError(503, str(e), type_="server_error")) from None
+        failed = ApiError(503, str(e), type_="server_error", code="worker_failed")
+        state.usage.log(
+            endpoint="embeddings", model=name, prompt_tokens=n_tokens, completion_tokens=0,
+            latency_s=round(time.perf_counter() - started, 6), status=503,
+        )  # fmt: skip
+        state.metrics.requests.labels(name, "503").inc()
+        failed.logged = True
+        raise failed from None
     latency = time.perf_counter() - started
     m = state.metrics
     m.requests.labels(name, "200").inc()

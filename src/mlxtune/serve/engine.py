@@ -1,14 +1,17 @@
 """The model worker behind `mlxtune serve`: one thread owns every model and runs continuous
 batching with mlx-lm's BatchGenerator, one generator per model so adapters never mix.
 
-Requests come in through `Engine.submit` (any thread); events (text pieces, the finish) go back
-through each request's `emit` callback, which the web layer points at its event loop.
+Requests come in through `Engine.submit` (any thread); events (text pieces, the finish, a
+`Failure`) go back through each request's `emit` callback, which the web layer points at its
+event loop. An error while inserting or decoding fails only the requests it concerns; if the
+thread dies anyway, `on_death` tells the server, which exits rather than answer 503 for ever.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlxtune.errors import MlxtuneError
+
+log = logging.getLogger("mlxtune.serve")
 
 
 class QueueFull(MlxtuneError):
@@ -32,7 +37,7 @@ class LoadedModel:
     alias: str | None = None  # the registry alias it was served by ("current"), if any
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the engine finds a request in its queues
 class GenRequest:
     """One generation: prompt ids in, events out through `emit`."""
 
@@ -43,7 +48,7 @@ class GenRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
-    # emit(kind, payload): ("text", str) per piece, ("done", finish_reason), ("error", message)
+    # emit(kind, payload): ("text", str) per piece, ("done", finish_reason), ("error", Failure)
     emit: Callable[[str, Any], None] = lambda kind, payload: None
     stream: bool = True  # False: no text events; read `text` after ("done", ...)
     cancelled: bool = False
@@ -56,8 +61,20 @@ class GenRequest:
     text: str = ""
     sent: int = 0
 
-    def cancel(self) -> None:
-        self.cancelled = True
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a request ended without an answer: the HTTP status and OpenAI error code to send."""
+
+    status: int
+    code: str
+    message: str
+
+
+SHUTTING_DOWN = Failure(503, "shutting_down", "server is shutting down")
+GENERATION_FAILED = Failure(500, "generation_failed", "generation failed (see the server log)")
+WORKER_DIED = Failure(503, "worker_died", "the generation worker stopped; the server is exiting")
+GREEDY_BELOW = 1e-5  # temperature or top_p this small is greedy (as vLLM): no 1/1e-300 logits
 
 
 def make_request_sampler(temperature: float, top_p: float, seed: int | None) -> Any:
@@ -66,7 +83,7 @@ def make_request_sampler(temperature: float, top_p: float, seed: int | None) -> 
     import mlx.core as mx
     from mlx_lm.sample_utils import apply_top_p, greedy_sampler, make_sampler
 
-    if temperature <= 0:
+    if temperature < GREEDY_BELOW or top_p < GREEDY_BELOW:
         return greedy_sampler
     if seed is None:
         return make_sampler(temperature, top_p=top_p if top_p < 1 else 0.0)
@@ -100,7 +117,11 @@ class _Slot:
 
 
 class Engine:
-    """Owns the models; `start()` runs the worker thread, `stop()` drains and joins it."""
+    """Owns the models; `start()` runs the worker thread, `drain()` starts a shutdown, `stop()`
+    drains and joins it.
+
+    Admission is one account across models: a request takes a free decoding slot of its model
+    if there is one, else one of `max_queue` waiting places shared by every model."""
 
     def __init__(
         self,
@@ -114,30 +135,32 @@ class Engine:
         self.max_queue = max_queue
         self.max_batch_size = max_batch_size
         self.on_step = on_step  # (active sequences, queued requests) after each step
-        self._inbox: collections.deque[GenRequest] = collections.deque()
+        self.on_death: Callable[[str], None] | None = None  # the worker thread died
         self._waiting: dict[str, collections.deque[GenRequest]] = {
             name: collections.deque() for name in models
         }
+        self._active: dict[str, int] = dict.fromkeys(models, 0)  # admitted, per model
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._stop = False
+        self._cut_at: float | None = None  # when draining: end what still runs at this time
         self._thread: threading.Thread | None = None
+        self._admitting: list[GenRequest] = []  # taken from the queues, not yet decoding
         self.error: str | None = None
         self.active_count = 0
-        self._active: dict[str, int] = dict.fromkeys(models, 0)  # decoding, per model
 
     # -- any thread ---------------------------------------------------------------------------
 
-    def _pending(self) -> int:
-        return len(self._inbox) + sum(len(q) for q in self._waiting.values())
-
-    def _free(self, model: str) -> int:
-        return max(0, self.max_batch_size - self._active[model])
+    def _queued(self) -> int:
+        """Requests waiting for a slot: per model, those beyond its free slots (lock held)."""
+        return sum(
+            max(0, len(q) - (self.max_batch_size - self._active[m]))
+            for m, q in self._waiting.items()
+        )
 
     def queue_depth(self) -> int:
-        """Requests waiting for a decoding slot (those about to take a free slot excluded)."""
         with self._lock:
-            return max(0, self._pending() - sum(self._free(m) for m in self.models))
+            return self._queued()
 
     def submit(self, req: GenRequest) -> None:
         """Queue a request or raise QueueFull at once (fail fast, never unbounded latency)."""
@@ -145,19 +168,39 @@ class Engine:
             raise MlxtuneError(f"unknown model {req.model!r}")
         with self._lock:
             if self.error:
-                raise QueueFull("generation worker failed (see /health)")
+                raise QueueFull("generation worker failed")
             if self._stop:
                 raise QueueFull("server is shutting down")
-            # A burst may fill free decoding slots plus max_queue waiting places, no more.
-            pending = self._pending()
-            if pending >= self.max_queue + self._free(req.model):
+            free = self.max_batch_size - self._active[req.model]
+            if len(self._waiting[req.model]) >= free and self._queued() >= self.max_queue:
                 raise QueueFull(f"queue full ({self.max_queue} waiting)")
-            self._inbox.append(req)
+            self._waiting[req.model].append(req)
             self._wake.notify()
+
+    def cancel(self, req: GenRequest) -> None:
+        """The client went away: a waiting request leaves the queue now ("done", "cancelled");
+        a decoding one is removed from its batch at the next step."""
+        with self._lock:
+            req.cancelled = True
+            queue = self._waiting.get(req.model)
+            waiting = queue is not None and req in queue
+            if waiting:
+                queue.remove(req)  # type: ignore[union-attr]
+        if waiting:
+            req.emit("done", "cancelled")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mlxtune-serve-worker", daemon=True)
         self._thread.start()
+
+    def drain(self, grace_s: float) -> None:
+        """Start shutting down: refuse new and waiting requests, finish what decodes, and end
+        whatever still runs after `grace_s` with a SHUTTING_DOWN failure."""
+        with self._lock:
+            self._stop = True
+            if self._cut_at is None:
+                self._cut_at = time.monotonic() + grace_s
+            self._wake.notify()
 
     def stop(self, timeout: float = 30.0) -> None:
         with self._lock:
@@ -180,16 +223,18 @@ class Engine:
         try:
             with mx.stream(stream):
                 self._loop(slots, stream)
-        except Exception as e:  # a bug: report it on /health and fail every request
-            self.error = f"{type(e).__name__}: {e}"
-            for slot in slots.values():
-                for req in slot.active.values():
-                    req.emit("error", "internal error in the generation worker")
+        except BaseException as e:
+            log.exception("generation worker died")
             with self._lock:
-                pending = list(self._inbox) + [r for q in self._waiting.values() for r in q]
-            for req in pending:
-                req.emit("error", "internal error in the generation worker")
-            raise
+                self.error = f"{type(e).__name__}: {e}"
+                known = [*self._admitting, *(r for q in self._waiting.values() for r in q)]
+                for queue in self._waiting.values():
+                    queue.clear()
+            known += [r for slot in slots.values() for r in slot.active.values()]
+            for req in known:
+                req.emit("error", WORKER_DIED)
+            if self.on_death is not None:
+                self.on_death(self.error)
         finally:
             for slot in slots.values():
                 with contextlib.suppress(Exception):
@@ -197,49 +242,64 @@ class Engine:
 
     def _loop(self, slots: dict[str, _Slot], stream: Any) -> None:
         while True:
+            refused: list[GenRequest] = []
             with self._lock:
                 busy = any(s.active for s in slots.values())
-                if not busy and not self._inbox and not any(self._waiting.values()):
+                if not busy and not any(self._waiting.values()):
                     if self._stop:
                         return
                     self._wake.wait(0.5)
-                while self._inbox:
-                    req = self._inbox.popleft()
-                    self._waiting[req.model].append(req)
-                stopping = self._stop
-                admit: list[GenRequest] = []
                 for name, queue in self._waiting.items():
-                    slot = slots.get(name)
-                    room = self.max_batch_size - (len(slot.active) if slot else 0)
-                    while queue and room > 0:
-                        req = queue.popleft()
-                        if req.cancelled:
-                            req.emit("done", "cancelled")
-                            continue
-                        admit.append(req)
+                    while queue and self._active[name] < self.max_batch_size:
+                        self._admitting.append(queue.popleft())
                         self._active[name] += 1
-                        room -= 1
-                if stopping:  # drain: refuse what has not started, finish what has
+                if self._stop:  # drain: refuse what has not started, finish what has
                     for queue in self._waiting.values():
-                        while queue:
-                            queue.popleft().emit("error", "server is shutting down")
-            for req in admit:
-                slot = slots.get(req.model)
-                if slot is None:
-                    slot = slots[req.model] = _Slot(
-                        self.models[req.model], self.max_batch_size, stream
-                    )
-                self._insert(slot, req)
+                        refused += queue
+                        queue.clear()
+                cut = self._cut_at is not None and time.monotonic() >= self._cut_at
+            for req in refused:
+                req.emit("error", SHUTTING_DOWN)
+            while self._admitting:
+                req = self._admitting[0]  # popped once handled: a dying worker still fails it
+                if req.cancelled:
+                    req.emit("done", "cancelled")
+                else:
+                    try:
+                        if req.model not in slots:
+                            slots[req.model] = _Slot(
+                                self.models[req.model], self.max_batch_size, stream
+                            )
+                        self._insert(slots[req.model], req)
+                    except Exception:  # this request only (a bad sampler, a prompt mlx refuses)
+                        log.exception("generation failed for a %s request", req.model)
+                        req.emit("error", GENERATION_FAILED)
+                self._admitting.pop(0)
             # One step per model with work, round robin: no adapter starves another.
-            for slot in slots.values():
-                if slot.active:
-                    self._step(slot)
+            for name, slot in list(slots.items()):
+                if cut:
+                    self._end_all(slots.pop(name), SHUTTING_DOWN)
+                elif slot.active:
+                    try:
+                        self._step(slot)
+                    except Exception:  # the batch shares the failure; a fresh generator next
+                        log.exception("generation failed for a batch of %s", name)
+                        self._end_all(slots.pop(name), GENERATION_FAILED)
             with self._lock:
-                for name, slot in slots.items():
-                    self._active[name] = len(slot.active)
+                for name in self._active:
+                    self._active[name] = len(slots[name].active) if name in slots else 0
             self.active_count = sum(len(s.active) for s in slots.values())
             if self.on_step is not None:
                 self.on_step(self.active_count, self.queue_depth())
+
+    @staticmethod
+    def _end_all(slot: _Slot, failure: Failure) -> None:
+        """Fail every request of a slot and drop its generator."""
+        for req in slot.active.values():
+            req.emit("error", failure)
+        slot.active.clear()
+        with contextlib.suppress(Exception):
+            slot.gen.close()
 
     def _insert(self, slot: _Slot, req: GenRequest) -> None:
         sampler = make_request_sampler(req.temperature, req.top_p, req.seed)

@@ -1,14 +1,13 @@
 """The HTTP endpoints: small handlers on one APIRouter. Server state arrives through
-`Depends(get_state)`, the API key is checked by a dependency (before the body is parsed), and
-every response body is built by `wire`."""
+`Depends(get_state)`, the API key is checked by `guard.KeyGate` before a handler (or the body
+parser) runs, and every response body is built by `wire`."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from mlxtune.serve import wire
-from mlxtune.serve.engine import GenRequest, LoadedModel, QueueFull
+from mlxtune.serve.engine import Failure, GenRequest, LoadedModel, QueueFull
+from mlxtune.serve.guard import AUTHED
 from mlxtune.serve.state import ServeState, get_state
 from mlxtune.serve.wire import ApiError, Body, ChatBody, CompletionBody
 
@@ -26,32 +26,19 @@ RETRY_AFTER_S = 1
 
 State = Annotated[ServeState, Depends(get_state)]
 
-
-def check_key(request: Request, state: State) -> None:
-    """401 unless the request carries `Authorization: Bearer KEY` (when a key is set)."""
-    if state.api_key is None:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode(), state.api_key.encode()
-    ):
-        raise ApiError(
-            401, "invalid or missing API key", type_="authentication_error",
-            code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"},
-        )  # fmt: skip
-
-
+# The API key is checked by guard.KeyGate before a route (or the body) is reached.
 router = APIRouter()
-# As a dependency the key is checked before the body is parsed: no key, no 400 hints.
-authed = APIRouter(dependencies=[Depends(check_key)])
 
 
 @router.get("/health")
-async def health(state: State) -> JSONResponse:
-    """Ready when this returns 200: models loaded, worker running."""
+async def health(request: Request, state: State) -> JSONResponse:
+    """Ready when this returns 200: models loaded, worker running. Without the key (when one
+    is set) it says only that; the details need the key or "/health" in public_endpoints."""
     embed = state.embed.health() if state.embed else None
     ok = state.engine.alive and state.engine.error is None and (embed is None or embed["ok"])
+    status = 200 if ok else 503
+    if not (request.scope.get(AUTHED) or "/health" in state.cfg.serve.public_endpoints):
+        return JSONResponse({"status": "ok" if ok else "error"}, status_code=status)
     body = {
         "status": "ok" if ok else "error",
         "error": state.engine.error,
@@ -64,7 +51,7 @@ async def health(state: State) -> JSONResponse:
         "active": state.engine.active_count,
         "embeddings": embed,
     }
-    return JSONResponse(body, status_code=200 if ok else 503)
+    return JSONResponse(body, status_code=status)
 
 
 def _health_adapter(m: LoadedModel, path: str) -> dict[str, Any]:
@@ -87,7 +74,7 @@ async def metrics(state: State) -> Response:
     return Response(body, media_type=media_type)
 
 
-@authed.get("/v1/models")
+@router.get("/v1/models")
 async def list_models(state: State) -> dict[str, Any]:
     created, root = int(state.started), state.cfg.model.path
     entries = [
@@ -99,30 +86,36 @@ async def list_models(state: State) -> dict[str, Any]:
     return wire.model_list(entries)
 
 
-@authed.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=None)
 async def chat(body: ChatBody, request: Request, state: State) -> Response:
     from mlxtune.formats import encode_prompt
 
     name = _pick_model(state, body)
+    cap = state.cfg.serve.max_messages
+    if len(body.messages) > cap:
+        raise ApiError(
+            400, f"messages: {len(body.messages)} is over the cap of {cap}", param="messages"
+        )
+    max_tokens = _check_limits(state, body, chat=True)
     messages = [m.as_message() for m in body.messages]
     try:
-        prompt = encode_prompt(state.models[name].tokenizer, messages)
+        prompt = await _tokenize(state, encode_prompt, state.models[name].tokenizer, messages)
     except Exception as e:  # a template that rejects the conversation
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ApiError(400, f"messages: cannot render prompt: {first}", param="messages") from None
-    return await _generate(state, request, body, name, prompt, chat=True)
+    _check_prompt(state, prompt, chat=True)
+    return await _generate(state, request, body, name, prompt, max_tokens, chat=True)
 
 
-@authed.post("/v1/completions", response_model=None)
+@router.post("/v1/completions", response_model=None)
 async def completions(body: CompletionBody, request: Request, state: State) -> Response:
     from mlxtune.formats import encode
 
     name = _pick_model(state, body)
-    prompt = encode(state.models[name].tokenizer, body.prompt)
-    return await _generate(state, request, body, name, prompt, chat=False)
-
-
-router.include_router(authed)
+    max_tokens = _check_limits(state, body, chat=False)
+    prompt = await _tokenize(state, encode, state.models[name].tokenizer, body.prompt)
+    _check_prompt(state, prompt, chat=False)
+    return await _generate(state, request, body, name, prompt, max_tokens, chat=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,8 +152,9 @@ def _pick_model(state: ServeState, body: Body) -> str:
     return name
 
 
-def _check_limits(state: ServeState, body: Body, prompt: list[int], *, chat: bool) -> int:
-    """The request's max_tokens, once it and the prompt are within the configured caps."""
+def _check_limits(state: ServeState, body: Body, *, chat: bool) -> int:
+    """The request's max_tokens, once it and the prompt's characters are within the caps:
+    checks that cost nothing, made before tokenizing."""
     cfg = state.cfg.serve
     max_tokens = body.max_completion_tokens or body.max_tokens or cfg.default_max_tokens
     if max_tokens > cfg.max_tokens_cap:
@@ -168,23 +162,38 @@ def _check_limits(state: ServeState, body: Body, prompt: list[int], *, chat: boo
             400, f"max_tokens: {max_tokens} is over the cap of {cfg.max_tokens_cap}",
             param="max_tokens",
         )  # fmt: skip
-    if not prompt:
-        raise ApiError(400, "prompt is empty after tokenization", param="prompt")
-    if len(prompt) > cfg.max_prompt_tokens:
+    if body.chars() > cfg.prompt_chars_cap:
         raise ApiError(
-            400, f"prompt has {len(prompt)} tokens, over the cap of {cfg.max_prompt_tokens}",
+            400, f"prompt has {body.chars()} characters, over the cap of {cfg.prompt_chars_cap}",
             param="messages" if chat else "prompt", code="context_length_exceeded",
         )  # fmt: skip
     return max_tokens
 
 
-def _submit(state: ServeState, body: Body, name: str, prompt: list[int], *, chat: bool) -> _Job:
+async def _tokenize(state: ServeState, encode: Callable[..., list[int]], *args: Any) -> list[int]:
+    """Tokenize on the tokenizer thread: a long prompt never stalls the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(state.tokenizer_pool, encode, *args)
+
+
+def _check_prompt(state: ServeState, prompt: list[int], *, chat: bool) -> None:
+    cap = state.cfg.serve.max_prompt_tokens
+    if not prompt:
+        raise ApiError(400, "prompt is empty after tokenization", param="prompt")
+    if len(prompt) > cap:
+        raise ApiError(
+            400, f"prompt has {len(prompt)} tokens, over the cap of {cap}",
+            param="messages" if chat else "prompt", code="context_length_exceeded",
+        )  # fmt: skip
+
+
+def _submit(
+    state: ServeState, body: Body, name: str, prompt: list[int], max_tokens: int, *, chat: bool
+) -> _Job:
     """Queue the generation, or answer 503 Retry-After at once when the queue is full."""
-    max_tokens = _check_limits(state, body, prompt, chat=chat)
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
-    def emit(kind: str, payload: Any) -> None:  # called on the engine's thread
+    def emit(kind: str, payload: Any) -> None:  # called on the engine's thread (or this one)
         loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
 
     req = GenRequest(
@@ -195,20 +204,26 @@ def _submit(state: ServeState, body: Body, name: str, prompt: list[int], *, chat
     try:
         state.engine.submit(req)
     except QueueFull as e:
-        state.record(req, job.endpoint, 503, None)
         busy = ApiError(
             503, f"server busy: {e}; retry later", type_="server_error",
             code="overloaded", headers={"Retry-After": str(RETRY_AFTER_S)},
         )  # fmt: skip
-        busy.logged = True
+        busy.model = name
         raise busy from None
     return job
 
 
 async def _generate(
-    state: ServeState, request: Request, body: Body, name: str, prompt: list[int], *, chat: bool
+    state: ServeState,
+    request: Request,
+    body: Body,
+    name: str,
+    prompt: list[int],
+    max_tokens: int,
+    *,
+    chat: bool,
 ) -> Response:
-    job = _submit(state, body, name, prompt, chat=chat)
+    job = _submit(state, body, name, prompt, max_tokens, chat=chat)
     if body.stream:
         # Starlette cancels this stream when the client disconnects; its `finally` cancels
         # the generation.
@@ -221,37 +236,38 @@ async def _generate(
 async def _whole(state: ServeState, request: Request, job: _Job) -> Response:
     """Not streaming: the engine keeps the text on the request and sends only the finish."""
     req = job.req
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, req))
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, state, req))
     try:
-        kind, finish_reason = await job.events.get()
+        kind, payload = await job.events.get()
     except asyncio.CancelledError:
-        req.cancel()
+        state.engine.cancel(req)
         state.record(req, job.endpoint, 499, "cancelled")
         raise
     finally:
         watcher.cancel()
     if kind == "error":
-        state.record(req, job.endpoint, 503, None)
-        failed = ApiError(503, str(finish_reason), type_="server_error")
+        failure: Failure = payload
+        state.record(req, job.endpoint, failure.status, "error")
+        failed = ApiError(failure.status, failure.message, type_="server_error", code=failure.code)
         failed.logged = True
         raise failed
-    if finish_reason == "cancelled":
+    if payload == "cancelled":
         state.record(req, job.endpoint, 499, "cancelled")
         return Response(status_code=499)
-    state.record(req, job.endpoint, 200, finish_reason)
+    state.record(req, job.endpoint, 200, payload)
     return JSONResponse(
         wire.completion(
-            job.rid, job.created, req.model, req.text, finish_reason, job.usage(), chat=job.chat
+            job.rid, job.created, req.model, req.text, payload, job.usage(), chat=job.chat
         )
     )
 
 
-async def _cancel_on_disconnect(request: Request, req: GenRequest) -> None:
+async def _cancel_on_disconnect(request: Request, state: ServeState, req: GenRequest) -> None:
     """Wait for the client to hang up (the body is already read, so the next ASGI message is
-    the disconnect), then cancel the generation; the engine then finishes it."""
+    the disconnect), then cancel the generation: a waiting request leaves the queue at once."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-    req.cancel()
+    state.engine.cancel(req)
 
 
 def _event(payload: Any) -> bytes:
@@ -280,11 +296,11 @@ async def _sse(state: ServeState, job: _Job) -> AsyncIterator[bytes]:
                     yield piece(None, payload, usage=job.usage())
                     yield _event("[DONE]")
                     status = 200
-            else:
-                yield _event(wire.error_body(str(payload), "server_error"))
-                status, finish_reason = 503, "error"
+            else:  # a Failure: an error event, then the stream ends
+                yield _event(wire.error_body(payload.message, "server_error", code=payload.code))
+                status, finish_reason = payload.status, "error"
             break
     finally:
         if status != 200:
-            req.cancel()
+            state.engine.cancel(req)
         state.record(req, job.endpoint, status, finish_reason)

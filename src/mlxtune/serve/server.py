@@ -1,16 +1,19 @@
-"""Running the app: bind the port (a clear error when it is taken), serve with uvicorn until
-SIGINT/SIGTERM, drain, and report what was served."""
+"""Running the app: bind the port (a clear error when it is taken), serve with uvicorn (with the
+connection limits of `guard`) until SIGINT/SIGTERM or a dead worker, drain, and report."""
 
 from __future__ import annotations
 
+import math
 import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from mlxtune.errors import MlxtuneError
 from mlxtune.serve.app import create_app
+from mlxtune.serve.guard import guarded_protocol
 from mlxtune.serve.state import ServeState
 
 if TYPE_CHECKING:
@@ -30,9 +33,18 @@ def serve(cfg: Config, on_ready: Callable[[str, list[str]], None] | None = None)
 
     app = create_app(cfg)
     state: ServeState = app.state.serve
-    sock, url = _bind(cfg.serve.host, cfg.serve.port)
+    limits = cfg.serve
+    sock, url = _bind(limits.host, limits.port)
     config = uvicorn.Config(
-        app, log_level="warning", timeout_graceful_shutdown=30, access_log=False, lifespan="on"
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        http=guarded_protocol(limits.header_timeout_s, limits.max_connections),
+        timeout_keep_alive=limits.keep_alive_timeout_s,  # type: ignore[arg-type]
+        # The engine ends streams at shutdown_grace_s with an error event; uvicorn waits a
+        # little longer so those events are sent before it cancels what is left.
+        timeout_graceful_shutdown=math.ceil(limits.shutdown_grace_s) + 5,
     )
     server = uvicorn.Server(config)
     if on_ready is not None:
@@ -45,7 +57,18 @@ def serve(cfg: Config, on_ready: Callable[[str, list[str]], None] | None = None)
 
         server.startup = startup  # type: ignore[method-assign]
     # uvicorn handles SIGINT/SIGTERM: stop accepting, finish in-flight requests, then the
-    # lifespan exit stops the worker.
+    # lifespan exit stops the worker. The engine starts draining at the signal, so whatever
+    # still runs after the grace period ends with an error event rather than a cut.
+    orig_exit = server.handle_exit
+
+    def handle_exit(sig: int, frame: FrameType | None) -> None:
+        state.engine.drain(limits.shutdown_grace_s)
+        orig_exit(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    # A worker that died fails its requests and stops the server: exit non-zero, so a
+    # supervisor restarts it, rather than a zombie answering 503.
+    state.engine.on_death = lambda error: setattr(server, "should_exit", True)
     # uvicorn re-raises the signal it caught after its graceful shutdown; a no-op SIGTERM
     # handler turns that into a normal return (exit 0, usage log closed).
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
@@ -53,6 +76,10 @@ def serve(cfg: Config, on_ready: Callable[[str, list[str]], None] | None = None)
         server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if state.engine.error is not None:
+        raise MlxtuneError(
+            f"generation worker died ({state.engine.error}); exiting so a supervisor restarts it"
+        )
     return ServeResult(url=url, models=list(state.models), requests=state.metrics.total_requests())
 
 

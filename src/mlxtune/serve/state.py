@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -28,10 +29,14 @@ class ServeState:
     api_key: str | None
     default_model: str
     started: float
+    # One thread tokenizes (off the event loop; one at a time, as HF tokenizers prefer).
+    tokenizer_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="mlxtune-tokenize")
+    )
     embed: EmbedService | None = None  # POST /v1/embeddings (serve/embeddings.py)
 
     def record(self, req: GenRequest, endpoint: str, status: int, finish: str | None) -> None:
-        """A request that reached the engine: its metrics and its usage row."""
+        """A request the engine took: its metrics and its usage row."""
         latency = time.perf_counter() - req.submitted_at
         ttft = None if req.first_token_at is None else req.first_token_at - req.submitted_at
         m = self.metrics
@@ -40,7 +45,7 @@ class ServeState:
             m.latency.labels(req.model).observe(latency)
             if ttft is not None:
                 m.ttft.labels(req.model).observe(ttft)
-        m.tokens.labels(req.model, "in").inc(len(req.prompt) if status != 503 else 0)
+        m.tokens.labels(req.model, "in").inc(len(req.prompt))
         m.tokens.labels(req.model, "out").inc(req.completion_tokens)
         self.usage.log(
             endpoint=endpoint, model=req.model, prompt_tokens=len(req.prompt),
@@ -49,17 +54,12 @@ class ServeState:
             finish_reason=finish,
         )  # fmt: skip
 
-    def record_refusal(self, request: Request, status: int, model: str | None) -> None:
-        """A generation request refused before the engine saw it (bad body, key, model)."""
-        path = request.url.path
-        if not (path.startswith("/v1/") and request.method == "POST"):
-            return
-        endpoint = (
-            "chat" if path.endswith("chat/completions")
-            else "embeddings" if path.endswith("/embeddings") else "completions"
-        )  # fmt: skip
-        self.usage.log(endpoint=endpoint, model=model, status=status, latency_s=0.0)
-        label = model if model in self.models else "unknown"  # bounded label values
+    def record_refusal(self, status: int, model: str | None) -> None:
+        """A request refused before the engine saw it (key, body, model, queue): counted in
+        /metrics, not stored, so refusals cannot grow the usage log."""
+        embedders = self.embed.embedders if self.embed else {}
+        known = model in self.models or model in embedders
+        label = model if known else "unknown"  # bounded label values
         self.metrics.requests.labels(label, str(status)).inc()
 
 

@@ -9,51 +9,87 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Request bodies (OpenAI's, with what we support)
 
 
+def _utf8(value: str) -> str:
+    """JSON may carry lone surrogates ("\\ud800"): nothing downstream can encode them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid UTF-8 (a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+SEED_MAX = 2**64 - 1  # mx.random.key takes an unsigned 64-bit seed
+
+
 class Body(BaseModel):
-    """Fields shared by chat and text completions."""
+    """Fields shared by chat and text completions. Numbers and booleans are strict, as OpenAI's
+    are: "8" is not a max_tokens, 1 is not `true`."""
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = Field(None, description="Model name: the base or a configured adapter.")
-    max_tokens: int | None = Field(None, ge=1, description="Tokens to generate at most.")
-    max_completion_tokens: int | None = Field(None, ge=1, description="Alias of max_tokens.")
-    temperature: float = Field(0.0, ge=0, le=2, description="0 is greedy.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
-    stop: str | list[str] | None = Field(None, description="Up to 4 stop strings.")
-    seed: int | None = Field(None, ge=0, description="Seed for reproducible sampling.")
-    stream: bool = False
-    n: int = Field(1, ge=1, le=1, description="Only 1 is supported.")
+    model: Text | None = Field(
+        None, min_length=1, max_length=256,
+        description="Model name: the base or a configured adapter; omitted or null: the default.",
+    )  # fmt: skip
+    max_tokens: StrictInt | None = Field(None, ge=1, description="Tokens to generate at most.")
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, description="Alias of max_tokens.")
+    temperature: StrictFloat = Field(
+        0.0, ge=0, le=2, allow_inf_nan=False, description="0 (or below 1e-5) is greedy."
+    )
+    top_p: StrictFloat = Field(
+        1.0, gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling; below 1e-5 greedy."
+    )
+    stop: Text | list[Text] | None = Field(None, description="Up to 4 stop strings.")
+    seed: StrictInt | None = Field(
+        None, ge=0, le=SEED_MAX, description="Seed for reproducible sampling (unsigned 64-bit)."
+    )
+    stream: StrictBool = False
+    n: StrictInt = Field(1, ge=1, le=1, description="Only 1 is supported.")
 
     @field_validator("stop")
     @classmethod
     def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
         stops = [v] if isinstance(v, str) else (v or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop takes up to 4 non-empty strings")
+        if len(stops) > 4 or any(not s or len(s) > 256 for s in stops):
+            raise ValueError("stop takes up to 4 non-empty strings of at most 256 characters")
         return v
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
+    def chars(self) -> int:
+        """Characters of prompt text: the cheap size check made before tokenizing."""
+        raise NotImplementedError
+
 
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[ContentPart]
+    content: Text | list[ContentPart]
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -70,9 +106,15 @@ class ChatMessage(BaseModel):
 class ChatBody(Body):
     messages: list[ChatMessage] = Field(..., min_length=1)
 
+    def chars(self) -> int:
+        return sum(len(m.text()) for m in self.messages)
+
 
 class CompletionBody(Body):
-    prompt: str = Field(..., min_length=1, description="Raw prompt text (no chat template).")
+    prompt: Text = Field(..., min_length=1, description="Raw prompt text (no chat template).")
+
+    def chars(self) -> int:
+        return len(self.prompt)
 
 
 # ---------------------------------------------------------------------------------------------

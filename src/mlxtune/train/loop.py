@@ -78,7 +78,10 @@ class LoopOutcome:
 
 class TrainStep:
     """The compiled training step (gradient accumulation, all-reduce, clipping, update) and the
-    validation loss, over one model and optimizer."""
+    validation loss, over one model and optimizer. A subclass may change how a batch reaches
+    the model (`logits`, `collate`, `to_device`) and whether the step compiles."""
+
+    compiled = True
 
     def __init__(self, model: Any, optimizer: Any, args: LoopArgs, world: Any) -> None:
         import mlx.core as mx
@@ -93,7 +96,7 @@ class TrainStep:
         world_size = world.size()
 
         def loss_fn(model: Any, inputs: Any, targets: Any, mask: Any) -> tuple[Any, Any]:
-            logits = model(inputs)
+            logits = self.logits(model, inputs)
             ce = nn.losses.cross_entropy(logits, targets) * mask
             ntoks = mask.sum()
             return ce.astype(mx.float32).sum() / ntoks, ntoks
@@ -119,7 +122,22 @@ class TrainStep:
                 grad = None
             return loss, toks, grad
 
-        self.step = mx.compile(step, inputs=self.state, outputs=self.state)
+        self.step = (
+            mx.compile(step, inputs=self.state, outputs=self.state) if self.compiled else step
+        )
+
+    def logits(self, model: Any, inputs: Any) -> Any:
+        return model(inputs)
+
+    def collate(self, batch: list[Example]) -> Any:
+        return collate(batch)
+
+    def to_device(self, batch: tuple[Any, Any, Any, int]) -> tuple[Any, Any, Any, int]:
+        """A `Batches.arrays` batch (numpy) as mx arrays for `step`."""
+        import mlx.core as mx
+
+        inputs, targets, mask, real = batch
+        return mx.array(inputs), mx.array(targets), mx.array(mask), real
 
     def evaluate(self, valid: list[Example], batch_size: int, max_batches: int) -> float:
         """Mean validation loss per trained token, over every rank."""
@@ -136,10 +154,8 @@ class TrainStep:
             mine = g[rank::size]
             if not mine:
                 continue
-            inputs, targets, mask, _ = collate([valid[i] for i in mine])
-            loss, toks = self.loss_fn(
-                self.model, mx.array(inputs), mx.array(targets), mx.array(mask)
-            )
+            inputs, targets, mask, _ = self.to_device(self.collate([valid[i] for i in mine]))
+            loss, toks = self.loss_fn(self.model, inputs, targets, mask)
             total = total + loss * toks
             ntok = ntok + toks
             mx.eval(total, ntok)
@@ -160,11 +176,22 @@ def train_loop(
     *,
     world: Any,
     start: LoopState | None = None,
+    step_type: type[TrainStep] | None = None,
 ) -> LoopOutcome:
     """Train from `start` (a fresh run, or a checkpoint's state with weights and optimizer state
-    already loaded) to `args.total_steps`, or until early stopping."""
+    already loaded) to `args.total_steps`, or until early stopping. `step_type` replaces the
+    text step (vision-language models bring their own: `vlm.train.VisionTrainStep`)."""
+    trainer = (step_type or TrainStep)(model, optimizer, args, world)
     return _Loop(
-        model, optimizer, train_batches, valid, args, callback or TrainingCallback(), world, start
+        model,
+        optimizer,
+        train_batches,
+        valid,
+        args,
+        callback or TrainingCallback(),
+        world,
+        start,
+        trainer,
     ).run()
 
 
@@ -190,11 +217,12 @@ class _Loop:
         callback: TrainingCallback,
         world: Any,
         start: LoopState | None,
+        trainer: TrainStep,
     ) -> None:
         self.model, self.optimizer, self.batches, self.valid = model, optimizer, batches, valid
         self.args, self.callback, self.world = args, callback, world
         self.state = replace(start) if start else LoopState()
-        self.trainer = TrainStep(model, optimizer, args, world)
+        self.trainer = trainer
         self.window = _Window()
         self.wall_before, self.wall_start = self.state.wall_s, time.perf_counter()
         self.train_loss: float | None = None
@@ -263,10 +291,7 @@ class _Loop:
                 break
 
     def _prepare(self, micro: int) -> tuple[Any, Any, Any, int]:
-        import mlx.core as mx
-
-        inputs, targets, mask, real = self.batches.arrays(self.batches.indices(micro))
-        return mx.array(inputs), mx.array(targets), mx.array(mask), real
+        return self.trainer.to_device(self.batches.arrays(self.batches.indices(micro)))
 
     def _report(self) -> None:
         import mlx.core as mx

@@ -50,6 +50,7 @@ class PlannedRun:
     template: str
     train_batches: Batches
     valid_examples: list[Example]
+    step_type: Any = None  # the loop's TrainStep class; None for text (vlm.train: VisionTrainStep)
 
 
 # ---------------------------------------------------------------------------------------------

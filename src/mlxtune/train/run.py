@@ -54,7 +54,14 @@ def train(
 def _train(
     cfg: Config, world: Any, resume: Path | None, dry_run: bool, callback: TrainingCallback
 ) -> TrainResult:
-    planned = plan(cfg, world, resume=resume, dry_run=dry_run)
+    from mlxtune.vlm.kind import model_kind
+
+    if model_kind(cfg.model) == "vlm":  # images through mlx-vlm; the same loop and writer
+        from mlxtune.vlm.train import plan_vlm
+
+        planned = plan_vlm(cfg, world, resume=resume, dry_run=dry_run)
+    else:
+        planned = plan(cfg, world, resume=resume, dry_run=dry_run)
     writes = world.rank() == 0
     args = LoopArgs.from_config(
         cfg.train,
@@ -63,7 +70,7 @@ def _train(
         checkpoints=planned.run.checkpoints if writes else None,
     )
     if dry_run:
-        if not planned.plan.problems:
+        if not planned.plan.problems and planned.step_type is None:  # text only, for now
             _estimate(planned, args, world)
         return TrainResult(run_dir=None, status="planned", plan=planned.plan, dry_run=True)
 
@@ -86,6 +93,7 @@ def _train(
         events,
         world=world,
         start=start,
+        step_type=planned.step_type,
     )
     end = outcome.state
     final = FinalMetrics(
