@@ -175,40 +175,11 @@ def _generate(
     batch_size: int,
     report: Callable[[int], None],
 ) -> tuple[list[str], int]:
-    """Greedy answers for token prompts. batch_size 1 is true one-at-a-time decoding (the
-    baseline the batched path is measured against); otherwise mlx-lm's BatchGenerator."""
-    import mlx.core as mx
-    from mlx_lm.generate import BatchGenerator, generate_step
+    """Greedy answers for token prompts (batch_size 1: one at a time, the baseline the batched
+    path is measured against) and the number of tokens generated."""
+    from mlxtune.generation import greedy_tokens
 
-    eos = set(tokenizer.eos_token_ids)
-    tokens: list[list[int]] = [[] for _ in prompts]
-    if batch_size == 1:
-        for i, ids in enumerate(prompts):
-            for token, _ in generate_step(mx.array(ids), model, max_tokens=max_tokens):
-                if int(token) in eos:
-                    break
-                tokens[i].append(int(token))
-            report(i + 1)
-    else:
-        gen = BatchGenerator(
-            model,
-            stop_tokens=[[t] for t in eos],
-            completion_batch_size=batch_size,
-            prefill_batch_size=batch_size,
-        )
-        try:
-            uids = gen.insert(prompts, [max_tokens] * len(prompts))
-            index = {uid: i for i, uid in enumerate(uids)}
-            done = 0
-            while responses := gen.next_generated():
-                for r in responses:
-                    if r.finish_reason != "stop":
-                        tokens[index[r.uid]].append(int(r.token))
-                    if r.finish_reason is not None:
-                        done += 1
-                        report(done)
-        finally:
-            gen.close()
+    tokens = greedy_tokens(model, tokenizer, prompts, max_tokens, batch_size, report)
     texts = [tokenizer.decode(t).strip() for t in tokens]
     return texts, sum(len(t) for t in tokens)
 
