@@ -14,6 +14,7 @@ import datetime as dt
 import importlib.util
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ class SideOutput:
     loss_sums: list[float] | None = None
     loss_tokens: list[int] | None = None
     loss_s: float = 0.0
+    served_by: dict[str, int] = field(default_factory=dict)  # endpoint: answers per model
 
 
 @dataclass
@@ -275,7 +277,7 @@ def _run_endpoint(
     total = len(examples)
     done = 0
 
-    def ask(client: httpx.Client, ex: Example) -> tuple[str, int]:
+    def ask(client: httpx.Client, ex: Example) -> tuple[str, int, str]:
         body = {
             "model": ev.endpoint_model,
             "messages": ex.prompt,
@@ -293,10 +295,11 @@ def _run_endpoint(
             text = data["choices"][0]["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError):
             raise MlxtuneError(f"{url}: not an OpenAI chat completion: {r.text[:200]}") from None
-        return str(text).strip(), int((data.get("usage") or {}).get("completion_tokens") or 0)
+        tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
+        return str(text).strip(), tokens, str(data.get("model") or ev.endpoint_model)
 
     t0 = time.perf_counter()
-    results: list[tuple[str, int]] = []
+    results: list[tuple[str, int, str]] = []
     with (
         httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0)) as client,
         ThreadPoolExecutor(max_workers=min(ev.batch_size, 8)) as pool,
@@ -306,7 +309,11 @@ def _run_endpoint(
             done += 1
             if progress:
                 progress("generate endpoint", done, total)
-    return SideOutput([t for t, _ in results], time.perf_counter() - t0, sum(n for _, n in results))
+    out = SideOutput(
+        [t for t, _, _ in results], time.perf_counter() - t0, sum(n for _, n, _ in results)
+    )
+    out.served_by = dict(Counter(m for _, _, m in results))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,6 +454,7 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
         adapter=str(run.root) if run else None,
         endpoint=ev.endpoint,
         endpoint_model=ev.endpoint_model,
+        served_by=outputs["adapter"].served_by,
         model=cfg.model.path,
         labels=labels,
         split=ev.split,
