@@ -278,22 +278,20 @@ def test_empty_runs_dir(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "no runs" in res.output
 
 
-def test_resolve_serve_adapters_follows_promote_and_rollback(
-    project: tuple[Config, Path],
-) -> None:
-    from mlxtune.runs import resolve_serve_adapters
+def test_serve_adapters_follow_promote_and_rollback(project: tuple[Config, Path]) -> None:
+    from mlxtune.serve.models import resolve_adapters
 
     cfg, cfg_path = project
+    runs = cfg.train.runs_dir
     cfg = load_config(
-        cfg_path, [f"serve.adapters={{prod: '@current', pinned: {cfg.train.runs_dir}/r1-baseline}}"]
+        cfg_path, [f"serve.adapters={{prod: '@current', pinned: {runs}/r1-baseline}}"]
     )
     promote(cfg, "r1-baseline")
     promote(cfg, "r2-higher-lr")
-    served = resolve_serve_adapters(cfg.serve.adapters, cfg)
-    assert (served["prod"].alias, served["prod"].run) == ("current", "r2-higher-lr")
-    assert (served["pinned"].alias, served["pinned"].run) == (None, "r1-baseline")
+    served = resolve_adapters(cfg)
+    assert served["prod"].name == "r2-higher-lr" and served["pinned"].name == "r1-baseline"
     rollback(cfg)
-    assert resolve_serve_adapters(cfg.serve.adapters, cfg)["prod"].run == "r1-baseline"
+    assert resolve_adapters(cfg)["prod"].name == "r1-baseline"
 
 
 def test_corrupt_registry_is_a_clear_error(project: tuple[Config, Path]) -> None:

@@ -413,6 +413,11 @@ class ServeConfig(Section):
     adapters: dict[str, Path] = Field(
         default_factory=dict, description="Named adapters to serve: name -> adapter directory."
     )
+    routes: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="A/B and gradual rollout: name -> {served model: weight}, e.g. "
+        "{assistant: {prod: 90, canary: 10}}; sticky per `user` field or X-Session-Id header.",
+    )
     base_name: str = Field("base", description="Model name that selects the base model.")
     default_model: str | None = Field(
         None, description="Model used when a request names none; default the first adapter."

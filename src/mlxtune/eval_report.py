@@ -132,6 +132,8 @@ class EvalReport:
     adapter: str | None = None
     endpoint: str | None = None
     endpoint_model: str | None = None
+    # --endpoint: how many answers each model named in its response (a route's A/B split)
+    served_by: dict[str, int] = field(default_factory=dict)
     data_dir: str | None = None
     template_sha: str | None = None
     thresholds: list[Threshold] = field(default_factory=list)
@@ -165,6 +167,7 @@ class EvalReport:
             "adapter": self.adapter,
             "endpoint": self.endpoint,
             "endpoint_model": self.endpoint_model,
+            "served_by": self.served_by,
             "model": self.model,
             "labels": self.labels,
             "split": self.split,
@@ -192,6 +195,7 @@ class EvalReport:
             adapter=data.get("adapter"),
             endpoint=data.get("endpoint"),
             endpoint_model=data.get("endpoint_model"),
+            served_by=dict(data.get("served_by") or {}),
             model=data.get("model"),
             labels=dict(data.get("labels") or {}),
             split=str(data.get("split", "?")),

@@ -14,6 +14,7 @@ import datetime as dt
 import importlib.util
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ class SideOutput:
     loss_sums: list[float] | None = None
     loss_tokens: list[int] | None = None
     loss_s: float = 0.0
+    served_by: dict[str, int] = field(default_factory=dict)  # endpoint: answers per model
 
 
 @dataclass
@@ -183,40 +185,11 @@ def _generate(
     batch_size: int,
     report: Callable[[int], None],
 ) -> tuple[list[str], int]:
-    """Greedy answers for token prompts. batch_size 1 is true one-at-a-time decoding (the
-    baseline the batched path is measured against); otherwise mlx-lm's BatchGenerator."""
-    import mlx.core as mx
-    from mlx_lm.generate import BatchGenerator, generate_step
+    """Greedy answers for token prompts (batch_size 1: one at a time, the baseline the batched
+    path is measured against) and the number of tokens generated."""
+    from mlxtune.generation import greedy_tokens
 
-    eos = set(tokenizer.eos_token_ids)
-    tokens: list[list[int]] = [[] for _ in prompts]
-    if batch_size == 1:
-        for i, ids in enumerate(prompts):
-            for token, _ in generate_step(mx.array(ids), model, max_tokens=max_tokens):
-                if int(token) in eos:
-                    break
-                tokens[i].append(int(token))
-            report(i + 1)
-    else:
-        gen = BatchGenerator(
-            model,
-            stop_tokens=[[t] for t in eos],
-            completion_batch_size=batch_size,
-            prefill_batch_size=batch_size,
-        )
-        try:
-            uids = gen.insert(prompts, [max_tokens] * len(prompts))
-            index = {uid: i for i, uid in enumerate(uids)}
-            done = 0
-            while responses := gen.next_generated():
-                for r in responses:
-                    if r.finish_reason != "stop":
-                        tokens[index[r.uid]].append(int(r.token))
-                    if r.finish_reason is not None:
-                        done += 1
-                        report(done)
-        finally:
-            gen.close()
+    tokens = greedy_tokens(model, tokenizer, prompts, max_tokens, batch_size, report)
     texts = [tokenizer.decode(t).strip() for t in tokens]
     return texts, sum(len(t) for t in tokens)
 
@@ -312,7 +285,7 @@ def _run_endpoint(
     total = len(examples)
     done = 0
 
-    def ask(client: httpx.Client, ex: Example) -> tuple[str, int]:
+    def ask(client: httpx.Client, ex: Example) -> tuple[str, int, str]:
         body = {
             "model": ev.endpoint_model,
             "messages": ex.prompt,
@@ -330,10 +303,11 @@ def _run_endpoint(
             text = data["choices"][0]["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError):
             raise MlxtuneError(f"{url}: not an OpenAI chat completion: {r.text[:200]}") from None
-        return str(text).strip(), int((data.get("usage") or {}).get("completion_tokens") or 0)
+        tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
+        return str(text).strip(), tokens, str(data.get("model") or ev.endpoint_model)
 
     t0 = time.perf_counter()
-    results: list[tuple[str, int]] = []
+    results: list[tuple[str, int, str]] = []
     with (
         httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0)) as client,
         ThreadPoolExecutor(max_workers=min(ev.batch_size, 8)) as pool,
@@ -343,7 +317,11 @@ def _run_endpoint(
             done += 1
             if progress:
                 progress("generate endpoint", done, total)
-    return SideOutput([t for t, _ in results], time.perf_counter() - t0, sum(n for _, n in results))
+    out = SideOutput(
+        [t for t, _, _ in results], time.perf_counter() - t0, sum(n for _, n, _ in results)
+    )
+    out.served_by = dict(Counter(m for _, _, m in results))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,6 +464,7 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
         adapter=str(run.root) if run else None,
         endpoint=ev.endpoint,
         endpoint_model=ev.endpoint_model,
+        served_by=outputs["adapter"].served_by,
         model=cfg.model.path,
         labels=labels,
         split=ev.split,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxtune.errors import MlxtuneError
+from mlxtune.generation import greedy_answers
 from mlxtune.rundir import RunDir
 from mlxtune.runs import find_run
 
@@ -36,6 +37,9 @@ class ExportResult:
     fused_layers: int
     dequantized: bool
     gguf: Path | None
+    # Fusing into quantized weights rounds the adapter: greedy answers on the test split that
+    # the fused model gives exactly as the run does, out of those compared (None: no rounding).
+    agreement: tuple[int, int] | None = None
 
 
 def export_run(
@@ -50,7 +54,7 @@ def export_run(
     from mlx.utils import tree_unflatten
     from mlx_lm.utils import _download, dequantize_model, load_config
 
-    from mlxtune.modeling import load_model
+    from mlxtune.modeling import base_quantization, load_model
 
     rec = find_run(cfg, name)
     run = RunDir(rec.path)
@@ -63,6 +67,12 @@ def export_run(
     model_path = _download(base, revision=cfg.model.revision)
     config = load_config(model_path)
     _check_gguf(config, base, gguf=gguf, dequantize=dequantize)
+    quantization = base_quantization(run.root)
+    if quantization is not None and not dequantize:  # the fused weights stay quantized
+        config["quantization"] = config["quantization_config"] = quantization
+    rounds = not dequantize and "quantization" in config
+    questions = _test_questions(cfg, run.read_run().get("data_dir")) if rounds else []
+    reference = greedy_answers(model, tokenizer, questions, cfg.evaluate.max_tokens)
 
     fused = [
         (n, m.fuse(dequantize=dequantize)) for n, m in model.named_modules() if hasattr(m, "fuse")
@@ -73,6 +83,8 @@ def export_run(
         model = dequantize_model(model)
         config.pop("quantization", None)
         config.pop("quantization_config", None)
+    fused_answers = greedy_answers(model, tokenizer, questions, cfg.evaluate.max_tokens)
+    same = sum(a == b for a, b in zip(reference, fused_answers, strict=True))
 
     # The exact template training rendered with, so the fused model prompts the same.
     exact = run.chat_template.read_bytes() if run.chat_template.is_file() else None
@@ -85,7 +97,24 @@ def export_run(
         fused_layers=len(fused),
         dequantized=dequantize,
         gguf=out / GGUF_NAME if gguf else None,
+        agreement=(same, len(questions)) if rounds else None,
     )
+
+
+AGREEMENT_EXAMPLES = 16  # test questions compared when fusing rounds (or evaluate.max_examples)
+
+
+def _test_questions(cfg: Config, data_dir: str | None) -> list[list[dict[str, str]]]:
+    """The first prompts of the run's test split (none if it is gone)."""
+    from mlxtune.evaluate import load_examples
+
+    for folder in (data_dir, cfg.data.dir):
+        if folder and (Path(folder) / "test.jsonl").is_file():
+            examples = load_examples(
+                Path(folder), "test", cfg.evaluate.max_examples or AGREEMENT_EXAMPLES
+            )
+            return [ex.prompt for ex in examples]
+    return []
 
 
 def _check_target(run: RunDir, name: str, out: Path, force: bool) -> None:

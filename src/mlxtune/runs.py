@@ -704,35 +704,6 @@ def resolve_alias(alias: str, cfg: Config) -> Path:
     return event.path
 
 
-def is_alias(value: str | Path) -> bool:
-    return str(value).startswith("@")
-
-
-@dataclass
-class ServedAdapter:
-    """One `serve.adapters` entry after alias resolution (what /health should report)."""
-
-    model: str
-    path: Path
-    alias: str | None
-    run: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "path": str(self.path), "alias": self.alias, "run": self.run}
-
-
-def resolve_serve_adapters(adapters: dict[str, Path], cfg: Config) -> dict[str, ServedAdapter]:
-    """`serve.adapters` with every value resolved (`rundir.resolve_run`: "@alias", run name or
-    path) to its run directory, keeping the alias each came through."""
-    out = {}
-    for model, value in adapters.items():
-        text = str(value)
-        run = resolve_run(text, cfg, field=f"serve.adapters.{model}")
-        alias = text.removeprefix("@") if is_alias(text) else None
-        out[model] = ServedAdapter(model, run.root, alias, run.name)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Terminal helpers (pure strings; the CLI prints them)
 

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from mlxtune import __version__
-from mlxtune.cli import bench, config_cmd, data, doctor, evaluate, runs, serve, train
+from mlxtune.cli import bench, config_cmd, data, doctor, evaluate, runs, serve, train, verify
 from mlxtune.cli.common import console
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.command("validate-format")(data.validate_format)
 app.command("train")(train.train_cmd)
 app.command("evaluate")(evaluate.evaluate_cmd)
 app.command()(serve.serve)
+app.command()(verify.verify)
 app.command("bench")(bench.bench_cmd)
 app.add_typer(runs.app, name="runs")
 app.command()(runs.report)

@@ -29,7 +29,7 @@ def evaluate_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     adapter: Annotated[
-        Path | None, typer.Option(help="Adapter or run directory (default: latest run).")
+        Path | None, typer.Option(help="Run name, path or @alias (default: latest run).")
     ] = None,
     split: Annotated[str | None, typer.Option(help="Split to score: test, valid or train.")] = None,
     compare_base: Annotated[

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from mlxtune.cli.common import ConfigOpt, JsonOpt, SetOpt, console, handles_errors, resolve
+from mlxtune.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    SetOpt,
+    console,
+    err_console,
+    handles_errors,
+    resolve,
+)
 
 app = typer.Typer(
     help="The run registry: list, show, compare, promote and roll back runs.",
@@ -40,7 +48,7 @@ def runs_list(config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = Fa
 @app.command("show")
 @handles_errors
 def runs_show(
-    name: Annotated[str, typer.Argument(help="Run name or @alias.")],
+    name: Annotated[str, typer.Argument(help="Run name, path or @alias.")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
     json_: JsonOpt = False,
@@ -60,7 +68,7 @@ def runs_show(
 @app.command("compare")
 @handles_errors
 def runs_compare(
-    a: Annotated[str, typer.Argument(help="First run (name or @alias).")],
+    a: Annotated[str, typer.Argument(help="First run (name, path or @alias).")],
     b: Annotated[str, typer.Argument(help="Second run; deltas are B - A.")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -81,7 +89,7 @@ def runs_compare(
 @app.command("promote")
 @handles_errors
 def runs_promote(
-    name: Annotated[str, typer.Argument(help="Run to promote.")],
+    name: Annotated[str, typer.Argument(help="Run to promote (name, path or @alias).")],
     alias: AliasOpt = "current",
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -133,7 +141,7 @@ def runs_history(
 
 @handles_errors
 def report(
-    name: Annotated[str, typer.Argument(help="Run name or @alias.")],
+    name: Annotated[str, typer.Argument(help="Run name, path or @alias.")],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output directory (default <run>/report).")
     ] = None,
@@ -151,7 +159,7 @@ def report(
 
 @handles_errors
 def export(
-    name: Annotated[str, typer.Argument(help="Run name or @alias.")],
+    name: Annotated[str, typer.Argument(help="Run name, path or @alias.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the fused model.")],
     de_quantize: Annotated[
         bool, typer.Option("--de-quantize", help="Write full-precision weights.")
@@ -176,3 +184,15 @@ def export(
     )
     if result.gguf:
         console.print(f"wrote {result.gguf}")
+    if result.agreement is not None:
+        same, total = result.agreement
+        measured = (
+            f"{same}/{total} greedy test answers are identical to the run's"
+            if total
+            else "no test split found to measure how much"
+        )
+        err_console.print(
+            f"note: fusing into quantized weights rounds the adapter: {measured} "
+            "(--de-quantize keeps full precision)",
+            markup=False,
+        )

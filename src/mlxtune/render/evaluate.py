@@ -76,5 +76,8 @@ def print_evaluation(console: Console, report: EvalReport) -> None:
         + ", ".join(f"{k} {v:.1f}s" for k, v in timing.generate_s.items())
         + f"; total {timing.total_s:.1f}s"
     )
+    if report.served_by:
+        split = ", ".join(f"{name} {n}" for name, n in sorted(report.served_by.items()))
+        console.print(f"answered by: {split}", markup=False)
     verdict = "[green]PASSED[/green]" if report.passed else "[bold red]FAILED[/bold red]"
     console.print(f"gate {verdict}")

@@ -18,11 +18,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlxtune.errors import MlxtuneError
 from mlxtune.serve import embeddings, wire
+from mlxtune.serve.admin import router as admin_router
 from mlxtune.serve.engine import Engine, LoadedModel
 from mlxtune.serve.guard import BodyLimit, KeyGate
 from mlxtune.serve.metrics import Metrics
 from mlxtune.serve.models import default_model_name, load_models, usage_db_path
 from mlxtune.serve.routes import router
+from mlxtune.serve.routing import check_routes
 from mlxtune.serve.state import ServeState, get_state
 from mlxtune.serve.usage import UsageLog
 from mlxtune.serve.wire import ApiError
@@ -37,8 +39,9 @@ def create_app(cfg: Config, models: dict[str, LoadedModel] | None = None) -> Fas
     """The app for `cfg`: loads the models (unless given); the engine runs with the app's
     lifespan, so nothing generates until the app is started."""
     default = default_model_name(cfg)
-    if default not in (cfg.serve.base_name, *cfg.serve.adapters):
+    if default not in (cfg.serve.base_name, *cfg.serve.adapters, *cfg.serve.routes):
         raise MlxtuneError(f"serve.default_model: {default!r} is not a served model")
+    routes = check_routes(cfg, [cfg.serve.base_name, *cfg.serve.adapters])
     if models is None:
         models = load_models(cfg)
     adapters = {n: Path(m.adapter) for n, m in models.items() if m.adapter}
@@ -66,6 +69,7 @@ def create_app(cfg: Config, models: dict[str, LoadedModel] | None = None) -> Fas
         default_model=default,
         started=time.time(),
         embed=embeddings.build_service(cfg, models, metrics.registry),
+        routes=routes,
     )
     # The key first (outermost), then the body limits: no key, no 413 or 408 hints.
     app.add_middleware(BodyLimit, state=app.state.serve)
@@ -76,6 +80,7 @@ def create_app(cfg: Config, models: dict[str, LoadedModel] | None = None) -> Fas
     app.add_exception_handler(Exception, _bug)
     app.include_router(router)
     app.include_router(embeddings.router)
+    app.include_router(admin_router)
     return app
 
 

@@ -106,6 +106,13 @@ class EmbedService:
         if self.queue_gauge is not None:
             self.queue_gauge.set(self.worker.queue_depth())
 
+    def swap(self, name: str, loaded: LoadedModel, cfg: Config) -> None:
+        """After /admin/reload: pool the new adapter's hidden states. The worker shares this
+        dict, so a batch already taken finishes on the old weights, the next uses the new."""
+        from mlxtune.embeddings import pooled_embedder
+
+        self.embedders[name] = pooled_embedder(loaded.model, loaded.tokenizer, cfg)
+
     def health(self) -> dict[str, Any]:
         return {
             "ok": self.worker.alive and self.worker.error is None,

@@ -51,6 +51,10 @@ class GenRequest:
     # emit(kind, payload): ("text", str) per piece, ("done", finish_reason), ("error", Failure)
     emit: Callable[[str, Any], None] = lambda kind, payload: None
     stream: bool = True  # False: no text events; read `text` after ("done", ...)
+    route: str | None = None  # the `serve.routes` name asked for, when one picked `model`
+    # The model as loaded when the request was queued: a reload swaps `Engine.models[model]`
+    # for new requests, and this one still finishes, whole, on the weights it started with.
+    loaded: LoadedModel | None = None
     cancelled: bool = False
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
@@ -174,8 +178,17 @@ class Engine:
             free = self.max_batch_size - self._active[req.model]
             if len(self._waiting[req.model]) >= free and self._queued() >= self.max_queue:
                 raise QueueFull(f"queue full ({self.max_queue} waiting)")
+            req.loaded = self.models[req.model]
             self._waiting[req.model].append(req)
             self._wake.notify()
+
+    def swap(self, name: str, loaded: LoadedModel) -> LoadedModel:
+        """Serve `name` with `loaded` from the next request on; requests already queued or
+        decoding finish on the model they were queued for. Returns the model replaced."""
+        with self._lock:
+            old = self.models[name]
+            self.models[name] = loaded
+            return old
 
     def cancel(self, req: GenRequest) -> None:
         """The client went away: a waiting request leaves the queue now ("done", "cancelled");
@@ -219,7 +232,7 @@ class Engine:
         import mlx.core as mx
 
         stream = mx.default_stream(mx.default_device())
-        slots: dict[str, _Slot] = {}
+        slots: dict[int, _Slot] = {}  # by id() of the LoadedModel: old and new may overlap
         try:
             with mx.stream(stream):
                 self._loop(slots, stream)
@@ -240,7 +253,7 @@ class Engine:
                 with contextlib.suppress(Exception):
                     slot.gen.close()
 
-    def _loop(self, slots: dict[str, _Slot], stream: Any) -> None:
+    def _loop(self, slots: dict[int, _Slot], stream: Any) -> None:
         while True:
             refused: list[GenRequest] = []
             with self._lock:
@@ -266,31 +279,43 @@ class Engine:
                     req.emit("done", "cancelled")
                 else:
                     try:
-                        if req.model not in slots:
-                            slots[req.model] = _Slot(
-                                self.models[req.model], self.max_batch_size, stream
-                            )
-                        self._insert(slots[req.model], req)
+                        loaded = req.loaded or self.models[req.model]
+                        if id(loaded) not in slots:
+                            slots[id(loaded)] = _Slot(loaded, self.max_batch_size, stream)
+                        self._insert(slots[id(loaded)], req)
                     except Exception:  # this request only (a bad sampler, a prompt mlx refuses)
                         log.exception("generation failed for a %s request", req.model)
                         req.emit("error", GENERATION_FAILED)
                 self._admitting.pop(0)
             # One step per model with work, round robin: no adapter starves another.
-            for name, slot in list(slots.items()):
+            for key, slot in list(slots.items()):
                 if cut:
-                    self._end_all(slots.pop(name), SHUTTING_DOWN)
+                    self._end_all(slots.pop(key), SHUTTING_DOWN)
                 elif slot.active:
                     try:
                         self._step(slot)
                     except Exception:  # the batch shares the failure; a fresh generator next
-                        log.exception("generation failed for a batch of %s", name)
-                        self._end_all(slots.pop(name), GENERATION_FAILED)
+                        log.exception("generation failed for a batch of %s", slot.loaded.name)
+                        self._end_all(slots.pop(key), GENERATION_FAILED)
             with self._lock:
                 for name in self._active:
-                    self._active[name] = len(slots[name].active) if name in slots else 0
+                    self._active[name] = sum(
+                        len(s.active) for s in slots.values() if s.loaded.name == name
+                    )
+                self._retire(slots)
             self.active_count = sum(len(s.active) for s in slots.values())
             if self.on_step is not None:
                 self.on_step(self.active_count, self.queue_depth())
+
+    def _retire(self, slots: dict[int, _Slot]) -> None:
+        """Close the generators of models a reload replaced, once their last request is done
+        (called with the lock held, so no request can be queued for them meanwhile)."""
+        current = {id(m) for m in self.models.values()}
+        queued = {id(r.loaded) for q in self._waiting.values() for r in q}
+        for key in [k for k, s in slots.items() if k not in current and not s.active]:
+            if key not in queued:
+                with contextlib.suppress(Exception):
+                    slots.pop(key).gen.close()
 
     @staticmethod
     def _end_all(slot: _Slot, failure: Failure) -> None:

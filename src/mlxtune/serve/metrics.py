@@ -12,6 +12,10 @@ class Metrics:
         self.requests = Counter(
             "mlxtune_requests", "Requests by status and model", ["model", "status"], registry=r
         )
+        self.routed = Counter(
+            "mlxtune_route_requests", "Routed requests by variant",
+            ["route", "variant", "status"], registry=r,
+        )  # fmt: skip
         buckets = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
         self.latency = Histogram(
             "mlxtune_request_latency_seconds", "End-to-end latency", ["model"],

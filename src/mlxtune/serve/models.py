@@ -78,11 +78,11 @@ def load_models(cfg: Config) -> dict[str, LoadedModel]:
     mx.eval(base_model.parameters())
     models = {cfg.serve.base_name: LoadedModel(cfg.serve.base_name, base_model, base_tok)}
     for name, path in adapters.items():
-        models[name] = _load_adapter(cfg, name, path, base_model)
+        models[name] = load_adapter(cfg, name, path, base_model)
     return models
 
 
-def _load_adapter(cfg: Config, name: str, path: Path, base_model: Any) -> LoadedModel:
+def load_adapter(cfg: Config, name: str, path: Path, base_model: Any) -> LoadedModel:
     from mlxtune.modeling import load_model
 
     try:

@@ -19,6 +19,7 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from mlxtune.serve import wire
 from mlxtune.serve.engine import Failure, GenRequest, LoadedModel, QueueFull
 from mlxtune.serve.guard import AUTHED
+from mlxtune.serve.routing import pick_variant
 from mlxtune.serve.state import ServeState, get_state
 from mlxtune.serve.wire import ApiError, Body, ChatBody, CompletionBody
 
@@ -90,7 +91,7 @@ async def list_models(state: State) -> dict[str, Any]:
 async def chat(body: ChatBody, request: Request, state: State) -> Response:
     from mlxtune.formats import encode_prompt
 
-    name = _pick_model(state, body)
+    name = _pick_model(state, body, request)
     cap = state.cfg.serve.max_messages
     if len(body.messages) > cap:
         raise ApiError(
@@ -111,7 +112,7 @@ async def chat(body: ChatBody, request: Request, state: State) -> Response:
 async def completions(body: CompletionBody, request: Request, state: State) -> Response:
     from mlxtune.formats import encode
 
-    name = _pick_model(state, body)
+    name = _pick_model(state, body, request)
     max_tokens = _check_limits(state, body, chat=False)
     prompt = await _tokenize(state, encode, state.models[name].tokenizer, body.prompt)
     _check_prompt(state, prompt, chat=False)
@@ -140,8 +141,11 @@ class _Job:
         return wire.usage(len(self.req.prompt), self.req.completion_tokens)
 
 
-def _pick_model(state: ServeState, body: Body) -> str:
+def _pick_model(state: ServeState, body: Body, request: Request) -> str:
     name = body.model or state.default_model
+    if name in state.routes:  # A/B: one variant by weight, sticky per user or session
+        session = body.user or request.headers.get("x-session-id")
+        return pick_variant(name, state.routes[name], session)
     if name not in state.models:
         err = ApiError(
             404, f"model {name[:100]!r} not found; served: {', '.join(state.models)}",
@@ -199,6 +203,7 @@ def _submit(
     req = GenRequest(
         model=name, prompt=prompt, max_tokens=max_tokens, temperature=body.temperature,
         top_p=body.top_p, seed=body.seed, stop=body.stops(), emit=emit, stream=body.stream,
+        route=asked if (asked := body.model or state.default_model) in state.routes else None,
     )  # fmt: skip
     job = _Job(req, events, chat, wire.new_id(chat), int(time.time()))
     try:

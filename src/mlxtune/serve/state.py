@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from fastapi import Request
 
 from mlxtune.serve.engine import Engine, GenRequest, LoadedModel
 from mlxtune.serve.metrics import Metrics
+from mlxtune.serve.routing import Routes
 from mlxtune.serve.usage import UsageLog
 
 if TYPE_CHECKING:
@@ -33,6 +35,8 @@ class ServeState:
     tokenizer_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="mlxtune-tokenize")
     )
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    routes: Routes = field(default_factory=dict)  # serve.routes, checked
     embed: EmbedService | None = None  # POST /v1/embeddings (serve/embeddings.py)
 
     def record(self, req: GenRequest, endpoint: str, status: int, finish: str | None) -> None:
@@ -47,11 +51,13 @@ class ServeState:
                 m.ttft.labels(req.model).observe(ttft)
         m.tokens.labels(req.model, "in").inc(len(req.prompt))
         m.tokens.labels(req.model, "out").inc(req.completion_tokens)
+        if req.route is not None:
+            m.routed.labels(req.route, req.model, str(status)).inc()
         self.usage.log(
             endpoint=endpoint, model=req.model, prompt_tokens=len(req.prompt),
             completion_tokens=req.completion_tokens, latency_s=round(latency, 6),
             ttft_s=None if ttft is None else round(ttft, 6), status=status,
-            finish_reason=finish,
+            finish_reason=finish, route=req.route,
         )  # fmt: skip
 
     def record_refusal(self, status: int, model: str | None) -> None:

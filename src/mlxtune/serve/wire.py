@@ -63,6 +63,9 @@ class Body(BaseModel):
     )
     stream: StrictBool = False
     n: StrictInt = Field(1, ge=1, le=1, description="Only 1 is supported.")
+    user: Text | None = Field(
+        None, max_length=256, description="End-user id; keeps a route's variant sticky."
+    )
 
     @field_validator("stop")
     @classmethod

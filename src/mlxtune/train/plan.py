@@ -51,6 +51,7 @@ class PlannedRun:
     train_batches: Batches
     valid_examples: list[Example]
     step_type: Any = None  # the loop's TrainStep class; None for text (vlm.train: VisionTrainStep)
+    tokenizer: Any = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,15 +127,14 @@ def setup_model(cfg: Config) -> tuple[Any, Any, str]:
     """(model, tokenizer, template) with the trainable layers in place and everything else
     frozen; quantized first for QLoRA."""
     import mlx.core as mx
-    import mlx.nn as nn
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from mlxtune.modeling import load_model
+    from mlxtune.modeling import load_model, qlora_quantization
 
     t = cfg.train
-    model, tokenizer, template = load_model(cfg.model)
-    if t.quantize_bits:
-        nn.quantize(model, bits=t.quantize_bits, group_size=64)
+    model, tokenizer, template = load_model(
+        cfg.model, quantization=qlora_quantization(t.quantize_bits)
+    )
     mx.random.seed(t.seed)
     model.freeze()
     # num_layers beyond the model is reported with the data problems, all at once.
@@ -283,6 +283,7 @@ def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> Plan
         template=template,
         train_batches=batches,
         valid_examples=valid_ex,
+        tokenizer=tokenizer,
     )
 
 

@@ -28,6 +28,9 @@ class TrainResult:
     plan: TrainPlan
     final: dict[str, Any] = field(default_factory=dict)  # run.json's `final` block
     dry_run: bool = False
+    # The trained model in memory (library callers compare it with what other verbs load).
+    model: Any = field(default=None, repr=False, compare=False)
+    tokenizer: Any = field(default=None, repr=False, compare=False)
 
 
 def train(
@@ -110,8 +113,9 @@ def _train(
     )
     events.on_train_done(TrainDone(planned.run.root, "completed", final))
     return TrainResult(
-        run_dir=planned.run.root, status="completed", plan=planned.plan, final=asdict(final)
-    )
+        run_dir=planned.run.root, status="completed", plan=planned.plan, final=asdict(final),
+        model=planned.model, tokenizer=planned.tokenizer,
+    )  # fmt: skip
 
 
 def _estimate(planned: PlannedRun, args: LoopArgs, world: Any) -> None:

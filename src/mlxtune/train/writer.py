@@ -21,6 +21,7 @@ from mlxtune import __version__
 from mlxtune.config import Config
 from mlxtune.formats import template_fingerprint
 from mlxtune.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file
+from mlxtune.modeling import QLORA_MARKER, qlora_quantization
 from mlxtune.provenance import git_commit, versions
 from mlxtune.rundir import RunDir, read_metrics
 from mlxtune.train.events import (
@@ -67,6 +68,7 @@ class RunWriter(TrainingCallback):
             "started_at": started_at,
             "finished_at": None,
             "world_size": event.plan.world_size,
+            "base_quantization": qlora_quantization(cfg.train.quantize_bits),
             "resumed_from_step": event.resumed_from or None,
             "host": platform.node(),
             "final": None,
@@ -130,6 +132,8 @@ def adapter_config(cfg: Config) -> dict[str, Any]:
         "mask_prompt": t.mask_prompt,
         "seed": t.seed,
         "mlxtune_version": __version__,
+        # mlx-lm ignores this key; mlxtune.modeling.load_model quantizes the base with it.
+        "base_quantization": qlora_quantization(t.quantize_bits),
     }
 
 
@@ -140,6 +144,8 @@ def save_adapter(model: Any, cfg: Config, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     weights = dict(tree_flatten(model.trainable_parameters()))
+    if cfg.train.quantize_bits:  # raw mlx-lm refuses this adapter instead of misloading it
+        weights[QLORA_MARKER] = mx.zeros((1,))
     tmp = out / ".adapters.tmp.safetensors"
     mx.save_safetensors(str(tmp), weights)
     os.replace(tmp, out / "adapters.safetensors")
