@@ -202,6 +202,8 @@ def validate_format(
             for i in rec.empty_turns(record):
                 role = record["messages"][i]["role"]
                 add(where, f"messages[{i}].content", f"empty {role} turn", "empty")
+            for fld, message in formats.tool_problems(record):
+                add(where, fld, message, "tools")
             if order:
                 continue
         elif not str(record["text"]).strip():
@@ -331,7 +333,9 @@ def prompt_mismatches(tokenizer: Any, record: dict[str, Any]) -> list[str]:
             f"training prompt ({len(trained_prompt)} tokens) differs from the generation "
             f"prompt ({len(generation)} tokens) at token {at}"
         )
-    raw = formats._hf(tokenizer).apply_chat_template(record["messages"], return_dict=False)
+    raw = formats._hf(tokenizer).apply_chat_template(
+        record["messages"], tools=record.get("tools"), return_dict=False
+    )
     if list(raw) != tokens:
         out.append(
             f"raw mlx-lm tokenizes this record to {len(raw)} tokens, mlxtune to {len(tokens)}"
