@@ -108,6 +108,8 @@ def from_mlx_lm(raw: dict[str, Any], source: str = "config") -> Imported:
             lines.append(f"{source}: {key}: not an mlx-lm lora key{hint}")
         raise ConfigError(lines)
     given = {k: v for k, v in raw.items() if v is not None}
+    if isinstance(given.get("learning_rate"), str):  # PyYAML reads 1e-5 as a string
+        given["learning_rate"] = _number(given["learning_rate"], "learning_rate")
     cfg = {**MLX_LM_DEFAULTS, **given}
     out = Imported()
 
@@ -137,6 +139,13 @@ def from_mlx_lm(raw: dict[str, Any], source: str = "config") -> Imported:
         if key in given and key != "config" and not (key == "train" and given[key] is True):
             out.notes.append(f"{key}: no equivalent; {why}")
     return out
+
+
+def _number(value: Any, key: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
 
 
 def _import_data(given: dict[str, Any], out: Imported) -> None:
@@ -228,27 +237,36 @@ def _import_schedule(schedule: Any, out: Imported) -> None:
     name, args = schedule["name"], list(schedule.get("arguments") or [])
     if name == "cosine_decay" and args:
         out.put("train.lr_schedule", "cosine", "lr_schedule.name")
-        out.put("train.learning_rate", float(args[0]), "lr_schedule.arguments[0]")
+        out.put(
+            "train.learning_rate",
+            _number(args[0], "lr_schedule.arguments[0]"),
+            "lr_schedule.arguments[0]",
+        )
         if len(args) > 2:
-            out.put("train.min_lr", float(args[2]), "lr_schedule.arguments[2]")
+            out.put(
+                "train.min_lr",
+                _number(args[2], "lr_schedule.arguments[2]"),
+                "lr_schedule.arguments[2]",
+            )
         if len(args) > 1:
             out.notes.append(
                 "lr_schedule.arguments[1]: decay steps are not set; mlxtune decays over "
                 "the steps after warmup"
             )
     elif name == "linear_schedule" and len(args) >= 2:
-        constant = float(args[0]) == float(args[1])
-        out.put("train.lr_schedule", "constant" if constant else "linear", "lr_schedule.name")
-        out.put("train.learning_rate", float(args[0]), "lr_schedule.arguments[0]")
-        if not constant:
-            out.put("train.min_lr", float(args[1]), "lr_schedule.arguments[1]")
+        start = _number(args[0], "lr_schedule.arguments[0]")
+        end = _number(args[1], "lr_schedule.arguments[1]")
+        out.put("train.lr_schedule", "constant" if start == end else "linear", "lr_schedule.name")
+        out.put("train.learning_rate", start, "lr_schedule.arguments[0]")
+        if start != end:
+            out.put("train.min_lr", end, "lr_schedule.arguments[1]")
     else:
         raise ConfigError(
             f"lr_schedule.name: {name!r} has no equivalent (mlxtune: cosine_decay, linear_schedule)"
         )
     if schedule.get("warmup"):
         out.put("train.warmup_steps", int(schedule["warmup"]), "lr_schedule.warmup")
-    if schedule.get("warmup_init"):
+    if schedule.get("warmup_init") and _number(schedule["warmup_init"], "warmup_init") != 0:
         out.notes.append("lr_schedule.warmup_init: no equivalent; warmup starts from 0")
 
 
@@ -281,14 +299,10 @@ def to_yaml(imported: Imported, source: str) -> str:
     for section, values in imported.tree.items():
         lines.append(f"{section}:")
         for key, value in values.items():
-            dumped = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=None)
-            body = dumped.rstrip().splitlines()
+            flow = yaml.safe_dump(value, default_flow_style=True, width=1000)
+            flow = flow.removesuffix("\n").removesuffix("\n...").strip()
             comment = imported.origin.get(f"{section}.{key}")
-            if comment and len(body) == 1:
-                body[0] += f"  # mlx-lm: {comment}"
-            elif comment:
-                lines.append(f"  # mlx-lm: {comment}")
-            lines.extend("  " + b for b in body)
+            lines.append(f"  {key}: {flow}" + (f"  # mlx-lm: {comment}" if comment else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -86,6 +86,7 @@ def config_import(
     text = to_yaml(imported, str(source))
     if out is None:
         sys.stdout.write(text)
+        sys.stdout.flush()
     else:
         if out.exists() and not force:
             raise MlxtuneError(f"{out}: already exists (use --force to overwrite)")
