@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, run_cli
 
-from mlxtune.config import Config, load_config, validate_tree
+from conftest import REPO, run_cli
+from mlxtune.config import load_config, validate_tree
 from mlxtune.config_import import (
     KNOWN_KEYS,
     MLX_LM_DEFAULTS,
@@ -66,7 +66,7 @@ def test_import_maps_keys_and_takes_mlx_lm_defaults() -> None:
 def test_import_rejects_what_mlx_lm_would_silently_ignore() -> None:
     with pytest.raises(ConfigError, match="learning_rat: not an mlx-lm lora key, did you mean"):
         from_mlx_lm({"model": "m", "learning_rat": 1e-4})
-    with pytest.raises(ConfigError, match="lr_schedule.name: 'step_decay' has no equivalent"):
+    with pytest.raises(ConfigError, match=r"lr_schedule\.name: 'step_decay' has no equivalent"):
         from_mlx_lm({"lr_schedule": {"name": "step_decay", "arguments": [1, 2, 3]}})
 
 
