@@ -157,3 +157,97 @@ def test_shipped_mlx_lm_config_trains_the_tiny_model(
     assert config["num_layers"] == 2
     run = json.loads((adapters / "run.json").read_text())
     assert run["final"]["steps"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Tool-calling data, as mlx-lm trains it
+
+
+def _tool_rows() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in TOOLS_DATA.read_text().splitlines()]
+
+
+def test_tool_records_keep_tools_and_calls_and_train_the_calls(tiny_model: Path) -> None:
+    from mlx_lm.utils import load_tokenizer
+
+    from mlxtune import formats
+
+    tok = load_tokenizer(tiny_model)
+    assert tok.has_tool_calling  # mlx-lm reads the tiny template's calls back (json_tools)
+    row = next(r for r in _tool_rows() if len(r["messages"]) == 4)
+    record = formats.to_canonical(row)
+    assert record["tools"] == row["tools"]
+    assert record["messages"][1]["tool_calls"] == row["messages"][1]["tool_calls"]
+    assert record["messages"][2]["tool_call_id"] == row["messages"][2]["tool_call_id"]
+    assert formats.role_order_problem(record["messages"]) is None
+    tokens, mask = formats.encode_for_training(tok, record)
+    hf = formats._hf(tok)
+    trained = hf.decode([t for t, m in zip(tokens, mask, strict=True) if m])
+    masked = hf.decode([t for t, m in zip(tokens, mask, strict=True) if not m])
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"' in trained
+    assert "<tools>" in masked and "<tool_response>" in masked
+    assert '"name": "get_weather", "arguments"' not in masked
+
+
+def test_role_order_with_tool_turns() -> None:
+    from mlxtune.formats import role_order_problem
+
+    call = {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f"}}]}
+    user, tool = {"role": "user", "content": "q"}, {"role": "tool", "content": "r"}
+    answer = {"role": "assistant", "content": "a"}
+    assert role_order_problem([user, call, tool, tool, answer]) is None
+    assert role_order_problem([user, call]) is None
+    assert "expected 'tool'" in str(role_order_problem([user, call, answer]))
+    assert "expected 'user'" in str(role_order_problem([user, answer, tool]))
+
+
+def test_validate_format_names_bad_tool_calls_at_file_line(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    rows = _tool_rows()
+    rows[2]["messages"][1]["tool_calls"][0]["function"]["name"] = "get_wether"
+    rows[4]["messages"][1]["tool_calls"][0]["function"]["arguments"] = '{"city": "Oslo"'
+    bad = tmp_path / "train.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {{path: {tiny_model}}}\ntrain: {{batch_size: 2}}\n")
+    proc = run_cli("validate-format", str(bad), "-c", str(cfg))
+    assert proc.returncode == 1
+    out = proc.stdout + proc.stderr
+    assert f"{bad}:3" in out and "unknown tool 'get_wether'" in out
+    assert f"{bad}:5" in out and "not valid JSON" in out
+    good = run_cli("validate-format", str(TOOLS_DATA), "-c", str(cfg))
+    assert good.returncode == 0, good.stdout + good.stderr
+
+
+@pytest.mark.e2e
+def test_tool_calling_dataset_prepares_and_trains(tiny_model: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "tools.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"path": str(tiny_model)},
+                "data": {"dir": str(tmp_path / "data")},
+                "prepare": {"sources": [{"path": str(TOOLS_DATA)}], "valid_ratio": 0.2,
+                            "test_ratio": 0.0, "group_by": "category"},
+                "train": {"method": "lora", "iters": 2, "batch_size": 2, "num_layers": 2,
+                          "runs_dir": str(tmp_path / "runs"), "name": "tools",
+                          "registry_dir": str(tmp_path / "reg"), "steps_per_eval": 2,
+                          "val_batches": 1, "learning_rate": 1e-4},
+            }
+        )
+    )  # fmt: skip
+    proc = run_cli("prepare", "-c", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    prepared = [
+        json.loads(line)
+        for split in ("train", "valid")
+        for line in (tmp_path / "data" / f"{split}.jsonl").read_text().splitlines()
+    ]
+    assert len(prepared) == len(_tool_rows())
+    assert all(r["tools"] for r in prepared)
+    assert sum(bool(m.get("tool_calls")) for r in prepared for m in r["messages"]) == 12
+    proc = run_cli("train", "-c", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads((tmp_path / "runs" / "tools" / "run.json").read_text())
+    assert run["status"] == "completed" and run["final"]["trained_tokens"] > 0

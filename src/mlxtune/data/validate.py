@@ -319,7 +319,7 @@ def prompt_mismatches(tokenizer: Any, record: dict[str, Any]) -> list[str]:
     differ. Also compare with how raw mlx-lm tokenizes the same record."""
     out = []
     prompt, _ = formats.prompt_and_answer(record)
-    generation = formats.encode_prompt(tokenizer, prompt)
+    generation = formats.encode_prompt(tokenizer, prompt, tools=record.get("tools"))
     tokens, mask = formats.encode_for_training(tokenizer, record, mask_prompt=True)
     starts = [i for i in range(1, len(mask)) if mask[i] and not mask[i - 1]]
     start = starts[-1] if starts else len(tokens)
