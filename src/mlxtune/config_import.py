@@ -194,11 +194,11 @@ def _import_data(given: dict[str, Any], out: Imported) -> None:
                 "rename the fields, or read the files through prepare.sources[].columns"
             )
     else:
-        src: dict[str, Any] = {"path": data, "type": "hf"}
+        hub: dict[str, Any] = {"path": data, "type": "hf"}
         columns = {f: c for f, c in features.items() if f != c}
         if columns:
-            src["columns"] = columns
-        out.put("prepare.sources", [src], "data")
+            hub["columns"] = columns
+        out.put("prepare.sources", [hub], "data")
         out.notes.append(f"data: {data} is a hub dataset; run `mlxtune prepare` first")
 
 
