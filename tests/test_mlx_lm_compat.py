@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO, run_cli
-from mlxtune.config import load_config, validate_tree
+from mlxtune.config import Config, load_config, validate_tree
 from mlxtune.config_import import (
     KNOWN_KEYS,
     MLX_LM_DEFAULTS,
@@ -251,3 +251,13 @@ def test_tool_calling_dataset_prepares_and_trains(tiny_model: Path, tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     run = json.loads((tmp_path / "runs" / "tools" / "run.json").read_text())
     assert run["status"] == "completed" and run["final"]["trained_tokens"] > 0
+
+
+def test_dry_run_plan_says_the_lora_scale_loudly_when_not_mlx_lms() -> None:
+    from mlxtune.train.plan import lora_summary
+
+    same = lora_summary(Config().train)
+    assert same == "rank 8, scale 20 (scale), as mlx-lm"
+    peft = Config.model_validate({"train": {"lora_rank": 8, "lora_alpha": 16}}).train
+    assert "mlx-lm's default is 20" in str(lora_summary(peft)) and "0.1x" in str(lora_summary(peft))
+    assert lora_summary(Config.model_validate({"train": {"method": "full"}}).train) is None
