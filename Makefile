@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	bash scripts/install-system-deps.sh
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,$${MLXTUNE_BACKEND:-cpu}]"  # cpu, cuda12 or cuda13
 	touch $(STAMP)
 
 demo: install   ## the whole lifecycle on the shipped data and a freshly built tiny model

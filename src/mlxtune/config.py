@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -39,6 +40,11 @@ class ModelConfig(Section):
     chat_template: str | None = Field(
         None,
         description="Chat template used when the tokenizer has none: 'chatml' or a Jinja string.",
+    )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra chat template variables, e.g. {enable_thinking: false}; serve "
+        "requests may add their own.",
     )
     override_chat_template: bool = Field(
         False, description="Use `chat_template` even when the tokenizer ships its own."
@@ -515,6 +521,12 @@ class Config(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
+    # One-line notes for the user from loading (an mlx-lm file converted); the CLI prints them.
+    _notices: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def notices(self) -> list[str]:
+        return self._notices
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -563,7 +575,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -672,7 +684,18 @@ def load_config(
     flags: dict[str, Any] | None = None,
 ) -> Config:
     """Build the resolved config: defaults < YAML < --set overrides < flags (None = not given)."""
-    tree: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    tree: dict[str, Any] = read_yaml(Path(path)) if path else {}
+    notices: list[str] = []
+    if tree:
+        from mlxtune.config_import import from_mlx_lm, is_mlx_lm_config
+
+        if is_mlx_lm_config(tree):
+            imported = from_mlx_lm(tree, str(path))
+            tree = imported.tree
+            dropped = f", {len(imported.notes)} keys not carried over" if imported.notes else ""
+            notices.append(
+                f"{path}: mlx-lm config converted{dropped} (see: mlxtune config import {path})"
+            )
     if path:
         _resolve_beside(tree, "evaluate", "output_schema", Path(path).parent)
     for dotted, value in parse_overrides(overrides or []).items():
@@ -680,12 +703,18 @@ def load_config(
     for dotted, value in (flags or {}).items():
         if value is not None:
             _set_dotted(tree, dotted, value)
-    try:
-        cfg = Config.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e), source=str(path) if path else None) from None
     # Relative paths stay relative to the working directory, as in mlx-lm.
+    cfg = validate_tree(tree, str(path) if path else None)
+    cfg._notices.extend(notices)
     return cfg
+
+
+def validate_tree(tree: dict[str, Any], source: str | None = None) -> Config:
+    """A config tree -> Config, every problem reported at once."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e), source=source) from None
 
 
 def json_schema() -> dict[str, Any]:

@@ -20,7 +20,7 @@ app = typer.Typer(
     name="mlxtune",
     help="Fine-tune language models with MLX: prepare, validate, train, evaluate, serve, bench.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
