@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from code_graph import DATABASE, PASSWORD, USER, BoltServer, bolt_server, graph_spec, seed
 from conftest import run_cli
+from mlxtune.code_graph import DATABASE, PASSWORD, USER, BoltServer, bolt_server, graph_spec, seed
 from mlxtune.config import AugmentConfig, QualityConfig, SourceConfig, load_config
 from mlxtune.data import records as rec
 from mlxtune.data.augment import augment, template_paraphrases
@@ -200,7 +200,7 @@ def test_graph_auth_failure(
 
 
 def test_graph_connection_refused(tiny_model: Path, tmp_path: Path, monkeypatch):
-    from code_graph import loopback_port
+    from mlxtune.code_graph import loopback_port
 
     for name, value in ENV.items():
         monkeypatch.setenv(name, value)

@@ -209,7 +209,8 @@ class AugmentConfig(Section):
     templates: list[str] = Field(
         default_factory=lambda: list(DEFAULT_AUGMENT_TEMPLATES),
         description="Rephrasings: {question} is the question as written, {topic} the same "
-        "without its final mark and capital ('What is X?' -> 'what is X').",
+        "without its final mark and capital ('What is X?' -> 'what is X'), {words} its content "
+        "words, {words_a} / {words_b} every other content word.",
     )
     splits: list[Literal["train", "valid", "test"]] = Field(
         default_factory=lambda: ["train"],  # type: ignore[arg-type]
@@ -230,9 +231,12 @@ class AugmentConfig(Section):
     def _templates_usable(self) -> AugmentConfig:
         if self.method == "templates" and not self.templates:
             raise ValueError("templates: at least one template")
+        from mlxtune.data.augment import PLACEHOLDERS
+
         for t in self.templates:
-            if "{question}" not in t and "{topic}" not in t:
-                raise ValueError(f"templates: {t!r} has neither {{question}} nor {{topic}}")
+            if not any(f"{{{p}}}" in t for p in PLACEHOLDERS):
+                names = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
+                raise ValueError(f"templates: {t!r} names none of {names}")
         return self
 
 
