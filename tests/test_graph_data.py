@@ -285,6 +285,18 @@ def test_template_augmentation_is_deterministic_and_never_duplicates_held_out():
     assert first["test"] == test and report.added == {"train": 1}
 
 
+def test_template_placeholders_keep_the_content_words():
+    from mlxtune.data.augment import fill
+
+    q = "Which port is assigned to the Rust LLM Router in mlx-service.py?"
+    assert fill("{words}?", q) == "port assigned Rust LLM Router mlx-service.py?"
+    assert fill("{words_a} / {words_b}", q) == "port Rust Router / assigned LLM mlx-service.py"
+    assert fill("Tell me {topic}. {unknown}", q).startswith("Tell me which port is")
+    assert fill("x {unknown}", q) == "x {unknown}"
+    with pytest.raises(ValueError, match=r"names none of \{question\}"):
+        AugmentConfig(templates=["no placeholder here"])
+
+
 @pytest.mark.e2e
 def test_model_augmentation_on_the_tiny_model(tiny_model: Path):
     from mlxtune.config import ModelConfig

@@ -349,6 +349,9 @@ class EvaluateConfig(Section):
     max_tokens: int = Field(64, gt=0, description="Tokens to generate per answer.")
     batch_size: int = Field(16, gt=0, description="Questions generated together.")
     max_examples: int | None = Field(None, gt=0, description="Score at most this many.")
+    include_augmented: bool = Field(
+        False, description="Also score rows prepare.augment added (skipped by default)."
+    )
     compute_loss: bool = Field(True, description="Also compute loss and perplexity.")
     min: dict[str, float] = Field(
         default_factory=dict,

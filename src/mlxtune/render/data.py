@@ -78,30 +78,22 @@ def print_funnel(console: Console, manifest: dict[str, Any]) -> None:
 
 
 def print_explain(console: Console, result: PrepareResult, n: int) -> None:
-    """N records the quality threshold dropped, each with its score and factor values."""
-    dropped = result.quality_dropped[:n]
+    """N records the quality threshold dropped: where, score, each factor (the ones that cost
+    it in red), then the question and answer, clipped. One block per record: fits any width."""
     if not result.quality_dropped:
         console.print("no records were dropped by quality (prepare.quality unset or all kept)")
         return
-    factors = list(dropped[0].factors)
-    table = Table(
-        title=f"dropped by quality: {len(dropped)} of {len(result.quality_dropped)}",
-        show_header=True,
-    )
-    table.add_column("where")
-    table.add_column("question / answer", overflow="fold", ratio=1)
-    table.add_column("score", justify="right")
-    for f in factors:
-        table.add_column(f, justify="right")
-    for d in dropped:
-        question, answer = _question_answer(d.record)
-        table.add_row(
-            escape(d.where),
-            escape(f"{_clip(question)}\n-> {_clip(answer)}"),
-            f"{d.score:.2f}",
-            *(_factor_cell(d.factors.get(f)) for f in factors),
+    shown = result.quality_dropped[:n]
+    console.rule(f"dropped by quality: {len(shown)} of {len(result.quality_dropped)}")
+    for d in shown:
+        factors = "  ".join(
+            f"[red]{f} {v:.2f}[/red]" if v < 1 else f"{f} {v:.2f}" for f, v in d.factors.items()
         )
-    console.print(table)
+        console.print(f"[bold]{escape(d.where)}[/bold]  score {d.score:.2f}", highlight=False)
+        console.print(f"  {factors}", highlight=False)
+        question, answer = _question_answer(d.record)
+        console.print(f"  Q: {escape(_clip(question))}", highlight=False)
+        console.print(f"  A: {escape(_clip(answer))}", highlight=False)
 
 
 def _question_answer(record: dict[str, Any]) -> tuple[str, str]:
@@ -114,13 +106,6 @@ def _question_answer(record: dict[str, Any]) -> tuple[str, str]:
 def _clip(text: str, limit: int = 80) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _factor_cell(value: float | None) -> str:
-    if value is None:
-        return ""
-    cell = f"{value:.2f}"
-    return f"[red]{cell}[/red]" if value < 0.5 else cell
 
 
 def print_validation(console: Console, result: ValidateResult, show: int) -> None:
