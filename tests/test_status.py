@@ -97,9 +97,13 @@ def test_status_counts_prepared_data_runs_and_aliases(tiny_model: Path, tmp_path
 class _Health(BaseHTTPRequestHandler):
     body: ClassVar[dict[str, Any]] = {}
     code = 200
+    key = ""
 
     def do_GET(self) -> None:
-        payload = json.dumps(self.body).encode()
+        body = self.body
+        if self.key and self.headers.get("Authorization") != f"Bearer {self.key}":
+            body = {"status": body.get("status")}  # as serve: details only with the key
+        payload = json.dumps(body).encode()
         self.send_response(self.code if self.path == "/health" else 404)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -139,6 +143,12 @@ def test_status_reports_a_running_server(tmp_path: Path, health_server):
     res = runner.invoke(app, ["status", "-c", str(config)])
     assert "up http://127.0.0.1:" in res.output and "demo" in res.output
 
+    handler.key = "sekret"  # details need the key: status sends serve.api_key
+    assert "adapters" not in status_json(config)["server"]["detail"]
+    res = runner.invoke(app, ["status", "-c", str(config), "--set", "serve.api_key=sekret"])
+    assert "demo" in res.output and "details need" not in res.output
+
+    handler.key = ""
     handler.code, handler.body = 503, {"status": "error", "error": "worker died"}
     server = status_json(config)["server"]
     assert server["state"] == "unhealthy" and server["detail"]["error"] == "worker died"

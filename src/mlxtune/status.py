@@ -109,7 +109,9 @@ def status(
         source_kinds=sorted({source_type(s) for s in cfg.prepare.sources}),
         data=data_status(Path(cfg.prepare.out_dir or cfg.data.dir)),
         runs=runs_status(cfg),
-        server=server_status(cfg.serve.host, cfg.serve.port, health_timeout),
+        server=server_status(
+            cfg.serve.host, cfg.serve.port, health_timeout, cfg.serve.resolved_api_key()
+        ),
         graphs=[
             graph_status(s, graph_timeout) for s in cfg.prepare.sources if source_type(s) == "neo4j"
         ],
@@ -188,12 +190,18 @@ def _loopback(host: str) -> str:
     return "[::1]" if host in ("::1", "::") else "127.0.0.1"
 
 
-def server_status(host: str, port: int, timeout: float = HEALTH_TIMEOUT_S) -> ServerStatus:
+def server_status(
+    host: str, port: int, timeout: float = HEALTH_TIMEOUT_S, api_key: str | None = None
+) -> ServerStatus:
+    """GET /health on loopback; with the key (when one is set), so the details come back."""
     if port == 0:
         return ServerStatus(url="", state="skipped", problem="serve.port 0 picks a port at start")
     url = f"http://{_loopback(host)}:{port}/health"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=timeout
+        ) as response:
             return ServerStatus(url, "up", _health_detail(response.read()))
     except urllib.error.HTTPError as e:  # 503: up, but the worker failed
         return ServerStatus(url, "unhealthy", _health_detail(e.read()), f"HTTP {e.code}")
@@ -211,7 +219,9 @@ def _health_detail(body: bytes) -> dict[str, Any]:
         return {}
     keep = ("status", "error", "default_model", "uptime_s", "queue_depth", "active")
     detail = {k: data[k] for k in keep if k in data}
-    detail["adapters"] = [a.get("name") for a in data.get("adapters") or [] if isinstance(a, dict)]
+    if "adapters" in data:  # absent when the server keeps its details behind the key
+        adapters = data.get("adapters") or []
+        detail["adapters"] = [a.get("name") for a in adapters if isinstance(a, dict)]
     return detail
 
 

@@ -80,7 +80,9 @@ def print_status(console: Console, result: StatusResult) -> None:
     table.add_row("aliases", escape(aliases) if aliases else "none (mlxtune runs promote NAME)")
 
     server = result.server
-    if server.state == "up":
+    if server.state == "up" and "adapters" not in server.detail:
+        table.add_row("server", f"[green]up[/green] {server.url} (details need serve.api_key)")
+    elif server.state == "up":
         d = server.detail
         models = ", ".join(str(a) for a in d.get("adapters") or []) or "base only"
         table.add_row(
