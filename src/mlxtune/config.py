@@ -215,7 +215,8 @@ class AugmentConfig(Section):
     templates: list[str] = Field(
         default_factory=lambda: list(DEFAULT_AUGMENT_TEMPLATES),
         description="Rephrasings: {question} is the question as written, {topic} the same "
-        "without its final mark and capital ('What is X?' -> 'what is X').",
+        "without its final mark and capital ('What is X?' -> 'what is X'), {words} its content "
+        "words, {words_a} / {words_b} every other content word.",
     )
     splits: list[Literal["train", "valid", "test"]] = Field(
         default_factory=lambda: ["train"],  # type: ignore[arg-type]
@@ -236,9 +237,12 @@ class AugmentConfig(Section):
     def _templates_usable(self) -> AugmentConfig:
         if self.method == "templates" and not self.templates:
             raise ValueError("templates: at least one template")
+        from mlxtune.data.augment import PLACEHOLDERS
+
         for t in self.templates:
-            if "{question}" not in t and "{topic}" not in t:
-                raise ValueError(f"templates: {t!r} has neither {{question}} nor {{topic}}")
+            if not any(f"{{{p}}}" in t for p in PLACEHOLDERS):
+                names = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
+                raise ValueError(f"templates: {t!r} names none of {names}")
         return self
 
 
@@ -351,6 +355,9 @@ class EvaluateConfig(Section):
     max_tokens: int = Field(64, gt=0, description="Tokens to generate per answer.")
     batch_size: int = Field(16, gt=0, description="Questions generated together.")
     max_examples: int | None = Field(None, gt=0, description="Score at most this many.")
+    include_augmented: bool = Field(
+        False, description="Also score rows prepare.augment added (skipped by default)."
+    )
     compute_loss: bool = Field(True, description="Also compute loss and perplexity.")
     min: dict[str, float] = Field(
         default_factory=dict,

@@ -136,11 +136,16 @@ def _thresholds(cfg: Config, categories: set[str], has_base: bool) -> list[Thres
     return out
 
 
-def load_examples(data_dir: Path, split: str, max_examples: int | None = None) -> list[Example]:
-    """Chat records of `<data_dir>/<split>.jsonl` whose last message is the expected answer."""
+def load_examples(
+    data_dir: Path, split: str, max_examples: int | None = None, *, augmented: bool = False
+) -> list[Example]:
+    """Chat records of `<data_dir>/<split>.jsonl` whose last message is the expected answer;
+    rows `prepare.augment` added are skipped unless `augmented`."""
     path = Path(data_dir) / f"{split}.jsonl"
     examples: list[Example] = []
     for n, row in formats.read_records(path):
+        if row.get("augmented") and not augmented:
+            continue
         if not isinstance(row.get("messages"), list):
             raise DataError(f"{path}:{n}: messages: evaluate needs chat records")
         keywords = row.get("keywords") or []
@@ -420,7 +425,9 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
     if ev.endpoint and not ev.endpoint_model:
         raise ConfigError("evaluate.endpoint_model: required with --endpoint (use --model NAME)")
     has_base = ev.compare_base and not ev.endpoint
-    examples = load_examples(cfg.data.dir, ev.split, ev.max_examples)
+    examples = load_examples(
+        cfg.data.dir, ev.split, ev.max_examples, augmented=ev.include_augmented
+    )
     categories = sorted({ex.category for ex in examples})
     thresholds = _thresholds(cfg, set(categories), has_base)
     warnings: list[str] = []

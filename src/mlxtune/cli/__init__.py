@@ -13,7 +13,18 @@ from typing import Annotated
 import typer
 
 from mlxtune import __version__
-from mlxtune.cli import bench, config_cmd, data, doctor, evaluate, runs, serve, train, verify
+from mlxtune.cli import (
+    bench,
+    config_cmd,
+    data,
+    doctor,
+    evaluate,
+    runs,
+    serve,
+    status,
+    train,
+    verify,
+)
 from mlxtune.cli.common import console
 
 app = typer.Typer(
@@ -27,6 +38,7 @@ app = typer.Typer(
 # Registration order is the order `--help` and docs/cli.md list the commands in.
 app.add_typer(config_cmd.app, name="config")
 app.command()(doctor.doctor)
+app.command()(status.status)
 app.command("tiny-model")(data.tiny_model)
 app.command()(data.prepare)
 app.command("validate-format")(data.validate_format)
