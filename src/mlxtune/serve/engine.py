@@ -51,6 +51,9 @@ class GenRequest:
     # emit(kind, payload): ("text", str) per piece, ("done", finish_reason), ("error", Failure)
     emit: Callable[[str, Any], None] = lambda kind, payload: None
     stream: bool = True  # False: no text events; read `text` after ("done", ...)
+    # this request's own mlx-lm logits processors (a response_format constraint)
+    logits_processors: list[Any] = field(default_factory=list)
+    response_format: str | None = None  # "json_object" / "json_schema" when constrained
     cancelled: bool = False
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
@@ -303,7 +306,10 @@ class Engine:
 
     def _insert(self, slot: _Slot, req: GenRequest) -> None:
         sampler = make_request_sampler(req.temperature, req.top_p, req.seed)
-        (uid,) = slot.gen.insert([req.prompt], max_tokens=[req.max_tokens], samplers=[sampler])
+        (uid,) = slot.gen.insert(
+            [req.prompt], max_tokens=[req.max_tokens], samplers=[sampler],
+            logits_processors=[req.logits_processors],
+        )  # fmt: skip
         req.uid = uid
         req.detok = slot.loaded.tokenizer.detokenizer
         slot.active[uid] = req

@@ -17,10 +17,12 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from mlxtune.serve import wire
+from mlxtune.serve.constrain import requested_format
 from mlxtune.serve.engine import Failure, GenRequest, LoadedModel, QueueFull
 from mlxtune.serve.guard import AUTHED
 from mlxtune.serve.state import ServeState, get_state
 from mlxtune.serve.wire import ApiError, Body, ChatBody, CompletionBody
+from mlxtune.structured import ResponseFormat
 
 RETRY_AFTER_S = 1
 
@@ -182,8 +184,9 @@ def _check_prompt(state: ServeState, prompt: list[int], *, chat: bool) -> None:
 
 
 def _submit(
-    state: ServeState, body: Body, name: str, prompt: list[int], max_tokens: int, *, chat: bool
-) -> _Job:
+    state: ServeState, body: Body, name: str, prompt: list[int], max_tokens: int, *,
+    chat: bool, fmt: ResponseFormat | None = None, processors: list[Any] | None = None,
+) -> _Job:  # fmt: skip
     """Queue the generation, or answer 503 Retry-After at once when the queue is full."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -194,6 +197,7 @@ def _submit(
     req = GenRequest(
         model=name, prompt=prompt, max_tokens=max_tokens, temperature=body.temperature,
         top_p=body.top_p, seed=body.seed, stop=body.stops(), emit=emit, stream=body.stream,
+        logits_processors=processors or [], response_format=fmt.type if fmt else None,
     )  # fmt: skip
     job = _Job(req, events, chat, wire.new_id(chat), int(time.time()))
     try:
@@ -218,7 +222,9 @@ async def _generate(
     *,
     chat: bool,
 ) -> Response:
-    job = _submit(state, body, name, prompt, max_tokens, chat=chat)
+    fmt = requested_format(body.response_format)
+    processors = await state.constraints.for_request(state.models[name], fmt, max_tokens)
+    job = _submit(state, body, name, prompt, max_tokens, chat=chat, fmt=fmt, processors=processors)
     if body.stream:
         # Starlette cancels this stream when the client disconnects; its `finally` cancels
         # the generation.

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 
+from mlxtune.serve.constrain import Constraints
 from mlxtune.serve.engine import Engine, GenRequest, LoadedModel
 from mlxtune.serve.metrics import Metrics
 from mlxtune.serve.usage import UsageLog
@@ -32,6 +33,7 @@ class ServeState:
     tokenizer_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="mlxtune-tokenize")
     )
+    constraints: Constraints = field(default_factory=Constraints)  # response_format grammars
 
     def record(self, req: GenRequest, endpoint: str, status: int, finish: str | None) -> None:
         """A request the engine took: its metrics and its usage row."""
@@ -45,11 +47,13 @@ class ServeState:
                 m.ttft.labels(req.model).observe(ttft)
         m.tokens.labels(req.model, "in").inc(len(req.prompt))
         m.tokens.labels(req.model, "out").inc(req.completion_tokens)
+        if req.response_format:
+            m.constrained.labels(req.model, req.response_format, str(status)).inc()
         self.usage.log(
             endpoint=endpoint, model=req.model, prompt_tokens=len(req.prompt),
             completion_tokens=req.completion_tokens, latency_s=round(latency, 6),
             ttft_s=None if ttft is None else round(ttft, 6), status=status,
-            finish_reason=finish,
+            finish_reason=finish, response_format=req.response_format,
         )  # fmt: skip
 
     def record_refusal(self, status: int, model: str | None) -> None:

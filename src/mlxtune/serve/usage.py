@@ -28,8 +28,13 @@ class UsageLog:
         db.execute(
             "CREATE TABLE IF NOT EXISTS requests (id INTEGER PRIMARY KEY, time TEXT NOT NULL, "
             "endpoint TEXT, model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, "
-            "latency_s REAL, ttft_s REAL, status INTEGER, finish_reason TEXT)"
+            "latency_s REAL, ttft_s REAL, status INTEGER, finish_reason TEXT, "
+            "response_format TEXT)"
         )
+        # Logs written before a column existed gain it (NULL in their old rows).
+        have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+        if "response_format" not in have:
+            db.execute("ALTER TABLE requests ADD COLUMN response_format TEXT")
         db.close()
         self._rows: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._writer = threading.Thread(target=self._write, name="mlxtune-usage", daemon=True)

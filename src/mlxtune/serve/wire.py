@@ -63,6 +63,9 @@ class Body(BaseModel):
     )
     stream: StrictBool = False
     n: StrictInt = Field(1, ge=1, le=1, description="Only 1 is supported.")
+    response_format: Any = Field(
+        None, description="text, json_object or json_schema: decoding is constrained to it."
+    )
 
     @field_validator("stop")
     @classmethod
