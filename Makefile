@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format bench docs clean
+.PHONY: install demo demo-structured test test-fast lint format bench docs clean
 
 install: $(STAMP)
 
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 
 demo: install   ## the whole lifecycle on the shipped data and a freshly built tiny model
 	bash scripts/demo.sh
+
+demo-structured: install   ## JSON answers: format compliance of base, adapter, adapter + constrained decoding
+	bash scripts/demo_structured.sh
 
 test: install   ## unit, CLI and end-to-end tests (real mlx-lm on a tiny model)
 	$(BIN)/pytest
