@@ -170,11 +170,12 @@ def test_usage_log_and_metrics_count_constrained_requests(app: Any) -> None:
         body = {"model": "ad1", "messages": QUESTION, "max_tokens": 40}
         r = app.post("/v1/chat/completions", json={**body, "response_format": fmt}, headers=AUTH)
         assert r.status_code == 200, r.text
+    state.usage.flush()  # rows are written by the log's own thread
     with sqlite3.connect(state.usage.path) as db:
         rows = db.execute(
             "SELECT response_format, status FROM requests WHERE rowid > ? ORDER BY rowid", (last,)
         ).fetchall()
     assert rows == [("json_schema", 200), ("json_object", 200), (None, 200)]
-    text = app.get("/metrics").text
+    text = app.get("/metrics", headers=AUTH).text
     line = 'mlxtune_constrained_requests_total{model="ad1",response_format="json_schema",'
     assert line + 'status="200"}' in text
