@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-graph test test-fast lint format bench docs clean
+.PHONY: install demo demo-graph demo-structured test test-fast lint format bench docs clean
 
 install: $(STAMP)
 
@@ -20,6 +20,9 @@ demo: install   ## the whole lifecycle on the shipped data and a freshly built t
 
 demo-graph: install   ## training data from a code graph over Bolt: quality, augmentation, train, evaluate
 	bash scripts/demo_graph.sh
+
+demo-structured: install   ## JSON answers: format compliance of base, adapter, adapter + constrained decoding
+	bash scripts/demo_structured.sh
 
 test: install   ## unit, CLI and end-to-end tests (real mlx-lm on a tiny model)
 	$(BIN)/pytest

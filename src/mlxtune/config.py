@@ -493,7 +493,10 @@ class ServeConfig(Section):
 
 
 class BenchConfig(Section):
-    what: Literal["train", "generate", "serve", "all"] = Field("all", description="What to time.")
+    what: Literal["train", "generate", "serve", "structured", "all"] = Field(
+        "all",
+        description="What to time; structured (constrained vs free serve load) is not in all.",
+    )
     repeat: int = Field(1, gt=0, description="Repeat each measurement; min/median/max reported.")
     baseline: Literal["none", "mlx-lm"] = Field(
         "none", description="Also run raw mlx-lm on the same workload."

@@ -96,6 +96,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "peak_memory_gb": ("GB", False),
     "max_rss_mb": ("MB", False),
     "wall_s": ("s", False),
+    "throughput_ratio": ("x", True),
+    "format_compliance": ("share", True),
 }
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from mlxtune.bench.core import SECTIONS, BenchResult, Progress, Recorder, environment, targets
 from mlxtune.bench.generate import bench_generate
 from mlxtune.bench.serve import bench_serve_once, serve_adapter
+from mlxtune.bench.structured import bench_structured
 from mlxtune.bench.train import bench_train_once, check_data
 from mlxtune.errors import MlxtuneError
 
@@ -32,8 +33,10 @@ _TRAIN_SETTINGS = (
 
 
 def _check_arguments(what: str, baseline: str, repeat: int) -> None:
-    if what not in (*SECTIONS, "all"):
-        raise MlxtuneError(f"--what: expected train, generate, serve or all, got {what!r}")
+    if what not in (*SECTIONS, "structured", "all"):
+        raise MlxtuneError(
+            f"--what: expected train, generate, serve, structured or all, got {what!r}"
+        )
     if baseline not in ("none", "mlx-lm"):
         raise MlxtuneError(f"--baseline: expected none or mlx-lm, got {baseline!r}")
     if repeat < 1:
@@ -85,6 +88,8 @@ def bench(
                     rec.add("train", "lora", target, bench_train_once(cfg, target, work, say))
         if "generate" in sections:
             bench_generate(cfg, rec, sides, repeat, say, work)
+        if "structured" in sections:
+            bench_structured(cfg, work, rec, say, repeat)
         if "serve" in sections:
             for r in range(repeat):
                 for target in sides:

@@ -54,6 +54,9 @@ class GenRequest:
     # The model as loaded when the request was queued: a reload swaps `Engine.models[model]`
     # for new requests, and this one still finishes, whole, on the weights it started with.
     loaded: LoadedModel | None = None
+    # this request's own mlx-lm logits processors (a response_format constraint)
+    logits_processors: list[Any] = field(default_factory=list)
+    response_format: str | None = None  # "json_object" / "json_schema" when constrained
     cancelled: bool = False
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
@@ -313,7 +316,7 @@ class Engine:
             [req.prompt],
             max_tokens=[req.max_tokens],
             samplers=[make_sampler(req.sampling)],
-            logits_processors=[make_processors(req.sampling)],
+            logits_processors=[make_processors(req.sampling) + req.logits_processors],
         )
         req.uid = uid
         req.detok = slot.loaded.tokenizer.detokenizer

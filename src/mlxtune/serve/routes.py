@@ -18,12 +18,14 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from mlxtune.serve import wire
+from mlxtune.serve.constrain import requested_format
 from mlxtune.serve.engine import Failure, GenRequest, LoadedModel, QueueFull
 from mlxtune.serve.guard import AUTHED
 from mlxtune.serve.openai_fields import check_extras
 from mlxtune.serve.routing import pick_variant
 from mlxtune.serve.state import ServeState, get_state
 from mlxtune.serve.wire import ApiError, Body, ChatBody, CompletionBody
+from mlxtune.structured import ResponseFormat
 
 RETRY_AFTER_S = 1
 
@@ -121,7 +123,11 @@ async def chat(body: ChatBody, request: Request, state: State) -> Response:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ApiError(400, f"messages: cannot render prompt: {first}", param="messages") from None
     _check_prompt(state, prompt, chat=True)
-    job = _submit(state, body, name, prompt, max_tokens, chat=True, logprobs=body.logprobs_wanted())
+    constraint = await _constrain(state, body, name, max_tokens)
+    job = _submit(
+        state, body, name, prompt, max_tokens, chat=True, logprobs=body.logprobs_wanted(),
+        **constraint,
+    )  # fmt: skip
     job.tools = tools
     return await _respond(state, request, body, job)
 
@@ -144,7 +150,11 @@ async def completions(body: CompletionBody, request: Request, state: State) -> R
         if body.stream:
             raise ApiError(400, "stream: a batch of prompts cannot stream", param="stream")
         return await _batch(state, request, body, name, prompts, max_tokens)
-    job = _submit(state, body, name, prompts[0], max_tokens, chat=False, logprobs=body.logprobs)
+    constraint = await _constrain(state, body, name, max_tokens)
+    job = _submit(
+        state, body, name, prompts[0], max_tokens, chat=False, logprobs=body.logprobs,
+        **constraint,
+    )  # fmt: skip
     return await _respond(state, request, body, job)
 
 
@@ -222,15 +232,10 @@ def _check_prompt(state: ServeState, prompt: list[int], *, chat: bool) -> None:
 
 
 def _submit(
-    state: ServeState,
-    body: Body,
-    name: str,
-    prompt: list[int],
-    max_tokens: int,
-    *,
-    chat: bool,
-    logprobs: int | None = None,
-) -> _Job:
+    state: ServeState, body: Body, name: str, prompt: list[int], max_tokens: int, *,
+    chat: bool, logprobs: int | None = None, fmt: ResponseFormat | None = None,
+    processors: list[Any] | None = None,
+) -> _Job:  # fmt: skip
     """Queue the generation, or answer 503 Retry-After at once when the queue is full."""
     vocab = state.models[name].model.args.vocab_size if body.logit_bias else 0
     if body.logit_bias and any(int(t) >= vocab for t in body.logit_bias):
@@ -245,6 +250,7 @@ def _submit(
         model=name, prompt=prompt, max_tokens=max_tokens, sampling=body.sampling(logprobs),
         stop=body.stops(), emit=emit, stream=body.stream,
         route=asked if (asked := body.model or state.default_model) in state.routes else None,
+        logits_processors=processors or [], response_format=fmt.type if fmt else None,
     )  # fmt: skip
     job = _Job(req, events, chat, wire.new_id(chat), int(time.time()))
     job.include_usage = body.include_usage
@@ -258,6 +264,13 @@ def _submit(
         busy.model = name
         raise busy from None
     return job
+
+
+async def _constrain(state: ServeState, body: Body, name: str, max_tokens: int) -> dict[str, Any]:
+    """`response_format` -> this request's grammar processors (compiled off the event loop)."""
+    fmt = requested_format(body.response_format)
+    processors = await state.constraints.for_request(state.models[name], fmt, max_tokens)
+    return {"fmt": fmt, "processors": processors}
 
 
 async def _respond(state: ServeState, request: Request, body: Body, job: _Job) -> Response:
@@ -330,7 +343,16 @@ async def _batch(
 ) -> Response:
     """A list of completion prompts: one choice each, generated side by side."""
     jobs = [
-        _submit(state, body, name, p, max_tokens, chat=False, logprobs=body.logprobs)
+        _submit(
+            state,
+            body,
+            name,
+            p,
+            max_tokens,
+            chat=False,
+            logprobs=body.logprobs,
+            **await _constrain(state, body, name, max_tokens),  # a fresh constraint per prompt
+        )
         for p in prompts
     ]
     responses = await asyncio.gather(*(_whole(state, request, j) for j in jobs))

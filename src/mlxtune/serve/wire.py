@@ -107,6 +107,10 @@ class Body(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    response_format: Any = Field(
+        None, description="text, json_object or json_schema: decoding is constrained to it."
+    )
+
     @field_validator("stop")
     @classmethod
     def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
