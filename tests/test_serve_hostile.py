@@ -158,7 +158,7 @@ def test_a_dead_worker_exits_the_process(tiny_model: Path, adapter: Path, tmp_pa
     inject = (
         "import sys; from mlxtune.serve import engine; orig = engine.Engine._insert\n"
         "def insert(self, slot, req):\n"
-        "    if req.seed == 668: raise SystemExit('injected')\n"
+        "    if req.sampling.seed == 668: raise SystemExit('injected')\n"
         "    orig(self, slot, req)\n"
         "engine.Engine._insert = insert\n"
         "from mlxtune.cli import main\n"
