@@ -249,7 +249,7 @@ def vision_run(tmp_path_factory: pytest.TempPathFactory, tiny_vlm: Path, vision_
         tmp, tiny_vlm, vision_set / "jobs.sqlite", iters=2, learning_rate=5e-2, steps_per_eval=2
     )
     raw = yaml.safe_load(cfg_path.read_text())
-    raw["train"] |= {"runs_dir": str(tmp / "runs"), "name": "r"}
+    raw["train"] |= {"runs_dir": str(tmp / "runs"), "name": "r", "registry_dir": str(tmp / "reg")}
     raw["evaluate"] |= {"max_examples": 3, "max_tokens": 8}
     cfg_path.write_text(yaml.safe_dump(raw))
     cfg = load_config(cfg_path)
@@ -272,6 +272,20 @@ def test_evaluate_scores_a_vlm_adapter_beside_its_base(vision_run: Path) -> None
     test_ids = [json.loads(x)["id"] for x in (cfg.data.dir / "test.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == test_ids[:3]
     assert any(r["base"] != r["adapter"] for r in rows)  # the adapter is applied
+
+    from typer.testing import CliRunner
+
+    from mlxtune.cli import app
+
+    c = ["-c", str(vision_run)]
+    res = CliRunner().invoke(app, ["runs", "promote", "r", *c])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["runs", "list", *c, "--json"])
+    assert res.exit_code == 0, res.output
+    (listed,) = json.loads(res.output)
+    assert listed["name"] == "r" and "current" in listed["aliases"]
+    res = CliRunner().invoke(app, ["runs", "list", *c])  # no keywords: token F1 shown instead
+    assert res.exit_code == 0 and " f1" in res.output, res.output
 
 
 def _data_uri(path: Path) -> str:
