@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-graph demo-structured test test-fast lint format bench docs clean
+.PHONY: install demo demo-graph demo-structured demo-vision test test-fast lint format bench docs clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ demo-graph: install   ## training data from a code graph over Bolt: quality, aug
 
 demo-structured: install   ## JSON answers: format compliance of base, adapter, adapter + constrained decoding
 	bash scripts/demo_structured.sh
+
+demo-vision: install   ## a tiny vision-language model on synthetic shapes: train, evaluate, serve an image
+	bash scripts/demo_vision.sh
 
 test: install   ## unit, CLI and end-to-end tests (real mlx-lm on a tiny model)
 	$(BIN)/pytest

@@ -444,20 +444,30 @@ def _run_models(
     import mlx.core as mx
 
     from mlxtune.modeling import load_model
+    from mlxtune.vlm.kind import model_kind
 
     ev = cfg.evaluate
+    load: Callable[..., tuple[Any, Any, str]] = load_model
+    run_side: Callable[..., SideOutput] = _run_local
+    if model_kind(cfg.model) == "vlm":  # same flow; mlx-vlm loads and answers (docs/vision.md)
+        from mlxtune.vlm.evaluate import run_vision_side
+        from mlxtune.vlm.load import load_vlm
+
+        if ev.constrained:
+            raise ConfigError("evaluate.constrained: not supported for vision-language models yet")
+        load, run_side = load_vlm, run_vision_side
     try:
         run = resolve_run(ev.adapter, cfg, field="evaluate.adapter")
     except MlxtuneError as e:
         raise UsageError(str(e)) from None
     outputs: dict[str, SideOutput] = {}
     t0 = time.perf_counter()
-    model, tokenizer, template = load_model(cfg.model, run.root)
+    model, tokenizer, template = load(cfg.model, run.root)
     load_s = time.perf_counter() - t0
     mismatch = _check_template(run, template, ev.allow_template_mismatch)
     if mismatch:
         warnings.append(mismatch)
-    outputs["adapter"] = _run_local(cfg, model, tokenizer, examples, "adapter", progress)
+    outputs["adapter"] = run_side(cfg, model, tokenizer, examples, "adapter", progress)
     if ev.constrained:
         outputs[CONSTRAINED] = _run_local(
             cfg, model, tokenizer, examples, CONSTRAINED, progress, constrained=True
@@ -466,9 +476,9 @@ def _run_models(
     mx.clear_cache()
     if has_base:
         t0 = time.perf_counter()
-        model, tokenizer, _ = load_model(cfg.model)
+        model, tokenizer, _ = load(cfg.model)
         load_s += time.perf_counter() - t0
-        outputs["base"] = _run_local(cfg, model, tokenizer, examples, "base", progress)
+        outputs["base"] = run_side(cfg, model, tokenizer, examples, "base", progress)
         del model
         mx.clear_cache()
     return run, outputs, formats.template_fingerprint(template), load_s

@@ -36,6 +36,7 @@ class LoadedModel:
     adapter: str | None = None  # adapter directory, None for the base model
     fingerprint: str | None = None  # sha256 of adapters.safetensors
     alias: str | None = None  # the registry alias it was served by ("current"), if any
+    processor: Any = None  # a vision-language model's: it answers through mlxtune.vlm.serve
 
 
 @dataclass(eq=False)  # compared by identity: the engine finds a request in its queues
@@ -61,6 +62,7 @@ class GenRequest:
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     completion_tokens: int = 0
+    images: int = 0  # image parts in the request (vision-language models)
     # worker-side state
     uid: int | None = None
     detok: Any = None

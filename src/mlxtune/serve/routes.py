@@ -109,6 +109,11 @@ async def chat(body: ChatBody, request: Request, state: State) -> Response:
             400, f"messages: {len(body.messages)} is over the cap of {cap}", param="messages"
         )
     max_tokens = _check_limits(state, body, chat=True)
+    if body.image_urls() or state.models[name].processor is not None:
+        from mlxtune.vlm.serve import refuse_images_to_text_model, vision_chat
+
+        refuse_images_to_text_model(body, state.models[name])
+        return await vision_chat(state, body, name, max_tokens)
     tokenizer = state.models[name].tokenizer
     tools = body.tools_in_use()
     if tools and not supports_tools(tokenizer):
@@ -138,6 +143,11 @@ async def completions(body: CompletionBody, request: Request, state: State) -> R
 
     check_extras(body.model_extra, "completions")
     name = _pick_model(state, body, request)
+    if state.models[name].processor is not None:
+        raise ApiError(
+            400, f"model {name!r} is a vision-language model: use /v1/chat/completions",
+            param="model",
+        )  # fmt: skip
     max_tokens = _check_limits(state, body, chat=False)
     tokenizer = state.models[name].tokenizer
     prompts = [

@@ -60,6 +60,7 @@ class ServeState:
             completion_tokens=req.completion_tokens, latency_s=round(latency, 6),
             ttft_s=None if ttft is None else round(ttft, 6), status=status,
             finish_reason=finish, route=req.route, response_format=req.response_format,
+            images=req.images,
         )  # fmt: skip
 
     def record_refusal(self, status: int, model: str | None) -> None:

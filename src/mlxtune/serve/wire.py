@@ -144,10 +144,25 @@ class ToolCall(BaseModel):
     function: ToolCallFunction
 
 
+class ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    url: Text = Field(..., description="A base64 `data:` URI (remote URLs are refused).")
+
+
+class ImagePart(BaseModel):
+    """An image for a vision-language model (docs/vision.md)."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: Text | list[ContentPart] | None = None
+    content: Text | list[Annotated[ContentPart | ImagePart, Field(discriminator="type")]] | None = (
+        None
+    )
     tool_calls: list[ToolCall] | None = Field(None, max_length=64)
     tool_call_id: Text | None = None
     name: Text | None = None
@@ -155,7 +170,12 @@ class ChatMessage(BaseModel):
     def text(self) -> str:
         if isinstance(self.content, str) or self.content is None:
             return self.content or ""
-        return "".join(p.text for p in self.content)
+        return "".join(p.text for p in self.content if isinstance(p, ContentPart))
+
+    def image_urls(self) -> list[str]:
+        if isinstance(self.content, str) or self.content is None:
+            return []
+        return [p.image_url.url for p in self.content if isinstance(p, ImagePart)]
 
     def as_message(self) -> dict[str, Any]:
         """The message as `formats.encode_prompt` takes it; "developer" is OpenAI's new name
@@ -192,6 +212,9 @@ class ChatBody(Body):
 
     def logprobs_wanted(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def image_urls(self) -> list[str]:
+        return [url for m in self.messages for url in m.image_urls()]
 
 
 class CompletionBody(Body):
