@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format bench docs clean
+.PHONY: install demo demo-graph demo-structured demo-vision test test-fast lint format bench docs clean
 
 install: $(STAMP)
 
@@ -12,11 +12,20 @@ $(STAMP): pyproject.toml
 	bash scripts/install-system-deps.sh
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,$${MLXTUNE_BACKEND:-cpu}]"  # cpu, cuda12 or cuda13
 	touch $(STAMP)
 
 demo: install   ## the whole lifecycle on the shipped data and a freshly built tiny model
 	bash scripts/demo.sh
+
+demo-graph: install   ## training data from a code graph over Bolt: quality, augmentation, train, evaluate
+	bash scripts/demo_graph.sh
+
+demo-structured: install   ## JSON answers: format compliance of base, adapter, adapter + constrained decoding
+	bash scripts/demo_structured.sh
+
+demo-vision: install   ## a tiny vision-language model on synthetic shapes: train, evaluate, serve an image
+	bash scripts/demo_vision.sh
 
 test: install   ## unit, CLI and end-to-end tests (real mlx-lm on a tiny model)
 	$(BIN)/pytest

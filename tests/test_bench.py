@@ -356,3 +356,26 @@ def test_train_json_reports_trained_tokens_like_mlx_lm() -> None:
     )  # fmt: skip
     (report,) = B.parse_train_json(["noise", line])
     assert report["tokens_per_s"] == 300.0 and report["it_per_s"] == 2.0
+
+
+@pytest.mark.e2e
+def test_structured_bench_mixes_constrained_and_free(tiny_model: Path, tmp_path: Path) -> None:
+    from mlxtune.bench import bench
+
+    cfg = load_config(
+        overrides=[
+            f"model.path={tiny_model}",
+            f"serve.usage_db={tmp_path / 'usage.sqlite'}",
+            "bench.concurrency=[4]",
+            "bench.requests_per_level=4",
+            "bench.gen_tokens=32",
+        ]
+    )
+    result = bench(cfg, what="structured")
+    ratio = result.figure("structured", "c=4 half constrained / all free", "throughput_ratio")
+    compliance = result.figure("structured", "c=4 half constrained / all free", "format_compliance")
+    assert ratio is not None and ratio.mlxtune[0] > 0
+    assert compliance is not None and compliance.mlxtune == [1.0]  # both constrained answers
+    for case in ("all free", "half constrained"):
+        ok = result.figure("structured", f"c=4 {case}", "ok")
+        assert ok is not None and ok.mlxtune == [4.0]

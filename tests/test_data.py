@@ -372,7 +372,7 @@ BAD_VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("chat", {"messages": []}),
     ("chat", {"messages": [{"role": "bot", "content": "x"}]}),
     ("chat", {"messages": [{"role": "user", "content": 3}]}),
-    ("chat", {"messages": [{"role": "user"}]}),
+    ("chat", {"messages": [{"content": "x"}]}),  # content may be absent (tool calls), role not
     ("chat", {"messages": "hi"}),
     ("chat", {"messages": [{"role": "user", "content": "q"}], "id": True}),
     ("chat", {"messages": [{"role": "user", "content": "q"}], "keywords": ["a", 1]}),

@@ -71,6 +71,17 @@ def test_load_examples_names_file_and_line(tmp_path: Path) -> None:
     assert ex.expected == "a" and ex.category == "uncategorized" and ex.keywords == []
 
 
+def test_load_examples_skips_augmented_rows_unless_asked(tmp_path: Path) -> None:
+    def row(question: str, **extra: str) -> str:
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": "a"}]
+        return json.dumps({"messages": messages, **extra})
+
+    lines = [row("q1"), row("Quick question: q1", augmented="templates"), row("q2")]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    assert [ex.line for ex in load_examples(tmp_path, "train")] == [1, 3]
+    assert [ex.line for ex in load_examples(tmp_path, "train", augmented=True)] == [1, 2, 3]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("lm_eval") is not None, reason="lm-eval installed")
 def test_tasks_without_lm_eval_exit_2_with_install_hint(tmp_path: Path) -> None:
     with pytest.raises(MlxtuneError, match="pip install lm-eval") as err:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from code_graph import DATABASE, PASSWORD, USER, BoltServer, bolt_server, graph_spec, seed
 from conftest import run_cli
+from mlxtune.code_graph import DATABASE, PASSWORD, USER, BoltServer, bolt_server, graph_spec, seed
 from mlxtune.config import AugmentConfig, QualityConfig, SourceConfig, load_config
 from mlxtune.data import records as rec
 from mlxtune.data.augment import augment, template_paraphrases
@@ -200,7 +200,7 @@ def test_graph_auth_failure(
 
 
 def test_graph_connection_refused(tiny_model: Path, tmp_path: Path, monkeypatch):
-    from code_graph import loopback_port
+    from mlxtune.code_graph import loopback_port
 
     for name, value in ENV.items():
         monkeypatch.setenv(name, value)
@@ -285,6 +285,18 @@ def test_template_augmentation_is_deterministic_and_never_duplicates_held_out():
     assert first["test"] == test and report.added == {"train": 1}
 
 
+def test_template_placeholders_keep_the_content_words():
+    from mlxtune.data.augment import fill
+
+    q = "Which port is assigned to the Rust LLM Router in mlx-service.py?"
+    assert fill("{words}?", q) == "port assigned Rust LLM Router mlx-service.py?"
+    assert fill("{words_a} / {words_b}", q) == "port Rust Router / assigned LLM mlx-service.py"
+    assert fill("Tell me {topic}. {unknown}", q).startswith("Tell me which port is")
+    assert fill("x {unknown}", q) == "x {unknown}"
+    with pytest.raises(ValueError, match=r"names none of \{question\}"):
+        AugmentConfig(templates=["no placeholder here"])
+
+
 @pytest.mark.e2e
 def test_model_augmentation_on_the_tiny_model(tiny_model: Path):
     from mlxtune.config import ModelConfig
@@ -307,3 +319,48 @@ def test_model_augmentation_on_the_tiny_model(tiny_model: Path):
 
 def _q(record: dict[str, Any]) -> str:
     return str(record["messages"][0]["content"])
+
+
+# ---------------------------------------------------------------------------------------------
+# What the CLI shows: the funnel, `--explain N`, and `status` with a graph source
+
+
+def test_prepare_explain_shows_dropped_records_with_factors(
+    bolt: BoltServer, tiny_model: Path, tmp_path: Path
+):
+    tree = graph_config(tmp_path, tiny_model, bolt.uri, quality={"threshold": 0.5},
+                        augment={"factor": 2})  # fmt: skip
+    proc = run_cli("prepare", "-c", str(write_config(tmp_path, tree)), "--explain", "3", **ENV)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    dropped = len(methods_of_kind("terse", "loop"))
+    assert f"dropped by quality: 3 of {dropped}" in out
+    assert "repetition" in out and "explanation" in out  # factor columns
+    manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
+    funnel = manifest["funnel"]
+    for stage in ("extracted", "kept by quality", "augmented"):
+        assert stage in out
+    assert f"+{funnel['augmented']}" in out and str(funnel["extracted"]) in out
+
+
+def test_status_counts_graph_nodes_by_label(bolt: BoltServer, tiny_model: Path, tmp_path: Path):
+    from mlxtune.status import status
+
+    tree = graph_config(tmp_path, tiny_model, bolt.uri)
+    result = status(load_config(write_config(tmp_path, tree)))
+    assert result.source_kinds == ["neo4j"]
+    [graph] = result.graphs
+    assert graph.problem is None
+    assert graph.labels == {label: len(rows) for label, rows in graph_spec().items()}
+
+
+def test_status_with_an_unreachable_graph(tiny_model: Path, tmp_path: Path, monkeypatch):
+    from mlxtune.code_graph import loopback_port
+    from mlxtune.status import status
+
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    uri = f"bolt://127.0.0.1:{loopback_port()}"
+    result = status(load_config(write_config(tmp_path, graph_config(tmp_path, tiny_model, uri))))
+    [graph] = result.graphs
+    assert graph.labels is None and "cannot connect" in (graph.problem or "")

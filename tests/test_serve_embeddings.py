@@ -147,6 +147,8 @@ def test_bad_requests_are_400_naming_the_limit(served: App) -> None:
     for raw in strict:
         r = served.http.post("/v1/embeddings", content=raw, headers=auth)
         assert r.status_code == 400, raw
+    r = served.http.post("/v1/embeddings", json={"input": "hi", "truncate": True}, headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "truncate"  # never ignored
     r = served.http.post("/v1/embeddings", json={"input": "x" * (16 * 64 + 1)}, headers=auth)
     assert r.status_code == 400 and r.json()["error"]["code"] == "embed.max_tokens_per_input"
     r = served.http.post(

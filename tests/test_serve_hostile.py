@@ -122,19 +122,19 @@ def test_an_engine_error_fails_only_its_request(app: App, monkeypatch: pytest.Mo
     an OpenAI error (a stream: an error event, then the end) and the worker keeps serving."""
     from mlxtune.serve import engine
 
-    sampler, flush = engine.make_request_sampler, engine.Engine._flush
+    sampler, flush = engine.make_sampler, engine.Engine._flush
 
-    def bad_sampler(temperature: float, top_p: float, seed: int | None) -> Any:
-        if seed == 666:
+    def bad_sampler(sampling: Any) -> Any:
+        if sampling.seed == 666:
             raise ValueError("injected insert fault")
-        return sampler(temperature, top_p, seed)
+        return sampler(sampling)
 
     def bad_flush(req: Any, *, final: bool) -> None:
-        if req.seed == 667:
+        if req.sampling.seed == 667:
             raise ValueError("injected decode fault")
         flush(req, final=final)
 
-    monkeypatch.setattr(engine, "make_request_sampler", bad_sampler)
+    monkeypatch.setattr(engine, "make_sampler", bad_sampler)
     monkeypatch.setattr(engine.Engine, "_flush", staticmethod(bad_flush))
     for seed in (666, 667):
         r = app.complete(temperature=1, seed=seed)
@@ -158,7 +158,7 @@ def test_a_dead_worker_exits_the_process(tiny_model: Path, adapter: Path, tmp_pa
     inject = (
         "import sys; from mlxtune.serve import engine; orig = engine.Engine._insert\n"
         "def insert(self, slot, req):\n"
-        "    if req.seed == 668: raise SystemExit('injected')\n"
+        "    if req.sampling.seed == 668: raise SystemExit('injected')\n"
         "    orig(self, slot, req)\n"
         "engine.Engine._insert = insert\n"
         "from mlxtune.cli import main\n"

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -232,3 +233,143 @@ def test_lora_training_writes_the_usual_run_and_freezes_the_vision_tower(
 
     params = dict(tree_flatten(model.parameters()))
     assert all(mx.array_equal(params[k], v).item() for k, v in loaded.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluate and serve: one generation function, so the served answer is evaluate's
+
+
+@pytest.fixture(scope="module")
+def vision_run(tmp_path_factory: pytest.TempPathFactory, tiny_vlm: Path, vision_set: Path) -> Path:
+    """A prepared set and a 2-step LoRA run (in process); returns the config path."""
+    from mlxtune.train import train
+
+    tmp = tmp_path_factory.mktemp("vision-run")
+    cfg_path = vision_config(
+        tmp, tiny_vlm, vision_set / "jobs.sqlite", iters=2, learning_rate=5e-2, steps_per_eval=2
+    )
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["train"] |= {"runs_dir": str(tmp / "runs"), "name": "r", "registry_dir": str(tmp / "reg")}
+    raw["evaluate"] |= {"max_examples": 3, "max_tokens": 8}
+    cfg_path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(cfg_path)
+    prepare(cfg)
+    train(cfg)
+    return cfg_path
+
+
+@pytest.mark.e2e
+def test_evaluate_scores_a_vlm_adapter_beside_its_base(vision_run: Path) -> None:
+    from mlxtune.evaluate import evaluate
+
+    result = evaluate(load_config(vision_run))
+    report = result.report.to_dict()
+    assert report["n_examples"] == 3
+    assert set(report["overall"]) >= {"base", "adapter", "delta"}
+    rows = [json.loads(x) for x in result.predictions_path.read_text().splitlines()]
+    assert all(isinstance(r["base"], str) and isinstance(r["adapter"], str) for r in rows)
+    cfg = load_config(vision_run)
+    test_ids = [json.loads(x)["id"] for x in (cfg.data.dir / "test.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == test_ids[:3]
+    assert any(r["base"] != r["adapter"] for r in rows)  # the adapter is applied
+
+    from typer.testing import CliRunner
+
+    from mlxtune.cli import app
+
+    c = ["-c", str(vision_run)]
+    res = CliRunner().invoke(app, ["runs", "promote", "r", *c])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["runs", "list", *c, "--json"])
+    assert res.exit_code == 0, res.output
+    (listed,) = json.loads(res.output)
+    assert listed["name"] == "r" and "current" in listed["aliases"]
+    res = CliRunner().invoke(app, ["runs", "list", *c])  # no keywords: token F1 shown instead
+    assert res.exit_code == 0 and " f1" in res.output, res.output
+
+
+def _data_uri(path: Path) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+@pytest.fixture(scope="module")
+def vision_app(vision_run: Path) -> Any:
+    from starlette.testclient import TestClient
+
+    from mlxtune.serve import create_app
+
+    cfg = load_config(vision_run, overrides=["serve.adapters={ad: r}", "serve.api_key=k"])
+    with TestClient(create_app(cfg)) as http:
+        yield http
+
+
+@pytest.mark.e2e
+def test_served_image_answer_equals_evaluates(vision_run: Path, vision_app: Any) -> None:
+    import openai
+
+    from mlxtune.evaluate import evaluate
+
+    cfg = load_config(vision_run, overrides=["evaluate.compare_base=false"])
+    row = json.loads(evaluate(cfg).predictions_path.read_text().splitlines()[0])
+    record = json.loads((cfg.data.dir / "test.jsonl").read_text().splitlines()[0])
+    client = openai.OpenAI(
+        base_url="http://testserver/v1", api_key="k", http_client=vision_app, max_retries=0
+    )
+    question = record["messages"][0]["content"]
+    content = [
+        {"type": "image_url", "image_url": {"url": _data_uri(Path(record["images"][0]))}},
+        {"type": "text", "text": question},
+    ]
+    messages: Any = [{"role": "user", "content": content}]
+    served = client.chat.completions.create(
+        model="ad", messages=messages, max_tokens=8, temperature=0
+    )
+    assert served.choices[0].message.content == row["adapter"]
+    assert served.usage is not None and served.usage.prompt_tokens > 4  # 4 image tokens + text
+    stream = client.chat.completions.create(
+        model="ad", messages=messages, max_tokens=8, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == row["adapter"]
+    usage_db = load_config(vision_run).train.runs_dir / "r" / "usage.sqlite"
+    import sqlite3
+
+    vision_app.app.state.serve.usage.flush()
+    with sqlite3.connect(usage_db) as db:
+        logged = db.execute("SELECT model, images, status FROM requests").fetchall()
+    assert logged[-2:] == [("ad", 1, 200), ("ad", 1, 200)]
+
+
+@pytest.mark.e2e
+def test_remote_urls_and_paths_are_refused(vision_app: Any, vision_set: Path) -> None:
+    auth = {"Authorization": "Bearer k"}
+    for url in ("https://example.com/a.png", str(vision_set / "images" / "shape_000.png")):
+        body = {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+            ]
+        }
+        r = vision_app.post("/v1/chat/completions", json=body, headers=auth)
+        assert r.status_code == 400
+        error = r.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["code"] == "invalid_image_url"
+        assert error["param"] == "messages.image_url[0]"
+
+
+@pytest.mark.e2e
+def test_an_image_to_a_text_model_is_a_400(tiny_model: Path, vision_set: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from mlxtune.serve import create_app
+
+    cfg = load_config(overrides=[f"model.path={tiny_model}", f"serve.usage_db={vision_set}/u.db"])
+    image = {
+        "type": "image_url",
+        "image_url": {"url": _data_uri(vision_set / "images" / "shape_000.png")},
+    }
+    body = {"messages": [{"role": "user", "content": [image, {"type": "text", "text": "hi"}]}]}
+    with TestClient(create_app(cfg)) as http:
+        r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "images_not_supported"

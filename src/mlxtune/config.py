@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -39,6 +40,11 @@ class ModelConfig(Section):
     chat_template: str | None = Field(
         None,
         description="Chat template used when the tokenizer has none: 'chatml' or a Jinja string.",
+    )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra chat template variables, e.g. {enable_thinking: false}; serve "
+        "requests may add their own.",
     )
     override_chat_template: bool = Field(
         False, description="Use `chat_template` even when the tokenizer ships its own."
@@ -209,7 +215,8 @@ class AugmentConfig(Section):
     templates: list[str] = Field(
         default_factory=lambda: list(DEFAULT_AUGMENT_TEMPLATES),
         description="Rephrasings: {question} is the question as written, {topic} the same "
-        "without its final mark and capital ('What is X?' -> 'what is X').",
+        "without its final mark and capital ('What is X?' -> 'what is X'), {words} its content "
+        "words, {words_a} / {words_b} every other content word.",
     )
     splits: list[Literal["train", "valid", "test"]] = Field(
         default_factory=lambda: ["train"],  # type: ignore[arg-type]
@@ -230,9 +237,12 @@ class AugmentConfig(Section):
     def _templates_usable(self) -> AugmentConfig:
         if self.method == "templates" and not self.templates:
             raise ValueError("templates: at least one template")
+        from mlxtune.data.augment import PLACEHOLDERS
+
         for t in self.templates:
-            if "{question}" not in t and "{topic}" not in t:
-                raise ValueError(f"templates: {t!r} has neither {{question}} nor {{topic}}")
+            if not any(f"{{{p}}}" in t for p in PLACEHOLDERS):
+                names = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
+                raise ValueError(f"templates: {t!r} names none of {names}")
         return self
 
 
@@ -355,6 +365,9 @@ class EvaluateConfig(Section):
     max_tokens: int = Field(64, gt=0, description="Tokens to generate per answer.")
     batch_size: int = Field(16, gt=0, description="Questions generated together.")
     max_examples: int | None = Field(None, gt=0, description="Score at most this many.")
+    include_augmented: bool = Field(
+        False, description="Also score rows prepare.augment added (skipped by default)."
+    )
     compute_loss: bool = Field(True, description="Also compute loss and perplexity.")
     min: dict[str, float] = Field(
         default_factory=dict,
@@ -537,8 +550,10 @@ class EmbedConfig(Section):
 
 
 class BenchConfig(Section):
-    what: Literal["train", "generate", "serve", "embed", "all"] = Field(
-        "all", description="What to time (all = train, generate, serve)."
+    what: Literal["train", "generate", "serve", "embed", "structured", "all"] = Field(
+        "all",
+        description="What to time (all = train, generate, serve; embed and structured are not "
+        "in all).",
     )
     repeat: int = Field(1, gt=0, description="Repeat each measurement; min/median/max reported.")
     baseline: Literal["none", "mlx-lm"] = Field(
@@ -575,6 +590,12 @@ class Config(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
+    # One-line notes for the user from loading (an mlx-lm file converted); the CLI prints them.
+    _notices: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def notices(self) -> list[str]:
+        return self._notices
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -623,7 +644,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -732,7 +753,18 @@ def load_config(
     flags: dict[str, Any] | None = None,
 ) -> Config:
     """Build the resolved config: defaults < YAML < --set overrides < flags (None = not given)."""
-    tree: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    tree: dict[str, Any] = read_yaml(Path(path)) if path else {}
+    notices: list[str] = []
+    if tree:
+        from mlxtune.config_import import from_mlx_lm, is_mlx_lm_config
+
+        if is_mlx_lm_config(tree):
+            imported = from_mlx_lm(tree, str(path))
+            tree = imported.tree
+            dropped = f", {len(imported.notes)} keys not carried over" if imported.notes else ""
+            notices.append(
+                f"{path}: mlx-lm config converted{dropped} (see: mlxtune config import {path})"
+            )
     if path:
         _resolve_beside(tree, "evaluate", "output_schema", Path(path).parent)
     for dotted, value in parse_overrides(overrides or []).items():
@@ -740,12 +772,18 @@ def load_config(
     for dotted, value in (flags or {}).items():
         if value is not None:
             _set_dotted(tree, dotted, value)
-    try:
-        cfg = Config.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e), source=str(path) if path else None) from None
     # Relative paths stay relative to the working directory, as in mlx-lm.
+    cfg = validate_tree(tree, str(path) if path else None)
+    cfg._notices.extend(notices)
     return cfg
+
+
+def validate_tree(tree: dict[str, Any], source: str | None = None) -> Config:
+    """A config tree -> Config, every problem reported at once."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e), source=source) from None
 
 
 def json_schema() -> dict[str, Any]:

@@ -77,6 +77,13 @@ def device_name() -> str:
     return "cpu"
 
 
+# MLX's Linux backends (mlxtune's extras install one each); macOS wheels carry Metal.
+BACKENDS = ("mlx-cuda-13", "mlx-cuda-12", "mlx-cpu")
+SWITCH_BACKEND = (
+    "switch with pip install 'mlxtune[cuda12]' or 'mlxtune[cuda13]' (NVIDIA) or 'mlxtune[cpu]'"
+)
+
+
 def run_doctor() -> DoctorReport:
     report = DoctorReport()
     add = report.checks.append
@@ -90,7 +97,10 @@ def run_doctor() -> DoctorReport:
             "" if py_ok else "install Python 3.10 or newer",
         )
     )
-    versions = {d: _version(d) for d in ("mlx", "mlx-cpu", "mlx-metal", "mlx-lm", "mlxtune")}
+    versions = {
+        d: _version(d)
+        for d in ("mlx", "mlx-cpu", "mlx-cuda-12", "mlx-cuda-13", "mlx-metal", "mlx-lm", "mlxtune")
+    }
     report.facts["versions"] = versions
     for dist in ("mlx", "mlx-lm"):
         v = versions[dist]
@@ -102,8 +112,10 @@ def run_doctor() -> DoctorReport:
                 "" if v else "make install (or pip install -e .)",
             )
         )
-    if sys.platform.startswith("linux") and not versions["mlx-cpu"]:
-        add(Check("mlx-cpu", "missing", "fail", "pip install 'mlx[cpu]' (MLX's Linux CPU backend)"))
+    backends = [b for b in BACKENDS if versions.get(b)]
+    report.facts["backends_installed"] = backends
+    if sys.platform.startswith("linux") and not backends:
+        add(Check("mlx backend", "none installed", "fail", SWITCH_BACKEND))
 
     runtime.preload_openblas()
     try:
@@ -113,6 +125,8 @@ def run_doctor() -> DoctorReport:
         add(Check("device", f"mlx failed to run: {e}", "fail", "reinstall mlx: make install"))
         return report
     add(Check("device", dev))
+    if sys.platform.startswith("linux"):
+        add(Check("backend", f"{dev} ({', '.join(backends)})", "ok", SWITCH_BACKEND))
     report.facts["matmul_gflops"] = round(gflops, 1)
     blas = runtime.blas_status()
     slow = dev == "cpu" and gflops < SLOW_BLAS_GFLOPS

@@ -24,9 +24,13 @@ class MetricBlock:
     base: Scores | None = None
     delta: Scores | None = None
     n: int | None = None  # examples in a category; overall uses EvalReport.n_examples
+    # the adapter decoding under evaluate.output_schema (evaluate.constrained), else None
+    constrained: Scores | None = None
 
     def to_dict(self, *, with_n: bool = True) -> dict[str, Any]:
         scores = {"base": self.base, "adapter": self.adapter, "delta": self.delta}
+        if self.constrained is not None:  # only then: reports without it keep their keys
+            scores["constrained"] = self.constrained
         return {"n": self.n, **scores} if with_n else scores
 
     @classmethod
@@ -36,6 +40,7 @@ class MetricBlock:
             base=data.get("base"),
             delta=data.get("delta"),
             n=data.get("n"),
+            constrained=data.get("constrained"),
         )
 
 
@@ -149,11 +154,18 @@ class EvalReport:
     def has_base(self) -> bool:
         return self.overall.base is not None
 
+    @property
+    def has_constrained(self) -> bool:
+        """The adapter was also scored decoding under the output schema."""
+        return self.overall.constrained is not None
+
     def blocks(self, *, sort: bool = False) -> list[tuple[str, MetricBlock]]:
         """(scope, block) for overall (n = n_examples), then each category: in report order,
         or by name with `sort`."""
-        overall = MetricBlock(self.overall.adapter, self.overall.base, self.overall.delta)
-        overall.n = self.n_examples
+        overall = MetricBlock(
+            self.overall.adapter, self.overall.base, self.overall.delta,
+            n=self.n_examples, constrained=self.overall.constrained,
+        )  # fmt: skip
         items = list(self.per_category.items())
         categories = sorted(items, key=lambda cb: cb[0]) if sort else items
         return [("overall", overall), *categories]

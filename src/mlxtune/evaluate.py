@@ -26,12 +26,15 @@ from mlxtune.errors import ConfigError, DataError, MlxtuneError, UsageError
 from mlxtune.eval_report import EvalReport, Guard, MetricBlock, Threshold, Timing
 from mlxtune.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from mlxtune.metrics import (
+    FORMAT_METRICS,
+    GATE_METRICS,
     GENERATION_METRICS,
     LOSS_METRICS,
     METRICS,
     RETRIEVAL_METRICS,
     mean,
     score,
+    score_format,
 )
 from mlxtune.provenance import versions
 from mlxtune.render.documents import evaluation_markdown
@@ -39,6 +42,7 @@ from mlxtune.rundir import RunDir, resolve_run
 
 UNCATEGORIZED = "uncategorized"
 SIDES = ("base", "adapter")
+CONSTRAINED = "constrained"  # the adapter again, decoding under evaluate.output_schema
 
 # progress(stage, done, total): stage is e.g. "generate adapter", "loss base".
 Progress = Callable[[str, int, int], None]
@@ -116,7 +120,7 @@ def parse_threshold_flags(items: list[str] | None, flag: str) -> dict[str, float
 
 
 def _thresholds(
-    cfg: Config, categories: set[str], has_base: bool, gated: tuple[str, ...] = GENERATION_METRICS
+    cfg: Config, categories: set[str], has_base: bool, gated: tuple[str, ...] = GATE_METRICS
 ) -> list[Threshold]:
     problems: list[str] = []
     out: list[Threshold] = []
@@ -130,6 +134,8 @@ def _thresholds(
                 )
             elif metric not in gated:
                 problems.append(f"{where}: unknown metric (known: {', '.join(gated)})")
+            elif metric in FORMAT_METRICS and cfg.evaluate.output_schema is None:
+                problems.append(f"{where}: {metric} needs evaluate.output_schema")
             elif category and category not in categories:
                 known = ", ".join(sorted(categories)) or "none"
                 problems.append(f"{where}: no category {category!r} in the data (known: {known})")
@@ -144,11 +150,16 @@ def _thresholds(
     return out
 
 
-def load_examples(data_dir: Path, split: str, max_examples: int | None = None) -> list[Example]:
-    """Chat records of `<data_dir>/<split>.jsonl` whose last message is the expected answer."""
+def load_examples(
+    data_dir: Path, split: str, max_examples: int | None = None, *, augmented: bool = False
+) -> list[Example]:
+    """Chat records of `<data_dir>/<split>.jsonl` whose last message is the expected answer;
+    rows `prepare.augment` added are skipped unless `augmented`."""
     path = Path(data_dir) / f"{split}.jsonl"
     examples: list[Example] = []
     for n, row in formats.read_records(path):
+        if row.get("augmented") and not augmented:
+            continue
         if not isinstance(row.get("messages"), list):
             raise DataError(f"{path}:{n}: messages: evaluate needs chat records")
         keywords = row.get("keywords") or []
@@ -184,12 +195,15 @@ def _generate(
     max_tokens: int,
     batch_size: int,
     report: Callable[[int], None],
+    processors: list[list[Any]] | None = None,
 ) -> tuple[list[str], int]:
     """Greedy answers for token prompts (batch_size 1: one at a time, the baseline the batched
     path is measured against) and the number of tokens generated."""
     from mlxtune.generation import greedy_tokens
 
-    tokens = greedy_tokens(model, tokenizer, prompts, max_tokens, batch_size, report)
+    tokens = greedy_tokens(
+        model, tokenizer, prompts, max_tokens, batch_size, report, processors=processors
+    )
     texts = [tokenizer.decode(t).strip() for t in tokens]
     return texts, sum(len(t) for t in tokens)
 
@@ -239,26 +253,48 @@ def _run_local(
     examples: list[Example],
     label: str,
     progress: Progress | None,
+    *,
+    constrained: bool = False,
 ) -> SideOutput:
     ev = cfg.evaluate
     prompts = [formats.encode_prompt(tokenizer, ex.prompt) for ex in examples]
     total = len(examples)
+    processors = _constraints(cfg, tokenizer, len(examples)) if constrained else None
 
     def stage(name: str) -> Callable[[int], None]:
         return lambda done: progress(f"{name} {label}", done, total) if progress else None
 
     t0 = time.perf_counter()
     texts, n_tokens = _generate(
-        model, tokenizer, prompts, ev.max_tokens, ev.batch_size, stage("generate")
+        model, tokenizer, prompts, ev.max_tokens, ev.batch_size, stage("generate"), processors
     )
     out = SideOutput(texts, time.perf_counter() - t0, n_tokens)
-    if ev.compute_loss:
+    if ev.compute_loss and not constrained:  # the same weights: the adapter's loss holds
         t0 = time.perf_counter()
         out.loss_sums, out.loss_tokens = _losses(
             model, tokenizer, examples, cfg.train.max_seq_length, ev.batch_size, stage("loss")
         )
         out.loss_s = time.perf_counter() - t0
     return out
+
+
+def output_format(cfg: Config) -> dict[str, Any]:
+    """evaluate.output_schema as the `response_format` serve takes."""
+    schema = cfg.evaluate.resolved_output_schema()
+    return {"type": "json_schema", "json_schema": {"name": "output_schema", "schema": schema}}
+
+
+def _constraints(cfg: Config, tokenizer: Any, n: int) -> list[list[Any]]:
+    """One fresh output constraint per example, the same structured.py path serve uses."""
+    from mlxtune.structured import Grammars, ResponseFormatError, parse_response_format
+
+    try:
+        fmt = parse_response_format(output_format(cfg))
+        assert fmt is not None
+        grammars = Grammars(tokenizer)
+        return [[grammars.constraint(fmt, max_tokens=cfg.evaluate.max_tokens)] for _ in range(n)]
+    except ResponseFormatError as e:  # name the config field, not the request field
+        raise ConfigError(f"evaluate.output_schema: {str(e).partition(': ')[2]}") from None
 
 
 def _chat_url(endpoint: str) -> str:
@@ -271,9 +307,15 @@ def _chat_url(endpoint: str) -> str:
 
 
 def _run_endpoint(
-    cfg: Config, examples: list[Example], progress: Progress | None, timeout_s: float = 120.0
+    cfg: Config,
+    examples: list[Example],
+    progress: Progress | None,
+    timeout_s: float = 120.0,
+    *,
+    constrained: bool = False,
 ) -> SideOutput:
-    """Ask a running OpenAI-compatible server; it renders the messages with its own template."""
+    """Ask a running OpenAI-compatible server; it renders the messages with its own template.
+    `constrained`: with evaluate.output_schema as the request's response_format."""
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
@@ -284,6 +326,8 @@ def _run_endpoint(
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     total = len(examples)
     done = 0
+    response_format = output_format(cfg) if constrained else None
+    stage = f"generate {CONSTRAINED if constrained else 'endpoint'}"
 
     def ask(client: httpx.Client, ex: Example) -> tuple[str, int, str]:
         body = {
@@ -291,6 +335,7 @@ def _run_endpoint(
             "messages": ex.prompt,
             "temperature": 0.0,
             "max_tokens": ev.max_tokens,
+            **({"response_format": response_format} if constrained else {}),
         }
         try:
             r = client.post(url, json=body, headers=headers)
@@ -316,7 +361,7 @@ def _run_endpoint(
             results.append(res)
             done += 1
             if progress:
-                progress("generate endpoint", done, total)
+                progress(stage, done, total)
     out = SideOutput(
         [t for t, _, _ in results], time.perf_counter() - t0, sum(n for _, n, _ in results)
     )
@@ -331,6 +376,11 @@ def _run_endpoint(
 def _aggregate(rows: list[dict[str, Any]], side: str) -> dict[str, float | None]:
     scores = [r["scores"][side] for r in rows]
     out: dict[str, float | None] = {m: mean(s[m] for s in scores) for m in GENERATION_METRICS}
+    for m in FORMAT_METRICS:  # only when scored (evaluate.output_schema)
+        if any(m in s for s in scores):
+            out[m] = mean(s.get(m) for s in scores)
+    if side == CONSTRAINED:  # generation only; its loss is the adapter's
+        return out
     sums = [r["_loss"][side] for r in rows if r["_loss"].get(side)]
     if sums:
         tokens = sum(n for _, n in sums)
@@ -350,10 +400,12 @@ def _delta(base: dict[str, float | None], adapter: dict[str, float | None]) -> d
     return out
 
 
-def _block(rows: list[dict[str, Any]], has_base: bool) -> MetricBlock:
+def _block(rows: list[dict[str, Any]], has_base: bool, constrained: bool = False) -> MetricBlock:
     adapter = _aggregate(rows, "adapter")
     base = _aggregate(rows, "base") if has_base else None
-    return MetricBlock(adapter, base, _delta(base, adapter) if base else None, n=len(rows))
+    delta = _delta(base, adapter) if base else None
+    with_constraint = _aggregate(rows, CONSTRAINED) if constrained else None
+    return MetricBlock(adapter, base, delta, n=len(rows), constrained=with_constraint)
 
 
 def _fmt(v: float | None, signed: bool = False) -> str:
@@ -395,27 +447,41 @@ def _run_models(
     import mlx.core as mx
 
     from mlxtune.modeling import load_model
+    from mlxtune.vlm.kind import model_kind
 
     ev = cfg.evaluate
+    load: Callable[..., tuple[Any, Any, str]] = load_model
+    run_side: Callable[..., SideOutput] = _run_local
+    if model_kind(cfg.model) == "vlm":  # same flow; mlx-vlm loads and answers (docs/vision.md)
+        from mlxtune.vlm.evaluate import run_vision_side
+        from mlxtune.vlm.load import load_vlm
+
+        if ev.constrained:
+            raise ConfigError("evaluate.constrained: not supported for vision-language models yet")
+        load, run_side = load_vlm, run_vision_side
     try:
         run = resolve_run(ev.adapter, cfg, field="evaluate.adapter")
     except MlxtuneError as e:
         raise UsageError(str(e)) from None
     outputs: dict[str, SideOutput] = {}
     t0 = time.perf_counter()
-    model, tokenizer, template = load_model(cfg.model, run.root)
+    model, tokenizer, template = load(cfg.model, run.root)
     load_s = time.perf_counter() - t0
     mismatch = _check_template(run, template, ev.allow_template_mismatch)
     if mismatch:
         warnings.append(mismatch)
-    outputs["adapter"] = _run_local(cfg, model, tokenizer, examples, "adapter", progress)
+    outputs["adapter"] = run_side(cfg, model, tokenizer, examples, "adapter", progress)
+    if ev.constrained:
+        outputs[CONSTRAINED] = _run_local(
+            cfg, model, tokenizer, examples, CONSTRAINED, progress, constrained=True
+        )
     del model
     mx.clear_cache()
     if has_base:
         t0 = time.perf_counter()
-        model, tokenizer, _ = load_model(cfg.model)
+        model, tokenizer, _ = load(cfg.model)
         load_s += time.perf_counter() - t0
-        outputs["base"] = _run_local(cfg, model, tokenizer, examples, "base", progress)
+        outputs["base"] = run_side(cfg, model, tokenizer, examples, "base", progress)
         del model
         mx.clear_cache()
     return run, outputs, formats.template_fingerprint(template), load_s
@@ -430,7 +496,9 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
     if ev.endpoint and not ev.endpoint_model:
         raise ConfigError("evaluate.endpoint_model: required with --endpoint (use --model NAME)")
     has_base = ev.compare_base and not ev.endpoint
-    examples = load_examples(cfg.data.dir, ev.split, ev.max_examples)
+    examples = load_examples(
+        cfg.data.dir, ev.split, ev.max_examples, augmented=ev.include_augmented
+    )
     categories = sorted({ex.category for ex in examples})
     thresholds = _thresholds(cfg, set(categories), has_base)
     warnings: list[str] = []
@@ -442,6 +510,8 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
     if ev.endpoint:
         labels = {"adapter": f"{ev.endpoint_model} @ {ev.endpoint}", "base": None}
         outputs["adapter"] = _run_endpoint(cfg, examples, progress)
+        if ev.constrained:
+            outputs[CONSTRAINED] = _run_endpoint(cfg, examples, progress, constrained=True)
         out_dir = ev.out_dir or cfg.train.runs_dir / "endpoint-eval"
         mode = "endpoint"
     else:
@@ -452,10 +522,12 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
         out_dir = ev.out_dir or run.eval_dir
         mode = "sequential" if ev.batch_size == 1 else "batched"
 
-    rows = _score_rows(examples, outputs, has_base)
-    overall = _block(rows, has_base)
+    rows = _score_rows(examples, outputs, has_base, ev.resolved_output_schema())
+    constrained = CONSTRAINED in outputs
+    overall = _block(rows, has_base, constrained)
     per_category = {
-        c: _block([r for r in rows if r["category"] == c], has_base) for c in categories
+        c: _block([r for r in rows if r["category"] == c], has_base, constrained)
+        for c in categories
     }
     guards = _apply_gate(rows, thresholds, overall, per_category, has_base, warnings)
     report = EvalReport(
@@ -471,7 +543,9 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
         data_dir=str(cfg.data.dir),
         n_examples=len(rows),
         template_sha=template_sha,
-        overall=MetricBlock(overall.adapter, overall.base, overall.delta),
+        overall=MetricBlock(
+            overall.adapter, overall.base, overall.delta, constrained=overall.constrained
+        ),
         per_category=per_category,
         thresholds=thresholds,
         guards=guards,
@@ -575,9 +649,13 @@ def evaluate_retrieval(cfg: Config, *, progress: Progress | None = None) -> Eval
 
 
 def _score_rows(
-    examples: list[Example], outputs: dict[str, SideOutput], has_base: bool
+    examples: list[Example],
+    outputs: dict[str, SideOutput],
+    has_base: bool,
+    schema: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """One predictions.jsonl row per example (plus `_loss`: (sum, tokens) per side)."""
+    """One predictions.jsonl row per example (plus `_loss`: (sum, tokens) per side). With an
+    output schema, every side is also scored for format compliance and per-field match."""
     rows: list[dict[str, Any]] = []
     for i, ex in enumerate(examples):
         row: dict[str, Any] = {
@@ -589,11 +667,14 @@ def _score_rows(
             "keywords": ex.keywords,
             "base": outputs["base"].texts[i] if has_base else None,
             "adapter": outputs["adapter"].texts[i],
+            **({CONSTRAINED: outputs[CONSTRAINED].texts[i]} if CONSTRAINED in outputs else {}),
             "scores": {},
             "_loss": {},
         }
         for side, out in outputs.items():
             row["scores"][side] = score(out.texts[i], ex.expected, ex.keywords)
+            if schema is not None:
+                row["scores"][side] |= score_format(out.texts[i], ex.expected, schema)
             if out.loss_sums is not None and out.loss_tokens is not None and out.loss_tokens[i]:
                 s, n = out.loss_sums[i], out.loss_tokens[i]
                 row["_loss"][side] = (s, n)

@@ -8,6 +8,7 @@ tokenizer's chat template (or the config's template when the model has none).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from functools import cache
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
 
 FORMATS = ("chat", "alpaca", "sharegpt", "completions", "text")
 META_KEYS = ("id", "category", "keywords", "source", "fact", "images")
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+# OpenAI message keys kept beside role and content (tool calling, as mlx-lm trains it).
+TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
 SHAREGPT_ROLES = {
     "system": "system",
     "human": "user",
@@ -32,16 +35,42 @@ SHAREGPT_ROLES = {
     "model": "assistant",
 }
 
-# ChatML, as Qwen and many small instruct models use it; the tiny model ships it too.
+# ChatML, as Qwen and many small instruct models use it; the tiny model ships it too. Tool
+# definitions, calls and results render the way Qwen2.5 does (<tools>, <tool_call> JSON,
+# <tool_response>), so mlx-lm's `json_tools` parser reads the calls back; conversations
+# without tools render exactly as plain ChatML.
 CHATML_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n\n' }}{% endif %}"
+    "{{ '# Tools\n\nYou may call one or more functions. Function signatures are within "
+    "<tools></tools> XML tags:\n<tools>' }}"
+    "{% for tool in tools %}{{ '\n' }}{{ tool | tojson }}{% endfor %}"
+    "{{ '\n</tools>\n\nFor each call, return a JSON object with the function name and "
+    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+    "<|im_end|>\n' }}{% endif %}"
     "{% for message in messages %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' and message.tool_calls %}"
+    "{{ '<|im_start|>assistant\n' + (message['content'] or '') }}"
+    "{% for tool_call in message.tool_calls %}"
+    "{% if tool_call.function is defined %}{% set tool_call = tool_call.function %}{% endif %}"
+    "{% if message['content'] or not loop.first %}{{ '\n' }}{% endif %}"
+    '{{ \'<tool_call>\n{"name": "\' + tool_call.name + \'", "arguments": \' }}'
+    "{% if tool_call.arguments is string %}{{ tool_call.arguments }}"
+    "{% else %}{{ tool_call.arguments | tojson }}{% endif %}"
+    "{{ '}\n</tool_call>' }}{% endfor %}{{ '<|im_end|>\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '<|im_start|>user\n<tool_response>\n' + message['content'] + "
+    "'\n</tool_response><|im_end|>\n' }}"
+    "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
+    "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 BUILTIN_TEMPLATES = {"chatml": CHATML_TEMPLATE}
 
-Messages = list[dict[str, str]]
+Messages = list[dict[str, Any]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +106,7 @@ def to_canonical(
     fmt = fmt or detect_format(row)
     messages: Messages
     if fmt == "chat":
-        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        messages = [_message(m) for m in row["messages"]]
     elif fmt == "sharegpt":
         messages = [
             {"role": SHAREGPT_ROLES[m["from"]], "content": m["value"]} for m in row["conversations"]
@@ -105,25 +134,76 @@ def to_canonical(
         raise ValueError(f"unsupported record format: {fmt!r}")
     if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
-    return {"messages": messages, **_meta(row)}
+    tools = {"tools": row["tools"]} if row.get("tools") else {}
+    return {"messages": messages, **tools, **_meta(row)}
 
 
 def _meta(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in META_KEYS if k in row}
 
 
+def _message(m: dict[str, Any]) -> dict[str, Any]:
+    """role and content (None, as OpenAI sends beside tool calls, becomes ""), plus the
+    tool-calling keys when present."""
+    out = {"role": m["role"], "content": m.get("content") or ""}
+    out.update({k: m[k] for k in TOOL_KEYS if m.get(k) is not None})
+    return out
+
+
+def tool_problems(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) for each tool call whose arguments are not a JSON object, or (when
+    the record lists its tools) that names a tool the record does not define."""
+    names = {
+        (t.get("function") or t).get("name")
+        for t in record.get("tools") or []
+        if isinstance(t, dict)
+    }
+    out = []
+    for i, m in enumerate(record.get("messages", [])):
+        for j, call in enumerate(m.get("tool_calls") or []):
+            where = f"messages[{i}].tool_calls[{j}]"
+            fn = call.get("function", call) if isinstance(call, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                out.append((where, "expected {function: {name, arguments}}"))
+                continue
+            if names and fn["name"] not in names:
+                known = ", ".join(sorted(n for n in names if n)) or "none"
+                out.append(
+                    (f"{where}.function.name", f"unknown tool {fn['name']!r} (tools: {known})")
+                )
+            args = fn.get("arguments", {})
+            if isinstance(args, str):
+                try:
+                    args = json.loads(args)
+                except json.JSONDecodeError as e:
+                    out.append((f"{where}.function.arguments", f"not valid JSON ({e.msg})"))
+                    continue
+            if not isinstance(args, dict):
+                out.append((f"{where}.function.arguments", "expected a JSON object"))
+    return out
+
+
 def role_order_problem(messages: Messages) -> str | None:
-    """Optional system first, then user/assistant alternating, ending with assistant."""
+    """Optional system first, then user/assistant alternating, ending with assistant. An
+    assistant turn with tool_calls is followed by one or more tool results, then assistant."""
     if not messages:
         return "no messages"
     body = messages[1:] if messages[0].get("role") == "system" else messages
     if not body:
         return "only a system message"
+    want: tuple[str, ...] = ("user",)
     for i, m in enumerate(body):
-        want = "user" if i % 2 == 0 else "assistant"
-        if m.get("role") != want:
+        role = m.get("role")
+        if role not in want:
             index = i + (len(messages) - len(body))
-            return f"messages[{index}].role is {m.get('role')!r}, expected {want!r}"
+            expected = " or ".join(repr(w) for w in want)
+            return f"messages[{index}].role is {role!r}, expected {expected}"
+        if role == "user":
+            want = ("assistant",)
+        elif role == "assistant":
+            want = ("tool",) if m.get("tool_calls") else ("user",)
+        else:  # tool results: more of them, or the assistant's answer
+            want = ("tool", "assistant")
     if body[-1].get("role") != "assistant":
         return "last message must be from the assistant"
     return None
@@ -159,7 +239,10 @@ def prompt_and_answer(record: dict[str, Any]) -> tuple[Messages, str]:
     messages = record["messages"]
     if not messages or messages[-1]["role"] != "assistant":
         return list(messages), ""
-    return list(messages[:-1]), messages[-1]["content"]
+    last = messages[-1]
+    if last.get("tool_calls") and not last["content"]:  # the calls are the answer
+        return list(messages[:-1]), json.dumps(last["tool_calls"], sort_keys=True)
+    return list(messages[:-1]), last["content"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,6 +256,8 @@ def resolve_template(tokenizer: Any, model_cfg: ModelConfig | None = None) -> st
     needs `model.chat_template` in the config.
     """
     own = getattr(tokenizer, "chat_template", None)
+    if model_cfg is not None and model_cfg.chat_template_kwargs:
+        setattr(_hf(tokenizer), TEMPLATE_KWARGS_ATTR, dict(model_cfg.chat_template_kwargs))
     wanted = model_cfg.chat_template if model_cfg else None
     if wanted and (model_cfg and (model_cfg.override_chat_template or not own)):
         template = BUILTIN_TEMPLATES.get(wanted, wanted)
@@ -195,12 +280,47 @@ def template_fingerprint(template: str) -> str:
     return hashlib.sha256(template.encode()).hexdigest()[:16]
 
 
-def render(tokenizer: Any, messages: Messages, *, add_generation_prompt: bool = False) -> str:
-    """Render messages to text with the tokenizer's chat template. The only renderer."""
-    text = _hf(tokenizer).apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+TEMPLATE_KWARGS_ATTR = "mlxtune_chat_template_kwargs"
+
+
+def render(
+    tokenizer: Any,
+    messages: Messages,
+    *,
+    add_generation_prompt: bool = False,
+    tools: list[dict[str, Any]] | None = None,
+    template_kwargs: dict[str, Any] | None = None,
+) -> str:
+    """Render messages to text with the tokenizer's chat template. The only renderer.
+
+    Tool-call arguments given as JSON strings (OpenAI's wire form) are passed as objects, as
+    mlx-lm's server does, so training and serving render a call alike. `template_kwargs`
+    (e.g. enable_thinking) go over the ones `resolve_template` installed from the config."""
+    hf = _hf(tokenizer)
+    kwargs = {**getattr(hf, TEMPLATE_KWARGS_ATTR, {}), **(template_kwargs or {})}
+    text = hf.apply_chat_template(
+        [_with_argument_objects(m) for m in messages],
+        tools=tools or None,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        **kwargs,
     )
     return str(text)
+
+
+def _with_argument_objects(message: dict[str, Any]) -> dict[str, Any]:
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    out_calls = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+            with contextlib.suppress(json.JSONDecodeError):  # validate-format reports it
+                fn = {**fn, "arguments": json.loads(fn["arguments"])}
+            call = {**call, "function": fn}
+        out_calls.append(call)
+    return {**message, "tool_calls": out_calls}
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
@@ -208,9 +328,22 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(_hf(tokenizer).encode(text, add_special_tokens=False))
 
 
-def encode_prompt(tokenizer: Any, messages: Messages) -> list[int]:
+def encode_prompt(
+    tokenizer: Any,
+    messages: Messages,
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    template_kwargs: dict[str, Any] | None = None,
+) -> list[int]:
     """Tokens for generation: the conversation so far plus the assistant header."""
-    return encode(tokenizer, render(tokenizer, messages, add_generation_prompt=True))
+    text = render(
+        tokenizer,
+        messages,
+        add_generation_prompt=True,
+        tools=tools,
+        template_kwargs=template_kwargs,
+    )
+    return encode(tokenizer, text)
 
 
 def encode_for_training(
@@ -227,16 +360,17 @@ def encode_for_training(
         if eos is not None and (not tokens or tokens[-1] != eos):
             tokens.append(eos)
         return tokens, [True] * len(tokens)
-    messages = record["messages"]
-    tokens = encode(tokenizer, render(tokenizer, messages))
+    messages, tools = record["messages"], record.get("tools")
+    tokens = encode(tokenizer, render(tokenizer, messages, tools=tools))
     if not mask_prompt:
         return tokens, [True] * len(tokens)
     mask = [False] * len(tokens)
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant":  # tool calls are assistant turns: trained
             continue
-        start = len(encode(tokenizer, render(tokenizer, messages[:i], add_generation_prompt=True)))
-        end = len(encode(tokenizer, render(tokenizer, messages[: i + 1])))
+        head = render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        start = len(encode(tokenizer, head))
+        end = len(encode(tokenizer, render(tokenizer, messages[: i + 1], tools=tools)))
         for j in range(start, min(end, len(tokens))):
             mask[j] = True
     return tokens, mask
@@ -246,7 +380,7 @@ def training_text(tokenizer: Any, record: dict[str, Any]) -> str:
     """The text `encode_for_training` tokenizes for a record (before any EOS it appends)."""
     if "text" in record and "messages" not in record:
         return str(record["text"])
-    return render(tokenizer, record["messages"])
+    return render(tokenizer, record["messages"], tools=record.get("tools"))
 
 
 def training_lengths(tokenizer: Any, records: list[dict[str, Any]] | Any) -> list[int]:

@@ -14,9 +14,11 @@ def greedy_tokens(
     max_tokens: int,
     batch_size: int = 1,
     report: Callable[[int], None] | None = None,
+    processors: list[list[Any]] | None = None,
 ) -> list[list[int]]:
     """Each prompt's greedy continuation, without the end-of-sequence token. batch_size 1 is
-    true one-at-a-time decoding; otherwise mlx-lm's BatchGenerator."""
+    true one-at-a-time decoding; otherwise mlx-lm's BatchGenerator. `processors`: each
+    prompt's own logits processors (its output constraint)."""
     import mlx.core as mx
     from mlx_lm.generate import BatchGenerator, generate_step
 
@@ -24,7 +26,11 @@ def greedy_tokens(
     tokens: list[list[int]] = [[] for _ in prompts]
     if batch_size == 1:
         for i, ids in enumerate(prompts):
-            for token, _ in generate_step(mx.array(ids), model, max_tokens=max_tokens):
+            own = processors[i] if processors else None
+            steps = generate_step(
+                mx.array(ids), model, max_tokens=max_tokens, logits_processors=own
+            )
+            for token, _ in steps:
                 if int(token) in eos:
                     break
                 tokens[i].append(int(token))
@@ -38,7 +44,7 @@ def greedy_tokens(
         prefill_batch_size=batch_size,
     )
     try:
-        uids = gen.insert(prompts, [max_tokens] * len(prompts))
+        uids = gen.insert(prompts, [max_tokens] * len(prompts), logits_processors=processors)
         index = {uid: i for i, uid in enumerate(uids)}
         done = 0
         while responses := gen.next_generated():

@@ -21,7 +21,9 @@ GENERATION_METRICS = ("keyword_accuracy", "exact_match", "token_f1")
 LOSS_METRICS = ("loss", "perplexity")
 RETRIEVAL_METRICS = ("recall_at_1", "recall_at_5", "mrr")  # evaluate --task retrieval
 FORMAT_METRICS = ("format_compliance", "field_exact_match")
-METRICS = GENERATION_METRICS + LOSS_METRICS + RETRIEVAL_METRICS
+METRICS = GENERATION_METRICS + FORMAT_METRICS + LOSS_METRICS + RETRIEVAL_METRICS
+# What --min / --min-delta can gate on (format metrics need evaluate.output_schema).
+GATE_METRICS = GENERATION_METRICS + FORMAT_METRICS
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})

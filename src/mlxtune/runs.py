@@ -340,9 +340,16 @@ def _is_run_dir(path: Path) -> bool:
 class Registry:
     """SQLite index of runs and aliases. Open with `Registry.open(cfg)` (a context manager)."""
 
-    def __init__(self, db_path: Path, runs_dir: Path) -> None:
+    def __init__(self, db_path: Path, runs_dir: Path, *, read_only: bool = False) -> None:
         self.db_path = db_path
         self.runs_dir = runs_dir
+        if read_only:  # an existing registry, never created or changed (`status`)
+            try:
+                self.conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+            except sqlite3.Error as e:
+                raise MlxtuneError(f"{db_path}: cannot open the run registry ({e})") from None
+            self.conn.row_factory = sqlite3.Row
+            return
         try:
             db_path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(db_path, timeout=10)
@@ -568,6 +575,27 @@ def registry_path(cfg: Config) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # The operations the CLI calls
+
+
+def read_records(runs_dir: Path) -> list[RunRecord]:
+    """Every run directory in runs_dir, read in place: no registry, nothing written."""
+    if not runs_dir.is_dir():
+        return []
+    return [_record_from_dir(RunDir(p)) for p in sorted(runs_dir.iterdir()) if _is_run_dir(p)]
+
+
+def read_aliases(cfg: Config) -> dict[str, str]:
+    """alias -> run name from the registry, opened read-only; {} when there is none."""
+    path = registry_path(cfg)
+    if not path.is_file():
+        return {}
+    reg = Registry(path, cfg.train.runs_dir, read_only=True)
+    try:
+        return {alias: event.run for alias, event in reg.aliases().items()}
+    except sqlite3.Error as e:
+        raise MlxtuneError(f"{path}: not a usable run registry ({e})") from None
+    finally:
+        reg.conn.close()
 
 
 def list_runs(cfg: Config) -> list[RunRecord]:

@@ -103,6 +103,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "p95_ms": ("ms", False),
     "success_pct": ("%", True),
     "qps": ("req/s", True),
+    "throughput_ratio": ("x", True),
+    "format_compliance": ("share", True),
 }
 
 

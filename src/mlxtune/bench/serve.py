@@ -8,6 +8,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ class LoadResult:
     latencies_s: list[float] = field(default_factory=list)
     ttfts_s: list[float] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
+    texts: dict[int, str] = field(default_factory=dict)  # request index -> streamed answer
 
     @property
     def completion_tps(self) -> float:
@@ -60,13 +62,14 @@ def _pct_ms(values: list[float], q: float) -> float | None:
 
 
 async def _one_request(
-    client: Any, url: str, body: dict[str, Any], res: LoadResult, timeout: float
+    client: Any, url: str, body: dict[str, Any], res: LoadResult, timeout: float, index: int = 0
 ) -> None:
     import httpx
 
     t0 = time.perf_counter()
     first: float | None = None
     tokens = chunks = 0
+    pieces: list[str] = []
     try:
         async with client.stream("POST", url, json=body, timeout=timeout) as resp:
             if resp.status_code != 200:
@@ -89,6 +92,7 @@ async def _one_request(
                     tokens = int(event["usage"].get("completion_tokens") or 0)
                 for choice in event.get("choices") or []:
                     if (choice.get("delta") or {}).get("content"):
+                        pieces.append(choice["delta"]["content"])
                         chunks += 1
                         if first is None:
                             first = time.perf_counter() - t0
@@ -98,6 +102,7 @@ async def _one_request(
             res.error_samples.append(f"{type(e).__name__}: {e}"[:200])
         return
     res.ok += 1
+    res.texts[index] = "".join(pieces)
     res.completion_tokens += tokens or chunks  # streamed chunks when the server sends no usage
     res.latencies_s.append(time.perf_counter() - t0)
     if first is not None:
@@ -114,9 +119,11 @@ async def drive(
     max_tokens: int,
     time_limit_s: float,
     api_key: str | None = None,
+    extra: Callable[[int], dict[str, Any]] | None = None,
 ) -> LoadResult:
     """Send `requests` streaming chat completions, at most `concurrency` at a time, all within
-    `time_limit_s`; requests cut off by the limit count as timed out."""
+    `time_limit_s`; requests cut off by the limit count as timed out. `extra(i)`: fields
+    added to request i's body (a response_format, say)."""
     import httpx
 
     res = LoadResult(concurrency=concurrency, requests=requests)
@@ -133,8 +140,10 @@ async def drive(
         }
         if model:
             body["model"] = model
+        if extra is not None:
+            body |= extra(i)
         async with sem:
-            await _one_request(client, url, body, res, time_limit_s)
+            await _one_request(client, url, body, res, time_limit_s, i)
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     t0 = time.perf_counter()

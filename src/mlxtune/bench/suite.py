@@ -13,6 +13,7 @@ from mlxtune.bench.core import SECTIONS, BenchResult, Progress, Recorder, enviro
 from mlxtune.bench.embed import bench_embed_once
 from mlxtune.bench.generate import bench_generate
 from mlxtune.bench.serve import bench_serve_once, serve_adapter
+from mlxtune.bench.structured import bench_structured
 from mlxtune.bench.train import bench_train_once, check_data
 from mlxtune.errors import MlxtuneError
 
@@ -33,8 +34,10 @@ _TRAIN_SETTINGS = (
 
 
 def _check_arguments(what: str, baseline: str, repeat: int) -> None:
-    if what not in (*SECTIONS, "embed", "all"):
-        raise MlxtuneError(f"--what: expected train, generate, serve, embed or all, got {what!r}")
+    if what not in (*SECTIONS, "embed", "structured", "all"):
+        raise MlxtuneError(
+            f"--what: expected train, generate, serve, embed, structured or all, got {what!r}"
+        )
     if what == "embed" and baseline != "none":
         raise MlxtuneError("--baseline: not available for --what embed yet")
     if baseline not in ("none", "mlx-lm"):
@@ -92,6 +95,8 @@ def bench(
             for r in range(repeat):
                 say(f"embed repeat {r + 1}/{repeat}")
                 bench_embed_once(cfg, work, rec, say)
+        if "structured" in sections:
+            bench_structured(cfg, work, rec, say, repeat)
         if "serve" in sections:
             for r in range(repeat):
                 for target in sides:

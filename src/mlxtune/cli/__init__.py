@@ -13,20 +13,32 @@ from typing import Annotated
 import typer
 
 from mlxtune import __version__
-from mlxtune.cli import bench, config_cmd, data, doctor, evaluate, runs, serve, train, verify
+from mlxtune.cli import (
+    bench,
+    config_cmd,
+    data,
+    doctor,
+    evaluate,
+    runs,
+    serve,
+    status,
+    train,
+    verify,
+)
 from mlxtune.cli.common import console
 
 app = typer.Typer(
     name="mlxtune",
     help="Fine-tune language models with MLX: prepare, validate, train, evaluate, serve, bench.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
 # Registration order is the order `--help` and docs/cli.md list the commands in.
 app.add_typer(config_cmd.app, name="config")
 app.command()(doctor.doctor)
+app.command()(status.status)
 app.command("tiny-model")(data.tiny_model)
 app.command()(data.prepare)
 app.command("validate-format")(data.validate_format)

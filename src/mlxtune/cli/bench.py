@@ -15,7 +15,8 @@ def bench_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     what: Annotated[
-        str | None, typer.Option("--what", help="train, generate, serve, embed or all.")
+        str | None,
+        typer.Option("--what", help="train, generate, serve, embed, structured or all."),
     ] = None,
     baseline: Annotated[
         str | None,

@@ -24,7 +24,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML config file.", show_default=False),
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML config file (mlxtune's, or an mlx-lm lora config: converted).",
+        envvar="MLXTUNE_CONFIG",
+        show_default=False,
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -62,4 +68,7 @@ def resolve(config: Path | None, sets: list[str] | None, **flags: Any) -> Config
     from mlxtune.config import load_config  # pydantic costs ~0.25 s: keep it off --help
 
     dotted = {k.replace("__", "."): v for k, v in flags.items()}
-    return load_config(config, sets, dotted)
+    cfg = load_config(config, sets, dotted)
+    for notice in cfg.notices:
+        err_console.print(f"[yellow]note:[/yellow] {notice}", highlight=False, soft_wrap=True)
+    return cfg

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from mlxtune.cli.common import ConfigOpt, SetOpt, console, handles_errors, resolve
+from mlxtune.cli.common import ConfigOpt, SetOpt, console, err_console, handles_errors, resolve
 from mlxtune.errors import MlxtuneError
 
 app = typer.Typer(help="Show, check and create config files.", no_args_is_help=True)
@@ -65,3 +65,56 @@ def config_validate(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Check a config file and report every problem at once."""
     resolve(config, set_)
     console.print(f"[green]ok[/green] {config or '(defaults)'}")
+
+
+@app.command("import")
+@handles_errors
+def config_import(
+    source: Annotated[Path, typer.Argument(help="An mlx-lm LoRA config (mlx_lm.lora -c FILE).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Convert an mlx-lm LoRA config into a commented mlxtune config; say what did not carry."""
+    from mlxtune.config import read_yaml, validate_tree
+    from mlxtune.config_import import from_mlx_lm, to_yaml
+    from mlxtune.io import atomic_write_text
+
+    imported = from_mlx_lm(read_yaml(source), str(source))
+    validate_tree(imported.tree, str(source))  # what it writes must load
+    text = to_yaml(imported, str(source))
+    if out is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        if out.exists() and not force:
+            raise MlxtuneError(f"{out}: already exists (use --force to overwrite)")
+        atomic_write_text(out, text)
+        console.print(f"wrote {out}")
+    for note in imported.notes:
+        err_console.print(f"[yellow]not carried over:[/yellow] {note}", highlight=False)
+
+
+@app.command("export")
+@handles_errors
+def config_export(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    mlx_lm: Annotated[
+        bool, typer.Option("--mlx-lm", help="As an mlx_lm.lora config (the only format).")
+    ] = True,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")
+    ] = None,
+) -> None:
+    """Write the resolved config as an mlx-lm LoRA config (`mlx_lm.lora -c FILE`)."""
+    from mlxtune.config_import import export_yaml, to_mlx_lm
+    from mlxtune.io import atomic_write_text
+
+    text = export_yaml(to_mlx_lm(resolve(config, set_)))
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(out, text)
+        console.print(f"wrote {out}")

@@ -59,15 +59,23 @@ def prepare(
             "--out", "-o", help="Output directory (default: data.dir).", show_default=False
         ),
     ] = None,
+    explain: Annotated[
+        int,
+        typer.Option(
+            "--explain", metavar="N", help="Show N records quality dropped, with factor scores."
+        ),
+    ] = 0,
 ) -> None:
     """Read, clean, deduplicate and split raw data into train/valid/test.jsonl + manifest.json."""
     from mlxtune.data.prepare import prepare as run_prepare
-    from mlxtune.render.data import print_prepare
+    from mlxtune.render.data import print_explain, print_prepare
 
     cfg = resolve(config, set_, prepare__out_dir=out)
     with err_console.status("preparing") as status:
         result = run_prepare(cfg, force=force, progress=lambda msg: status.update(msg))
     print_prepare(console, err_console, result)
+    if explain:
+        print_explain(console, result, explain)
 
 
 @handles_errors

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from mlxtune.cli import mlx_lm_flags as mlx
 from mlxtune.cli.common import (
     ConfigOpt,
     JsonOpt,
@@ -70,6 +71,8 @@ def evaluate_cmd(
     ] = None,
     limit: Annotated[int | None, typer.Option(help="With --tasks: examples per task.")] = None,
     json_: JsonOpt = False,
+    adapter_path: mlx.AdapterPathFlag = None,  # mlx_lm's names (hidden)
+    data: mlx.DataFlag = None,
 ) -> None:
     """Score an adapter beside its base model, per category; exit 1 if a threshold fails.
 
@@ -88,7 +91,8 @@ def evaluate_cmd(
         cfg = resolve(
             config,
             set_,
-            evaluate__adapter=adapter,
+            evaluate__adapter=adapter or adapter_path,
+            data__dir=data,
             evaluate__split=split,
             evaluate__compare_base=compare_base,
             evaluate__endpoint=endpoint,

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from mlxtune.cli import mlx_lm_flags as mlx
 from mlxtune.cli.common import ConfigOpt, SetOpt, console, err_console, handles_errors, resolve
 from mlxtune.errors import MlxtuneError
 
@@ -32,11 +33,16 @@ def serve(
             help="Require this bearer token (or env MLXTUNE_API_KEY).", show_default=False
         ),
     ] = None,
+    model: mlx.ModelFlag = None,  # mlx_lm.server's names (hidden)
+    adapter_path: mlx.AdapterPathFlag = None,
 ) -> None:
     """Serve the base model and named adapters with an OpenAI-compatible API."""
     from mlxtune.serve import serve as run_server
 
     flags: dict[str, Any] = {"serve__host": host, "serve__port": port, "serve__api_key": api_key}
+    flags["model__path"] = model
+    if adapter_path is not None:
+        flags[f"serve__adapters__{adapter_path.name}"] = str(adapter_path)
     for item in adapter or []:
         name, sep, path = item.partition("=")
         if not sep or not name.strip() or "." in name or not path.strip():

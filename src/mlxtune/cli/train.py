@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from mlxtune.cli import mlx_lm_flags as mlx
 from mlxtune.cli.common import ConfigOpt, SetOpt, console, err_console, handles_errors, resolve
 
 
@@ -43,6 +44,25 @@ def train_cmd(
         Path | None, typer.Option(help="mlx.launch hostfile (with --launch) for a cluster.")
     ] = None,
     backend: Annotated[str, typer.Option(help="mlx.launch backend with --launch.")] = "ring",
+    # mlx_lm.lora's flag names (hidden): its command lines work unchanged
+    model: mlx.ModelFlag = None,
+    data: mlx.DataFlag = None,
+    adapter_path: mlx.AdapterPathFlag = None,
+    fine_tune_type: mlx.FineTuneTypeFlag = None,
+    batch_size: mlx.BatchSizeFlag = None,
+    num_layers: mlx.NumLayersFlag = None,
+    max_seq_length: mlx.MaxSeqLengthFlag = None,
+    grad_accumulation_steps: mlx.GradAccumFlag = None,
+    steps_per_report: mlx.StepsPerReportFlag = None,
+    steps_per_eval: mlx.StepsPerEvalFlag = None,
+    save_every: mlx.SaveEveryFlag = None,
+    val_batches: mlx.ValBatchesFlag = None,
+    seed: mlx.SeedFlag = None,
+    optimizer: mlx.OptimizerFlag = None,
+    mask_prompt: mlx.MaskPromptFlag = None,
+    grad_checkpoint: mlx.GradCheckpointFlag = None,
+    trust_remote_code: mlx.TrustRemoteCodeFlag = None,
+    train_: mlx.TrainFlag = False,
 ) -> None:
     """Fine-tune with LoRA, DoRA or full training; resumes exactly, keeps the best adapter."""
     from mlxtune import train as core
@@ -51,13 +71,31 @@ def train_cmd(
 
     if resume is not None and config is None and (resume / "config.yaml").is_file():
         config = resume / "config.yaml"  # the run's own resolved config
+    flags = mlx.adapter_path_flags(adapter_path)
+    if name is not None:
+        flags["train__name"] = name
     cfg = resolve(
         config,
         set_,
-        train__name=name,
         train__iters=iters,
         train__learning_rate=learning_rate,
-        train__method=method,
+        train__method=method or fine_tune_type,
+        model__path=model,
+        model__trust_remote_code=trust_remote_code,
+        data__dir=data,
+        train__batch_size=batch_size,
+        train__num_layers=num_layers,
+        train__max_seq_length=max_seq_length,
+        train__grad_accumulation_steps=grad_accumulation_steps,
+        train__steps_per_report=steps_per_report,
+        train__steps_per_eval=steps_per_eval,
+        train__save_every=save_every,
+        train__val_batches=val_batches,
+        train__seed=seed,
+        train__optimizer=optimizer,
+        train__mask_prompt=mask_prompt,
+        train__grad_checkpoint=grad_checkpoint,
+        **flags,
     )
     if launch:
         import tempfile

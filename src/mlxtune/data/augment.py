@@ -10,11 +10,13 @@ any split is dropped and counted: a rephrasing must never duplicate a held-out q
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mlxtune.data import records as rec
+from mlxtune.data.quality import EN_STOPWORDS
 
 if TYPE_CHECKING:
     from mlxtune.config import AugmentConfig, ModelConfig
@@ -54,6 +56,42 @@ def topic(question: str) -> str:
     return text
 
 
+# Function words dropped from {words}: the question's content is what a paraphrase keeps.
+_QUESTION_WORDS = EN_STOPWORDS | frozenset(
+    "who whom whose where why which should would could i me my we our there name tell describe "  # noqa: SIM905
+    "explain list give kind".split()
+)
+_TOKEN = re.compile(r"[\w][\w.+#/-]*[\w+#]|\w")
+
+
+def content_words(question: str) -> list[str]:
+    """The question's words without function words, in order: 'Which port does the LLM
+    Router use?' -> ['port', 'LLM', 'Router', 'use']."""
+    return [w for w in _TOKEN.findall(question) if w.lower() not in _QUESTION_WORDS]
+
+
+PLACEHOLDERS = ("question", "topic", "words", "words_a", "words_b")
+
+
+def placeholders(question: str) -> dict[str, str]:
+    """What a template may name: {question}, {topic}, {words} (content words), {words_a} and
+    {words_b} (every other content word, starting with the first and the second)."""
+    words = content_words(question)
+    return {
+        "question": question.strip(),
+        "topic": topic(question),
+        "words": " ".join(words),
+        "words_a": " ".join(words[0::2]),
+        "words_b": " ".join(words[1::2]),
+    }
+
+
+def fill(template: str, question: str) -> str:
+    """The template with its placeholders filled; unknown braces are left as written."""
+    values = placeholders(question)
+    return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
+
+
 def _stable(text: str, seed: int) -> int:
     return int(hashlib.sha256(f"{seed}\x1f{text}".encode()).hexdigest()[:8], 16)
 
@@ -71,7 +109,7 @@ def template_paraphrases(cfg: AugmentConfig) -> Paraphraser:
                 if len(chosen) == n:
                     break
                 t = cfg.templates[(start + k) % len(cfg.templates)]
-                chosen.append(t.replace("{question}", q.strip()).replace("{topic}", topic(q)))
+                chosen.append(fill(t, q))
             out.append(chosen)
         return out
 

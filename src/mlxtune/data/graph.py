@@ -81,13 +81,13 @@ def _environment() -> Any:
     return SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False)
 
 
-def _connect(src: SourceConfig) -> Any:
+def _connect(src: SourceConfig, timeout: float = CONNECT_TIMEOUT_S) -> Any:
     neo4j = driver_module()
     exceptions = neo4j.exceptions
     auth = credentials(src)
     try:
         driver = neo4j.GraphDatabase.driver(
-            src.uri, auth=auth, connection_timeout=CONNECT_TIMEOUT_S, max_connection_pool_size=1
+            src.uri, auth=auth, connection_timeout=timeout, max_connection_pool_size=1
         )
     except (ValueError, exceptions.ConfigurationError) as e:
         raise ConfigError(f"prepare.sources: {_name(src)}: {e}") from None
@@ -104,9 +104,11 @@ def _connect(src: SourceConfig) -> Any:
     return driver
 
 
-def _run(src: SourceConfig, query: str, params: dict[str, Any]) -> list[Any]:
+def _run(
+    src: SourceConfig, query: str, params: dict[str, Any], timeout: float = CONNECT_TIMEOUT_S
+) -> list[Any]:
     neo4j = driver_module()
-    driver = _connect(src)
+    driver = _connect(src, timeout)
     try:
         with driver.session(database=src.database) as session:
             return list(session.run(query, params))
@@ -159,9 +161,10 @@ def rows_sha256(rows: list[Row]) -> str:
     return h.hexdigest()
 
 
-def label_counts(src: SourceConfig) -> dict[str, int]:
+def label_counts(src: SourceConfig, timeout: float = CONNECT_TIMEOUT_S) -> dict[str, int]:
     """Nodes per label in the source's database (for `status`)."""
-    return {str(r["label"]): int(r["nodes"]) for r in _run(src, LABEL_COUNTS, {})}
+    check(src)
+    return {str(r["label"]): int(r["nodes"]) for r in _run(src, LABEL_COUNTS, {}, timeout)}
 
 
 def _node_view(node: Any) -> dict[str, Any]:

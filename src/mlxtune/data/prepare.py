@@ -354,6 +354,10 @@ def _read_all(
                 problems.extend(f"{where}: {f}: {m}" for f, m in bad)
                 continue
             record = formats.to_canonical(row.data, fmt, system_prompt=cfg.data.system_prompt)
+            tool_bad = formats.tool_problems(record)
+            if tool_bad:
+                problems.extend(f"{where}: {f}: {m}" for f, m in tool_bad)
+                continue
             record = rec.clean_record(record)
             bad_images = link_images(record, base, ledger)
             if bad_images:

@@ -31,7 +31,7 @@ _CALL = re.compile(r"\b([A-Za-z_][\w.]*)\(")
 _IDENT = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*")
 _CHAR_LOOP = re.compile(r"(.{2,40}?)\1{4,}", re.S)  # the same chunk 5+ times in a row
 # Common English function words: prose with none of these is not English.
-_EN_STOPWORDS = frozenset(
+EN_STOPWORDS = frozenset(
     "the a an of to in and or is are was be it that this for on with as by at from not can "  # noqa: SIM905
     "you your its which what how when does do use uses used has have will if".split()
 )
@@ -139,7 +139,7 @@ class Scorer:
         checks: list[float] = []
         words = [w.lower() for w in _WORD.findall(_prose(answer))]
         if len(words) >= 8:  # too little prose to tell a language from
-            share = sum(w in _EN_STOPWORDS for w in words) / len(words)
+            share = sum(w in EN_STOPWORDS for w in words) / len(words)
             checks.append(1.0 if share >= 0.1 else 0.0)
         for lang, code in _CODE_BLOCK.findall(answer):
             if lang.lower() in ("python", "py"):

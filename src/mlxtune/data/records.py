@@ -3,6 +3,7 @@ rule, so the two commands can never disagree about what a good row is."""
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections import Counter
@@ -173,9 +174,7 @@ def clean_text(text: str) -> str:
 def clean_record(record: dict[str, Any]) -> dict[str, Any]:
     out = dict(record)
     if "messages" in record:
-        out["messages"] = [
-            {"role": m["role"], "content": clean_text(m["content"])} for m in record["messages"]
-        ]
+        out["messages"] = [{**m, "content": clean_text(m["content"])} for m in record["messages"]]
     else:
         out["text"] = clean_text(record["text"])
     return out
@@ -189,14 +188,16 @@ def fold(text: str) -> str:
 def exact_key(record: dict[str, Any]) -> str:
     """The whole conversation (never the answer alone: paraphrases share answers)."""
     if "messages" in record:
-        turns = "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in record["messages"])
+        turns = "\x1e".join(f"{m['role']}\x1f{m['content']}{_calls(m)}" for m in record["messages"])
         return turns + _images_key(record)
     return str(record["text"])
 
 
 def normalized_key(record: dict[str, Any]) -> str:
     if "messages" in record:
-        turns = "\x1e".join(f"{m['role']}\x1f{fold(m['content'])}" for m in record["messages"])
+        turns = "\x1e".join(
+            f"{m['role']}\x1f{fold(m['content'])}{_calls(m)}" for m in record["messages"]
+        )
         return turns + _images_key(record)
     return fold(str(record["text"]))
 
@@ -204,6 +205,11 @@ def normalized_key(record: dict[str, Any]) -> str:
 def _images_key(record: dict[str, Any]) -> str:
     """Same question about a different image is not a duplicate."""
     return "\x1d" + "\x1f".join(record["images"]) if record.get("images") else ""
+
+
+def _calls(message: dict[str, Any]) -> str:
+    calls = message.get("tool_calls")
+    return "\x1f" + json.dumps(calls, sort_keys=True) if calls else ""
 
 
 def question(record: dict[str, Any]) -> str:
@@ -220,7 +226,11 @@ def question_key(record: dict[str, Any]) -> str:
 
 def empty_turns(record: dict[str, Any]) -> list[int]:
     """Indexes of messages whose content is empty after cleaning."""
-    return [i for i, m in enumerate(record.get("messages", [])) if not m["content"].strip()]
+    return [
+        i
+        for i, m in enumerate(record.get("messages", []))
+        if not m["content"].strip() and not m.get("tool_calls")
+    ]
 
 
 def answer(record: dict[str, Any]) -> str:

@@ -202,6 +202,8 @@ def validate_format(
             for i in rec.empty_turns(record):
                 role = record["messages"][i]["role"]
                 add(where, f"messages[{i}].content", f"empty {role} turn", "empty")
+            for fld, message in formats.tool_problems(record):
+                add(where, fld, message, "tools")
             if order:
                 continue
         elif not str(record["text"]).strip():
@@ -317,7 +319,7 @@ def prompt_mismatches(tokenizer: Any, record: dict[str, Any]) -> list[str]:
     differ. Also compare with how raw mlx-lm tokenizes the same record."""
     out = []
     prompt, _ = formats.prompt_and_answer(record)
-    generation = formats.encode_prompt(tokenizer, prompt)
+    generation = formats.encode_prompt(tokenizer, prompt, tools=record.get("tools"))
     tokens, mask = formats.encode_for_training(tokenizer, record, mask_prompt=True)
     starts = [i for i in range(1, len(mask)) if mask[i] and not mask[i - 1]]
     start = starts[-1] if starts else len(tokens)
@@ -331,7 +333,9 @@ def prompt_mismatches(tokenizer: Any, record: dict[str, Any]) -> list[str]:
             f"training prompt ({len(trained_prompt)} tokens) differs from the generation "
             f"prompt ({len(generation)} tokens) at token {at}"
         )
-    raw = formats._hf(tokenizer).apply_chat_template(record["messages"], return_dict=False)
+    raw = formats._hf(tokenizer).apply_chat_template(
+        record["messages"], tools=record.get("tools"), return_dict=False
+    )
     if list(raw) != tokens:
         out.append(
             f"raw mlx-lm tokenizes this record to {len(raw)} tokens, mlxtune to {len(tokens)}"

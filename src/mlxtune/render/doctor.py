@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -23,4 +24,5 @@ def print_doctor(console: Console, report: DoctorReport) -> None:
     console.print(table)
     for check in report.checks:
         if check.fix:
-            console.print(f"[yellow]fix[/yellow] {check.name}: {check.fix}")
+            label = "fix" if check.status != "ok" else "how"
+            console.print(f"[yellow]{label}[/yellow] {check.name}: {escape(check.fix)}")

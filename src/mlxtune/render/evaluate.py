@@ -28,12 +28,18 @@ def scores_table(report: EvalReport) -> Table:
     has_base = report.has_base
     title = f"evaluate {report.split}: {report.n_examples} examples, {report.labels['adapter']}"
     table = Table(title=title)
-    value_cols = ("base", "adapter", "delta") if has_base else ("value",)
+    held = report.has_constrained  # the adapter again, decoding under the output schema
+    value_cols: tuple[str, ...] = {
+        (True, False): ("base", "adapter", "delta"),
+        (True, True): ("base", "adapter", "adapter + constrained", "delta"),
+        (False, False): ("value",),
+        (False, True): ("value", "constrained"),
+    }[has_base, held]
     for col in ("category", "n", "metric", *value_cols):
         table.add_column(col, justify="right" if col not in ("category", "metric") else "left")
     blocks = report.blocks()
     for bi, (name, block) in enumerate(blocks):
-        base, delta = block.base or {}, block.delta or {}
+        base, delta, constrained = block.base or {}, block.delta or {}, block.constrained or {}
         shown = [
             m
             for m in METRICS
@@ -42,13 +48,13 @@ def scores_table(report: EvalReport) -> Table:
         for i, metric in enumerate(shown):
             cells = [name if i == 0 else "", str(block.n) if i == 0 else "", metric]
             if has_base:
-                cells += [
-                    _score(base.get(metric)),
-                    _score(block.adapter.get(metric)),
-                    _score(delta.get(metric), signed=True),
-                ]
+                cells += [_score(base.get(metric)), _score(block.adapter.get(metric))]
             else:
                 cells.append(_score(block.adapter.get(metric)))
+            if held:
+                cells.append(_score(constrained.get(metric)))
+            if has_base:
+                cells.append(_score(delta.get(metric), signed=True))
             table.add_row(*cells, end_section=i == len(shown) - 1 and bi < len(blocks) - 1)
     return table
 

@@ -34,7 +34,8 @@ def _delta_cell(m: MetricDelta) -> str:
 def _eval_cell(r: RunRecord) -> str:
     """Keyword accuracy, else token F1 (marked), of the run's evaluation; '–' without one."""
     ev = r.eval_overall
-    metric = next((m for m in ("keyword_accuracy", "token_f1") if m in ev), None)
+    # keyword_accuracy is None when the data has no keywords (the vision set has none)
+    metric = next((m for m in ("keyword_accuracy", "token_f1") if ev.get(m) is not None), None)
     if metric is None:
         return "–"
     return f"{ev[metric]:.3f}" + ("" if metric == "keyword_accuracy" else " f1")

@@ -146,6 +146,7 @@ def print_plan(console: Console, err_console: Console, plan: TrainPlan, json_: b
     share = 100 * plan.trainable_params / max(plan.total_params, 1)
     rows = [
         ("method", plan.method),
+        *([("lora", plan.lora)] if plan.lora else []),
         (
             "parameters",
             f"{plan.trainable_params:,} trainable of {plan.total_params:,} ({share:.2f}%)",

@@ -32,6 +32,7 @@ from mlxtune.errors import MlxtuneError
 from mlxtune.serve.embed_worker import EmbedJob, EmbedWorker
 from mlxtune.serve.engine import LoadedModel, QueueFull
 from mlxtune.serve.models import default_model_name
+from mlxtune.serve.openai_fields import check_extras
 from mlxtune.serve.routes import RETRY_AFTER_S
 from mlxtune.serve.state import ServeState, get_state
 from mlxtune.serve.wire import ApiError, Text
@@ -44,9 +45,10 @@ if TYPE_CHECKING:
 
 
 class EmbeddingBody(BaseModel):
-    """Strict like the chat bodies: "8" is not a dimension, 1.0 is not a token id."""
+    """Strict like the chat bodies: "8" is not a dimension, 1.0 is not a token id. Unknown
+    fields are kept as extras so `openai_fields.check_extras` answers 400 naming them."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     input: Text | list[Text] | list[StrictInt] | list[list[StrictInt]] = Field(
         ..., description="A text, a list of texts, a token array or a list of token arrays."
@@ -218,6 +220,7 @@ async def embeddings(request: Request, state: State) -> JSONResponse:
         body = EmbeddingBody.model_validate_json(await request.body())
     except ValidationError as e:
         raise RequestValidationError(e.errors()) from None
+    check_extras(body.model_extra, "embeddings")
     name = body.model or service.default_model
     embedder = service.embedders.get(name)
     if embedder is None:

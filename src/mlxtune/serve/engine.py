@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlxtune.errors import MlxtuneError
+from mlxtune.serve.sampling import Sampling, make_processors, make_sampler, token_logprob
 
 log = logging.getLogger("mlxtune.serve")
 
@@ -35,6 +36,7 @@ class LoadedModel:
     adapter: str | None = None  # adapter directory, None for the base model
     fingerprint: str | None = None  # sha256 of adapters.safetensors
     alias: str | None = None  # the registry alias it was served by ("current"), if any
+    processor: Any = None  # a vision-language model's: it answers through mlxtune.vlm.serve
 
 
 @dataclass(eq=False)  # compared by identity: the engine finds a request in its queues
@@ -44,9 +46,7 @@ class GenRequest:
     model: str
     prompt: list[int]
     max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
+    sampling: Sampling = field(default_factory=Sampling)
     stop: list[str] = field(default_factory=list)
     # emit(kind, payload): ("text", str) per piece, ("done", finish_reason), ("error", Failure)
     emit: Callable[[str, Any], None] = lambda kind, payload: None
@@ -55,15 +55,21 @@ class GenRequest:
     # The model as loaded when the request was queued: a reload swaps `Engine.models[model]`
     # for new requests, and this one still finishes, whole, on the weights it started with.
     loaded: LoadedModel | None = None
+    # this request's own mlx-lm logits processors (a response_format constraint)
+    logits_processors: list[Any] = field(default_factory=list)
+    response_format: str | None = None  # "json_object" / "json_schema" when constrained
     cancelled: bool = False
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     completion_tokens: int = 0
+    images: int = 0  # image parts in the request (vision-language models)
     # worker-side state
     uid: int | None = None
     detok: Any = None
     text: str = ""
     sent: int = 0
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # when sampling.logprobs
+    logprobs_sent: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,28 +84,6 @@ class Failure:
 SHUTTING_DOWN = Failure(503, "shutting_down", "server is shutting down")
 GENERATION_FAILED = Failure(500, "generation_failed", "generation failed (see the server log)")
 WORKER_DIED = Failure(503, "worker_died", "the generation worker stopped; the server is exiting")
-GREEDY_BELOW = 1e-5  # temperature or top_p this small is greedy (as vLLM): no 1/1e-300 logits
-
-
-def make_request_sampler(temperature: float, top_p: float, seed: int | None) -> Any:
-    """Greedy requests share mlx-lm's greedy sampler (one batched argmax); a seeded request
-    gets its own random key, so its tokens do not depend on what else is in the batch."""
-    import mlx.core as mx
-    from mlx_lm.sample_utils import apply_top_p, greedy_sampler, make_sampler
-
-    if temperature < GREEDY_BELOW or top_p < GREEDY_BELOW:
-        return greedy_sampler
-    if seed is None:
-        return make_sampler(temperature, top_p=top_p if top_p < 1 else 0.0)
-    state = {"key": mx.random.key(seed)}
-
-    def sampler(logprobs: Any) -> Any:
-        if 0 < top_p < 1:
-            logprobs = apply_top_p(logprobs, top_p)
-        state["key"], sub = mx.random.split(state["key"])
-        return mx.random.categorical(logprobs * (1 / temperature), key=sub)
-
-    return sampler
 
 
 class _Slot:
@@ -118,6 +102,9 @@ class _Slot:
             stream=stream,
         )
         self.active: dict[int, GenRequest] = {}
+
+    def decode_one(self, token: int) -> str:
+        return str(self.loaded.tokenizer.decode([token]))
 
 
 class Engine:
@@ -327,8 +314,12 @@ class Engine:
             slot.gen.close()
 
     def _insert(self, slot: _Slot, req: GenRequest) -> None:
-        sampler = make_request_sampler(req.temperature, req.top_p, req.seed)
-        (uid,) = slot.gen.insert([req.prompt], max_tokens=[req.max_tokens], samplers=[sampler])
+        (uid,) = slot.gen.insert(
+            [req.prompt],
+            max_tokens=[req.max_tokens],
+            samplers=[make_sampler(req.sampling)],
+            logits_processors=[make_processors(req.sampling) + req.logits_processors],
+        )
         req.uid = uid
         req.detok = slot.loaded.tokenizer.detokenizer
         slot.active[uid] = req
@@ -357,6 +348,10 @@ class Engine:
             if finish != "stop":  # the stop token (EOS) itself is not part of the answer
                 req.detok.add_token(r.token)
                 req.completion_tokens += 1
+                if req.sampling.logprobs is not None:
+                    req.logprobs.append(
+                        token_logprob(r.token, r.logprobs, req.sampling.logprobs, slot.decode_one)
+                    )
             if finish is not None:
                 req.detok.finalize()
             req.text += req.detok.last_segment
@@ -382,5 +377,8 @@ class Engine:
         hold = 0 if final or not req.stop else max(len(s) for s in req.stop) - 1
         upto = max(req.sent, len(req.text) - hold)
         if upto > req.sent:
+            if len(req.logprobs) > req.logprobs_sent:  # they ride on the next text chunk
+                req.emit("logprobs", req.logprobs[req.logprobs_sent :])
+                req.logprobs_sent = len(req.logprobs)
             req.emit("text", req.text[req.sent : upto])
             req.sent = upto

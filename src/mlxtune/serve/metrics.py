@@ -29,6 +29,10 @@ class Metrics:
             "mlxtune_tokens", "Tokens in (prompt) and out (completion)", ["model", "direction"],
             registry=r,
         )  # fmt: skip
+        self.constrained = Counter(
+            "mlxtune_constrained_requests", "Requests decoded under a response_format",
+            ["model", "response_format", "status"], registry=r,
+        )  # fmt: skip
         self.queue_depth = Gauge("mlxtune_queue_depth", "Requests waiting", registry=r)
         self.batch_size = Gauge("mlxtune_batch_size", "Sequences being decoded", registry=r)
         # One gauge per reading; `mlxtune bench` scrapes *peak_memory_bytes.

@@ -72,7 +72,12 @@ def load_models(cfg: Config) -> dict[str, LoadedModel]:
     import mlx.core as mx
 
     from mlxtune.modeling import load_model
+    from mlxtune.vlm.kind import model_kind
 
+    if model_kind(cfg.model) == "vlm":
+        from mlxtune.vlm.serve import load_vision_models
+
+        return load_vision_models(cfg)
     adapters = resolve_adapters(cfg)
     base_model, base_tok, _ = load_model(cfg.model)
     mx.eval(base_model.parameters())

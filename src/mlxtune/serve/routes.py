@@ -5,6 +5,7 @@ parser) runs, and every response body is built by `wire`."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,11 +18,14 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from mlxtune.serve import wire
+from mlxtune.serve.constrain import requested_format
 from mlxtune.serve.engine import Failure, GenRequest, LoadedModel, QueueFull
 from mlxtune.serve.guard import AUTHED
+from mlxtune.serve.openai_fields import check_extras
 from mlxtune.serve.routing import pick_variant
 from mlxtune.serve.state import ServeState, get_state
 from mlxtune.serve.wire import ApiError, Body, ChatBody, CompletionBody
+from mlxtune.structured import ResponseFormat
 
 RETRY_AFTER_S = 1
 
@@ -75,22 +79,40 @@ async def metrics(state: State) -> Response:
     return Response(body, media_type=media_type)
 
 
+def _model_entry(state: ServeState, m: LoadedModel) -> dict[str, Any]:
+    return wire.model_entry(
+        m.name, int(state.started), state.cfg.model.path, m.adapter, m.fingerprint
+    )
+
+
 @router.get("/v1/models")
 async def list_models(state: State) -> dict[str, Any]:
-    created, root = int(state.started), state.cfg.model.path
-    entries = [
-        wire.model_entry(m.name, created, root, m.adapter, m.fingerprint)
-        for m in state.models.values()
-    ]
+    entries = [_model_entry(state, m) for m in state.models.values()]
     dedicated = state.embed.dedicated if state.embed else {}
+    created = int(state.started)
     entries += [wire.model_entry(n, created, path, None, None) for n, path in dedicated.items()]
     return wire.model_list(entries)
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, state: State) -> dict[str, Any]:
+    dedicated = state.embed.dedicated if state.embed else {}
+    if model_id in dedicated:  # the embedding model served beside the language models
+        return wire.model_entry(model_id, int(state.started), dedicated[model_id], None, None)
+    if model_id not in state.models:
+        raise ApiError(
+            404, f"model {model_id[:100]!r} not found; served: {', '.join(state.models)}",
+            param="model", code="model_not_found",
+        )  # fmt: skip
+    return _model_entry(state, state.models[model_id])
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat(body: ChatBody, request: Request, state: State) -> Response:
     from mlxtune.formats import encode_prompt
+    from mlxtune.serve.tools import supports_tools
 
+    check_extras(body.model_extra, "chat")
     name = _pick_model(state, body, request)
     cap = state.cfg.serve.max_messages
     if len(body.messages) > cap:
@@ -98,25 +120,63 @@ async def chat(body: ChatBody, request: Request, state: State) -> Response:
             400, f"messages: {len(body.messages)} is over the cap of {cap}", param="messages"
         )
     max_tokens = _check_limits(state, body, chat=True)
+    if body.image_urls() or state.models[name].processor is not None:
+        from mlxtune.vlm.serve import refuse_images_to_text_model, vision_chat
+
+        refuse_images_to_text_model(body, state.models[name])
+        return await vision_chat(state, body, name, max_tokens)
+    tokenizer = state.models[name].tokenizer
+    tools = body.tools_in_use()
+    if tools and not supports_tools(tokenizer):
+        raise ApiError(400, "tools: this model's chat template has no tool calling", param="tools")
     messages = [m.as_message() for m in body.messages]
+    render = functools.partial(
+        encode_prompt, tools=tools, template_kwargs=body.chat_template_kwargs
+    )
     try:
-        prompt = await _tokenize(state, encode_prompt, state.models[name].tokenizer, messages)
+        prompt = await _tokenize(state, render, tokenizer, messages)
     except Exception as e:  # a template that rejects the conversation
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ApiError(400, f"messages: cannot render prompt: {first}", param="messages") from None
     _check_prompt(state, prompt, chat=True)
-    return await _generate(state, request, body, name, prompt, max_tokens, chat=True)
+    constraint = await _constrain(state, body, name, max_tokens)
+    job = _submit(
+        state, body, name, prompt, max_tokens, chat=True, logprobs=body.logprobs_wanted(),
+        **constraint,
+    )  # fmt: skip
+    job.tools = tools
+    return await _respond(state, request, body, job)
 
 
 @router.post("/v1/completions", response_model=None)
 async def completions(body: CompletionBody, request: Request, state: State) -> Response:
     from mlxtune.formats import encode
 
+    check_extras(body.model_extra, "completions")
     name = _pick_model(state, body, request)
+    if state.models[name].processor is not None:
+        raise ApiError(
+            400, f"model {name!r} is a vision-language model: use /v1/chat/completions",
+            param="model",
+        )  # fmt: skip
     max_tokens = _check_limits(state, body, chat=False)
-    prompt = await _tokenize(state, encode, state.models[name].tokenizer, body.prompt)
-    _check_prompt(state, prompt, chat=False)
-    return await _generate(state, request, body, name, prompt, max_tokens, chat=False)
+    tokenizer = state.models[name].tokenizer
+    prompts = [
+        p if isinstance(p, list) else await _tokenize(state, encode, tokenizer, p)
+        for p in body.prompts()
+    ]
+    for prompt in prompts:
+        _check_prompt(state, prompt, chat=False)
+    if len(prompts) > 1:
+        if body.stream:
+            raise ApiError(400, "stream: a batch of prompts cannot stream", param="stream")
+        return await _batch(state, request, body, name, prompts, max_tokens)
+    constraint = await _constrain(state, body, name, max_tokens)
+    job = _submit(
+        state, body, name, prompts[0], max_tokens, chat=False, logprobs=body.logprobs,
+        **constraint,
+    )  # fmt: skip
+    return await _respond(state, request, body, job)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +192,8 @@ class _Job:
     chat: bool
     rid: str
     created: int
+    tools: list[dict[str, Any]] | None = None  # tool calls are parsed from the whole answer
+    include_usage: bool = False
 
     @property
     def endpoint(self) -> str:
@@ -191,9 +253,14 @@ def _check_prompt(state: ServeState, prompt: list[int], *, chat: bool) -> None:
 
 
 def _submit(
-    state: ServeState, body: Body, name: str, prompt: list[int], max_tokens: int, *, chat: bool
-) -> _Job:
+    state: ServeState, body: Body, name: str, prompt: list[int], max_tokens: int, *,
+    chat: bool, logprobs: int | None = None, fmt: ResponseFormat | None = None,
+    processors: list[Any] | None = None,
+) -> _Job:  # fmt: skip
     """Queue the generation, or answer 503 Retry-After at once when the queue is full."""
+    vocab = state.models[name].model.args.vocab_size if body.logit_bias else 0
+    if body.logit_bias and any(int(t) >= vocab for t in body.logit_bias):
+        raise ApiError(400, f"logit_bias: token ids must be below {vocab}", param="logit_bias")
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
@@ -201,11 +268,13 @@ def _submit(
         loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
 
     req = GenRequest(
-        model=name, prompt=prompt, max_tokens=max_tokens, temperature=body.temperature,
-        top_p=body.top_p, seed=body.seed, stop=body.stops(), emit=emit, stream=body.stream,
+        model=name, prompt=prompt, max_tokens=max_tokens, sampling=body.sampling(logprobs),
+        stop=body.stops(), emit=emit, stream=body.stream,
         route=asked if (asked := body.model or state.default_model) in state.routes else None,
+        logits_processors=processors or [], response_format=fmt.type if fmt else None,
     )  # fmt: skip
     job = _Job(req, events, chat, wire.new_id(chat), int(time.time()))
+    job.include_usage = body.include_usage
     try:
         state.engine.submit(req)
     except QueueFull as e:
@@ -218,17 +287,16 @@ def _submit(
     return job
 
 
-async def _generate(
-    state: ServeState,
-    request: Request,
-    body: Body,
-    name: str,
-    prompt: list[int],
-    max_tokens: int,
-    *,
-    chat: bool,
-) -> Response:
-    job = _submit(state, body, name, prompt, max_tokens, chat=chat)
+async def _constrain(state: ServeState, body: Body, name: str, max_tokens: int) -> dict[str, Any]:
+    """`response_format` -> this request's grammar processors (compiled off the event loop)."""
+    fmt = requested_format(body.response_format)
+    processors = await state.constraints.for_request(state.models[name], fmt, max_tokens)
+    return {"fmt": fmt, "processors": processors}
+
+
+async def _respond(state: ServeState, request: Request, body: Body, job: _Job) -> Response:
+    if job.tools:
+        job.req.stream = False  # calls are parsed from the whole answer, then streamed
     if body.stream:
         # Starlette cancels this stream when the client disconnects; its `finally` cancels
         # the generation.
@@ -260,9 +328,67 @@ async def _whole(state: ServeState, request: Request, job: _Job) -> Response:
         state.record(req, job.endpoint, 499, "cancelled")
         return Response(status_code=499)
     state.record(req, job.endpoint, 200, payload)
+    text, calls = _answer(state, job)
+    logprobs = req.logprobs if req.sampling.logprobs is not None else None
     return JSONResponse(
         wire.completion(
-            job.rid, job.created, req.model, req.text, payload, job.usage(), chat=job.chat
+            job.rid,
+            job.created,
+            req.model,
+            text,
+            payload,
+            job.usage(),
+            chat=job.chat,
+            tool_calls=calls,
+            logprobs=logprobs,
+        )
+    )
+
+
+def _answer(state: ServeState, job: _Job) -> tuple[str, list[dict[str, Any]]]:
+    """The answer's text and, when the request gave tools, the calls read out of it."""
+    if not job.tools:
+        return job.req.text, []
+    from mlxtune.serve.tools import extract_tool_calls
+
+    return extract_tool_calls(job.req.text, state.models[job.req.model].tokenizer, job.tools)
+
+
+async def _batch(
+    state: ServeState,
+    request: Request,
+    body: CompletionBody,
+    name: str,
+    prompts: list[list[int]],
+    max_tokens: int,
+) -> Response:
+    """A list of completion prompts: one choice each, generated side by side."""
+    jobs = [
+        _submit(
+            state,
+            body,
+            name,
+            p,
+            max_tokens,
+            chat=False,
+            logprobs=body.logprobs,
+            **await _constrain(state, body, name, max_tokens),  # a fresh constraint per prompt
+        )
+        for p in prompts
+    ]
+    responses = await asyncio.gather(*(_whole(state, request, j) for j in jobs))
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for i, (job, response) in enumerate(zip(jobs, responses, strict=True)):
+        if response.status_code != 200:
+            return response
+        one = json.loads(bytes(response.body))["choices"][0]
+        choices.append({**one, "index": i})
+        prompt_tokens += len(job.req.prompt)
+        completion_tokens += job.req.completion_tokens
+    usage = wire.usage(prompt_tokens, completion_tokens)
+    return JSONResponse(
+        wire.completion(
+            jobs[0].rid, jobs[0].created, name, "", "stop", usage, chat=False, choices=choices
         )
     )
 
@@ -287,18 +413,30 @@ async def _sse(state: ServeState, job: _Job) -> AsyncIterator[bytes]:
         return _event(wire.chunk(job.rid, job.created, req.model, text, finish, chat=chat, **extra))
 
     status, finish_reason = 499, "cancelled"
+    logprobs: list[dict[str, Any]] = []
     try:
         if chat:
             yield piece("", role=True)
         while True:
             kind, payload = await job.events.get()
+            if kind == "logprobs":
+                logprobs = payload
+                continue
             if kind == "text":
-                yield piece(payload)
+                yield piece(payload, logprobs=logprobs)
+                logprobs = []
                 continue
             if kind == "done":
                 finish_reason = payload
                 if payload != "cancelled":
-                    yield piece(None, payload, usage=job.usage())
+                    if job.tools:  # not streamed as it came: the answer, then its calls
+                        text, calls = _answer(state, job)
+                        if calls:
+                            finish_reason = "tool_calls"
+                        yield piece(text or None, tool_calls=calls, logprobs=req.logprobs)
+                    yield piece(None, finish_reason, usage=job.usage())
+                    if job.include_usage:
+                        yield piece(None, usage=job.usage(), no_choices=True)
                     yield _event("[DONE]")
                     status = 200
             else:  # a Failure: an error event, then the stream ends

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 
+from mlxtune.serve.constrain import Constraints
 from mlxtune.serve.engine import Engine, GenRequest, LoadedModel
 from mlxtune.serve.metrics import Metrics
 from mlxtune.serve.routing import Routes
@@ -37,6 +38,7 @@ class ServeState:
     )
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     routes: Routes = field(default_factory=dict)  # serve.routes, checked
+    constraints: Constraints = field(default_factory=Constraints)  # response_format grammars
     embed: EmbedService | None = None  # POST /v1/embeddings (serve/embeddings.py)
 
     def record(self, req: GenRequest, endpoint: str, status: int, finish: str | None) -> None:
@@ -53,11 +55,14 @@ class ServeState:
         m.tokens.labels(req.model, "out").inc(req.completion_tokens)
         if req.route is not None:
             m.routed.labels(req.route, req.model, str(status)).inc()
+        if req.response_format:
+            m.constrained.labels(req.model, req.response_format, str(status)).inc()
         self.usage.log(
             endpoint=endpoint, model=req.model, prompt_tokens=len(req.prompt),
             completion_tokens=req.completion_tokens, latency_s=round(latency, 6),
             ttft_s=None if ttft is None else round(ttft, 6), status=status,
-            finish_reason=finish, route=req.route,
+            finish_reason=finish, route=req.route, response_format=req.response_format,
+            images=req.images,
         )  # fmt: skip
 
     def record_refusal(self, status: int, model: str | None) -> None:

