@@ -212,7 +212,6 @@ def test_models_endpoints_say_what_each_id_is(client: Any, tiny_model: Path) -> 
         ("chat", "audio", {"voice": "alloy", "format": "wav"}),
         ("chat", "functions", [{"name": "f"}]),
         ("chat", "store", True),
-        ("chat", "response_format", {"type": "json_object"}),
         ("chat", "made_up_field", 1),
         ("chat", "tool_choice", "required"),
         ("chat", "n", 2),

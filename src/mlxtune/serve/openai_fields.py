@@ -34,7 +34,6 @@ REFUSED = {
         "reasoning_effort": "not supported; use chat_template_kwargs (e.g. enable_thinking)",
         "verbosity": "not supported",
         "service_tier": "there is one tier",
-        "response_format": "structured output is not supported",
         "prompt_cache_key": "not supported",
         "safety_identifier": "not supported",
     },
