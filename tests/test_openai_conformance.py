@@ -237,6 +237,11 @@ def test_fields_not_honoured_are_a_400_naming_them(
 
 def test_docs_list_every_field() -> None:
     from mlxtune.serve.openai_fields import HONOURED, REFUSED
+    from mlxtune.serve.wire import ChatBody, CompletionBody
+
+    # every field the bodies declare is listed as honoured (a new one must be documented)
+    assert set(ChatBody.model_fields) <= set(HONOURED["chat"])
+    assert set(CompletionBody.model_fields) <= set(HONOURED["completions"])
 
     doc = (REPO / "docs" / "serve.md").read_text()
     table = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", doc, re.M))

@@ -12,7 +12,7 @@ from mlxtune.serve.wire import ApiError
 COMMON = (
     "model", "max_tokens", "temperature", "top_p", "stop", "seed", "stream", "stream_options",
     "n", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
-    "logit_bias", "user", "logprobs",
+    "logit_bias", "user", "logprobs", "response_format",
 )  # fmt: skip
 HONOURED = {
     "chat": (*COMMON, "messages", "max_completion_tokens", "tools", "tool_choice",
