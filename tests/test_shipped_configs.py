@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 # in its own tests and demo instead.
 OWN_FIXTURE = {
     "graph.yaml": "a Bolt graph server: tests/test_graph_data.py, make demo-graph",
-    "mlx-lm-lora.yaml": "mlx-lm's example with its placeholder data path: tests/test_mlx_lm_compat.py",
+    "mlx-lm-lora.yaml": "mlx-lm's example, placeholder data path: tests/test_mlx_lm_compat.py",
     "vision-demo.yaml": "a vision-language model: tests/test_vlm.py, make demo-vision",
 }
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name not in OWN_FIXTURE)
