@@ -262,10 +262,16 @@ def vision_run(tmp_path_factory: pytest.TempPathFactory, tiny_vlm: Path, vision_
 def test_evaluate_scores_a_vlm_adapter_beside_its_base(vision_run: Path) -> None:
     from mlxtune.evaluate import evaluate
 
-    result = evaluate(load_config(vision_run))
+    cfg = load_config(vision_run, overrides=["evaluate.min={format_compliance: 0.95}"])
+    result = evaluate(cfg)
     report = result.report.to_dict()
     assert report["n_examples"] == 3
-    assert set(report["overall"]) >= {"base", "adapter", "delta"}
+    for side in ("base", "adapter"):  # scored against evaluate.output_schema, as for text
+        assert report["overall"][side]["format_compliance"] is not None
+        assert report["overall"][side]["field_exact_match"] is not None
+    (gate,) = report["thresholds"]
+    assert gate["metric"] == "format_compliance" and gate["actual"] < 0.95  # 2 steps: not yet
+    assert not result.passed
     rows = [json.loads(x) for x in result.predictions_path.read_text().splitlines()]
     assert all(isinstance(r["base"], str) and isinstance(r["adapter"], str) for r in rows)
     cfg = load_config(vision_run)

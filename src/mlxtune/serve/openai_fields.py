@@ -12,7 +12,7 @@ from mlxtune.serve.wire import ApiError
 COMMON = (
     "model", "max_tokens", "temperature", "top_p", "stop", "seed", "stream", "stream_options",
     "n", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
-    "logit_bias", "user", "logprobs",
+    "logit_bias", "user", "logprobs", "response_format",
 )  # fmt: skip
 HONOURED = {
     "chat": (*COMMON, "messages", "max_completion_tokens", "tools", "tool_choice",
@@ -35,7 +35,6 @@ REFUSED = {
         "reasoning_effort": "not supported; use chat_template_kwargs (e.g. enable_thinking)",
         "verbosity": "not supported",
         "service_tier": "there is one tier",
-        "response_format": "structured output is not supported",
         "prompt_cache_key": "not supported",
         "safety_identifier": "not supported",
     },

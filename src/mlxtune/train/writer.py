@@ -119,6 +119,7 @@ class RunWriter(TrainingCallback):
 def adapter_config(cfg: Config) -> dict[str, Any]:
     """What mlx-lm's `load_adapters` (generate, fuse, server) reads, plus the training args."""
     t = cfg.train
+    quantization = qlora_quantization(t.quantize_bits)
     return {
         "fine_tune_type": t.method,
         "num_layers": t.num_layers,
@@ -133,7 +134,8 @@ def adapter_config(cfg: Config) -> dict[str, Any]:
         "seed": t.seed,
         "mlxtune_version": __version__,
         # mlx-lm ignores this key; mlxtune.modeling.load_model quantizes the base with it.
-        "base_quantization": qlora_quantization(t.quantize_bits),
+        # Only when set: mlx-vlm's loader reads a null here as a mapping and fails.
+        **({"base_quantization": quantization} if quantization else {}),
     }
 
 
