@@ -251,10 +251,46 @@ def test_worker_batches_waiting_requests_and_refuses_overload(llama: Any) -> Non
 
 
 @pytest.mark.e2e
+def test_an_admitted_request_holds_its_place_until_the_worker_takes_it(llama: Any) -> None:
+    """Places are taken before tokenizing: a burst cannot all pass the check, queue behind the
+    tokenizer, and be refused only after it (the refusals that took 70-300 ms)."""
+    from mlxtune.serve.embed_worker import EmbedJob, EmbedWorker, QueueFull
+
+    worker = EmbedWorker({"base": llama}, max_queue=2, batch_size=8)
+    first, second = worker.admit(), worker.admit()  # both still "tokenizing": no job yet
+    with pytest.raises(QueueFull, match="queue full"):
+        worker.admit()
+    assert worker.queue_depth() == 2
+    worker.release(second)  # ended without a job (say, a 400): its place is free again
+    worker.release(second)  # handing it back twice frees nothing more
+    third = worker.admit()
+    with pytest.raises(QueueFull):
+        worker.admit()
+    future = worker.submit(EmbedJob("base", [[1, 2, 3]]), first)
+    worker.release(first)  # queued: the place is the job's until the worker takes it
+    with pytest.raises(QueueFull):
+        worker.admit()
+    with pytest.raises(MlxtuneError, match="already used"):
+        worker.submit(EmbedJob("base", [[4]]), first)
+    worker.start()
+    try:
+        assert future.result(timeout=60).shape == (1, llama.dimensions)
+        assert worker.queue_depth() == 1  # `third` still holds one
+        worker.release(worker.admit())  # the worker took the job: its place is free
+    finally:
+        worker.release(third)
+        worker.stop()
+
+
+@pytest.mark.e2e
 def test_fail_fast_worker_refuses_while_busy(llama: Any) -> None:
     from mlxtune.serve.embed_worker import EmbedJob, EmbedWorker, QueueFull
 
     worker = EmbedWorker({"base": llama}, max_queue=4, batch_size=8, fail_fast=True)
+    tokenizing = worker.admit()  # a request ahead, not yet tokenized, already makes it busy
+    with pytest.raises(QueueFull, match="busy"):
+        worker.admit()
+    worker.release(tokenizing)
     first = worker.submit(EmbedJob("base", [[1, 2, 3]]))
     with pytest.raises(QueueFull, match="busy"):
         worker.submit(EmbedJob("base", [[4, 5]]))

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -196,10 +197,16 @@ def test_dedicated_model_without_the_extra_fails_at_start(
 # Overload: a burst of 32 against a real server with a small queue
 
 
-def _burst(url: str, n: int = 32) -> list[tuple[int, float, str | None]]:
+class Answer(NamedTuple):
+    status: int
+    seconds: float  # the client's: request written to response headers read
+    retry_after: str | None
+    server_ms: float | None  # a refusal's own timing (Server-Timing: refusal;dur=MS)
+
+
+def _burst(url: str, n: int = 32) -> list[Answer]:
     """`n` embeddings requests at once over raw sockets (opened first, requests pre-built, so
-    the client costs next to nothing and a timing is the server's): (status, seconds,
-    Retry-After) each."""
+    the client costs next to nothing and a timing is the server's)."""
     import asyncio
 
     host, port = url.removeprefix("http://").split(":")
@@ -209,9 +216,7 @@ def _burst(url: str, n: int = 32) -> list[tuple[int, float, str | None]]:
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
     ).encode()
 
-    async def one(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[int, float, str | None]:
+    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Answer:
         t0 = time.perf_counter()
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
@@ -219,9 +224,11 @@ def _burst(url: str, n: int = 32) -> list[tuple[int, float, str | None]]:
         writer.close()
         lines = head.decode().split("\r\n")
         fields = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
-        return int(lines[0].split()[1]), took, fields.get("retry-after")
+        timing = re.fullmatch(r"refusal;dur=([0-9.]+)", fields.get("server-timing", ""))
+        server_ms = float(timing.group(1)) if timing else None
+        return Answer(int(lines[0].split()[1]), took, fields.get("retry-after"), server_ms)
 
-    async def run() -> list[tuple[int, float, str | None]]:
+    async def run() -> list[Answer]:
         conns = [await asyncio.open_connection(host, int(port)) for _ in range(n)]
         return list(await asyncio.gather(*(one(r, w) for r, w in conns)))
 
@@ -232,6 +239,10 @@ def _burst(url: str, n: int = 32) -> list[tuple[int, float, str | None]]:
 def test_burst_gives_only_200_or_fast_503(
     tiny_model: Path, tmp_path: Path, fail_fast: bool
 ) -> None:
+    """The issue's criterion: 32 at once against a queue of 2, only 200 and 503 + Retry-After,
+    every 503 within 50 ms, the server up after. The 50 ms is asserted on the client's clock
+    (request written to response headers read: what a caller waits); each refusal also reports
+    the server's own time (headers received to refusal sent) in Server-Timing and /metrics."""
     from test_serve import start_server
 
     adapter = make_adapter(tiny_model, tmp_path / "runs" / "ad1", b_scale=0.05)
@@ -240,27 +251,31 @@ def test_burst_gives_only_200_or_fast_503(
     cfg_path.write_text(json.dumps(raw))
     proc, url = start_server(cfg_path, tmp_path / "server.log")
     try:
-        _burst(url)  # warm: a process's first requests pay one-off costs (imports, code paths)
+        warm = _burst(url)  # a process's first requests pay one-off costs (imports, code paths)
         results = _burst(url)
         assert len(results) == 32
-        statuses = sorted({r[0] for r in results})
+        statuses = sorted({r.status for r in results})
         assert set(statuses) <= {200, 503}, results
-        refused = [r for r in results if r[0] == 503]
-        assert refused and any(r[0] == 200 for r in results), statuses
-        assert all(r[2] is not None and int(r[2]) > 0 for r in refused)
-        timings = sorted((r[0], round(r[1] * 1e3)) for r in results)
-        slowest_refusal = max(r[1] for r in refused)
-        # A refusal never waits for a forward pass to finish ...
-        assert slowest_refusal < max(r[1] for r in results if r[0] == 200), timings
+        refused = [r for r in results if r.status == 503]
+        assert refused and any(r.status == 200 for r in results), statuses
+        assert all(r.retry_after is not None and int(r.retry_after) > 0 for r in refused)
+        assert all(r.server_ms is not None and r.server_ms < r.seconds * 1e3 for r in refused)
+        timings = sorted((r.status, round(r.seconds * 1e3), r.server_ms) for r in results)
+        slowest_refusal = max(r.seconds for r in refused)
+        # A refusal never waits for a forward pass (or the tokenizer) to finish ...
+        assert slowest_refusal < max(r.seconds for r in results if r.status == 200), timings
         # ... and takes under 50 ms where the server has a core. (On a shared machine whose
         # run queue is several times its cores, every answer, a health check too, slows by
-        # that factor: measured 90-160 ms for the whole burst at load 15 on 2 cores.)
+        # that factor.)
         if os.getloadavg()[0] < (os.cpu_count() or 1):
             assert slowest_refusal < 0.05, timings
         assert proc.poll() is None
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
             assert http.get("/health").status_code == 200
             assert http.post("/v1/embeddings", json={"input": "hi"}).status_code == 200
+            metrics = http.get("/metrics").text
+        n_refused = sum(r.status == 503 for r in warm + results)
+        assert f"mlxtune_embed_refusal_seconds_count {n_refused}.0" in metrics
     finally:
         proc.kill()
         proc.wait(10)

@@ -71,7 +71,9 @@ def create_app(cfg: Config, models: dict[str, LoadedModel] | None = None) -> Fas
         embed=embeddings.build_service(cfg, models, metrics.registry),
         routes=routes,
     )
-    # The key first (outermost), then the body limits: no key, no 413 or 408 hints.
+    # The key first (outermost), then the body limits: no key, no 413 or 408 hints. Then the
+    # embeddings queue's admission, so a slow body never holds a place in it.
+    app.add_middleware(embeddings.EmbedAdmission, state=app.state.serve)
     app.add_middleware(BodyLimit, state=app.state.serve)
     app.add_middleware(KeyGate, state=app.state.serve)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]

@@ -1,9 +1,12 @@
 """The embedding worker behind `POST /v1/embeddings`: one thread runs every forward pass, and
 requests that wait together for the same model are embedded in one batch.
 
-Overload is refused at `submit`, never queued without bound: more than `max_queue` waiting
-requests raise QueueFull (HTTP 503 + Retry-After), and in fail-fast mode any request that
-finds the model busy is refused at once (the seed service's `try_lock()`).
+Overload is refused at admission, never queued without bound. A request takes its place with
+`admit()` before its body is parsed or tokenized, and holds it until the worker takes its job:
+with `max_queue` places held, the next request gets QueueFull (HTTP 503 + Retry-After) at once,
+and in fail-fast mode any request that finds the model busy, or another request ahead of it,
+is refused at once (the seed service's `try_lock()`). Counting only tokenized jobs let a burst
+through to the single tokenizer thread, and its refusals waited behind every tokenization.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from mlxtune.embeddings import Embedder, embed_tokens, truncate
 from mlxtune.errors import MlxtuneError
@@ -35,6 +38,16 @@ class EmbedJob:
 BatchHook = Callable[[str, int, int, float], None]
 
 
+class Admission:
+    """A place in the worker's queue: held from `admit()` until the job is taken for a forward
+    pass (`submit` hands it to the queue) or handed back with `release()`."""
+
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state: Literal["held", "queued", "released"] = "held"
+
+
 class EmbedWorker:
     def __init__(
         self,
@@ -51,6 +64,7 @@ class EmbedWorker:
         self.fail_fast = fail_fast
         self.on_batch = on_batch
         self._pending: collections.deque[EmbedJob] = collections.deque()
+        self._held = 0  # places admitted and not yet taken by the worker (pending included)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._busy = False
@@ -60,31 +74,41 @@ class EmbedWorker:
 
     # -- any thread ---------------------------------------------------------------------------
 
-    def check_room(self) -> None:
-        """Raise QueueFull when a request would be refused now (callers check before they
-        read and tokenize a body, so a refusal costs next to nothing)."""
-        if self.error:
-            raise QueueFull("embedding worker failed (see /health)")
-        if self._stop:
-            raise QueueFull("server is shutting down")
-        if self.fail_fast and (self._busy or self._pending):
-            raise QueueFull("embedding model busy (fail_fast)")
-        if len(self._pending) >= self.max_queue:
-            raise QueueFull(f"embedding queue full ({self.max_queue} waiting)")
+    def admit(self) -> Admission:
+        """A place in the queue, or QueueFull (HTTP 503) at once."""
+        with self._lock:
+            self._check_room()
+            self._held += 1
+            return Admission()
 
-    def submit(self, job: EmbedJob) -> Future[Any]:
-        """Queue a job or raise QueueFull (HTTP 503) at once."""
+    def release(self, admission: Admission) -> None:
+        """Hand back a place whose request ended without a job (a 400, a disconnect)."""
+        with self._lock:
+            if admission.state == "held":
+                admission.state = "released"
+                self._held -= 1
+
+    def submit(self, job: EmbedJob, admission: Admission | None = None) -> Future[Any]:
+        """Queue a job in the place `admission` holds (admitted now when None); QueueFull
+        (HTTP 503) when there is no room or the worker cannot take it."""
         if job.model not in self.embedders:
             raise MlxtuneError(f"unknown embedding model {job.model!r}")
+        admission = admission or self.admit()
         with self._lock:
-            self.check_room()
+            if admission.state != "held":
+                raise MlxtuneError("submit: the admission was already used or released")
+            if self.error or self._stop:
+                self._held -= 1
+                admission.state = "released"
+                raise QueueFull(self._closed_reason())
+            admission.state = "queued"
             self._pending.append(job)
             self._wake.notify()
         return job.future
 
     def queue_depth(self) -> int:
-        with self._lock:
-            return len(self._pending)
+        """Requests admitted and not yet in a forward pass (tokenizing or queued)."""
+        return self._held
 
     @property
     def busy(self) -> bool:
@@ -109,6 +133,21 @@ class EmbedWorker:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    # -- under the lock -----------------------------------------------------------------------
+
+    def _closed_reason(self) -> str:
+        if self.error:
+            return "embedding worker failed (see /health)"
+        return "server is shutting down"
+
+    def _check_room(self) -> None:
+        if self.error or self._stop:
+            raise QueueFull(self._closed_reason())
+        if self.fail_fast and (self._busy or self._held):
+            raise QueueFull("embedding model busy (fail_fast)")
+        if self._held >= self.max_queue:
+            raise QueueFull(f"embedding queue full ({self.max_queue} waiting)")
+
     # -- worker thread ------------------------------------------------------------------------
 
     def _take(self) -> list[EmbedJob] | None:
@@ -126,6 +165,7 @@ class EmbedWorker:
                     self._pending.remove(job)
                     batch.append(job)
                     inputs += len(job.tokens)
+            self._held -= len(batch)
             self._busy = True
             return batch
 
@@ -144,6 +184,7 @@ class EmbedWorker:
                 except Exception as e:  # a bug: report it on /health, fail what is waiting
                     self.error = f"{type(e).__name__}: {e}"
                     with self._lock:
+                        self._held -= len(self._pending)
                         batch += list(self._pending)
                         self._pending.clear()
                     for job in batch:

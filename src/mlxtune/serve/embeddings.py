@@ -4,7 +4,9 @@ Every served language model (the base and each adapter) answers by pooling its h
 with `embed.kind: dedicated` an embedding model loaded through mlx-embeddings is served beside
 them under its own name. Requests go to one EmbedWorker thread, which batches those that wait
 together; its queue is bounded like chat's (serve.max_queue, then 503 + Retry-After), and
-`embed.fail_fast` refuses any request that finds the model busy.
+`embed.fail_fast` refuses any request that finds the model busy. A request takes its place in
+that queue in `EmbedAdmission`, before FastAPI routes it: under a burst, a refusal never waits
+for the framework, the body parser or the tokenizer (docs/serve.md, "Overload").
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlxtune.embeddings import (
     Embedder,
@@ -31,11 +34,12 @@ from mlxtune.embeddings import (
 from mlxtune.errors import MlxtuneError
 from mlxtune.serve.embed_worker import EmbedJob, EmbedWorker
 from mlxtune.serve.engine import LoadedModel, QueueFull
+from mlxtune.serve.guard import send_error, since_received
 from mlxtune.serve.models import default_model_name
 from mlxtune.serve.openai_fields import check_extras
 from mlxtune.serve.routes import RETRY_AFTER_S
 from mlxtune.serve.state import ServeState, get_state
-from mlxtune.serve.wire import ApiError, Text
+from mlxtune.serve.wire import ApiError, Text, error_body
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
@@ -103,6 +107,7 @@ class EmbedService:
     default_model: str
     dedicated: dict[str, str] = field(default_factory=dict)  # name -> model path
     queue_gauge: Any = None  # mlxtune_embed_queue_depth
+    refusal_seconds: Any = None  # mlxtune_embed_refusal_seconds
 
     def sample_metrics(self) -> None:
         if self.queue_gauge is not None:
@@ -148,6 +153,11 @@ def build_service(cfg: Config, models: dict[str, LoadedModel], registry: Any) ->
         dedicated[name] = embed.model
         default = name
     queue = Gauge("mlxtune_embed_queue_depth", "Embedding requests waiting", registry=registry)
+    refusal = Histogram(
+        "mlxtune_embed_refusal_seconds",
+        "Overload refusals (503): headers received to refusal sent",
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), registry=registry,
+    )  # fmt: skip
     batch = Histogram(
         "mlxtune_embed_batch_inputs", "Inputs per embedding forward pass",
         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry,
@@ -160,7 +170,52 @@ def build_service(cfg: Config, models: dict[str, LoadedModel], registry: Any) ->
         on_batch=lambda model, requests, inputs, seconds: batch.observe(inputs),
     )
     limits = EmbedLimits(embed.max_inputs, embed.max_tokens_per_input)
-    return EmbedService(embedders, worker, limits, default, dedicated, queue)
+    return EmbedService(embedders, worker, limits, default, dedicated, queue, refusal)
+
+
+# ---------------------------------------------------------------------------------------------
+# Admission
+
+EMBED_ADMISSION = "mlxtune.embed_admission"  # scope key: the place EmbedAdmission took
+
+
+class EmbedAdmission:
+    """ASGI middleware inside the key and body guards: `POST /v1/embeddings` takes its place in
+    the worker's queue here, before routing, body parsing or tokenizing, or is refused with 503
+    + Retry-After at once. The place is handed back if the request ends without a job. A
+    refusal carries `Server-Timing: refusal;dur=MS` (headers received to refusal sent), also
+    observed in mlxtune_embed_refusal_seconds."""
+
+    def __init__(self, app: ASGIApp, state: ServeState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        service = self.state.embed
+        if (
+            service is None
+            or scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] != "/v1/embeddings"
+        ):
+            await self.app(scope, receive, send)
+            return
+        try:
+            admission = service.worker.admit()
+        except QueueFull as e:
+            self.state.record_refusal(503, None)
+            took = since_received(scope)
+            service.refusal_seconds.observe(took)
+            body = error_body(f"server busy: {e}; retry later", "server_error", code="overloaded")
+            await send_error(
+                send, 503, body, retry_after=str(RETRY_AFTER_S),
+                server_timing=f"refusal;dur={took * 1e3:.3f}",
+            )  # fmt: skip
+            return
+        scope[EMBED_ADMISSION] = admission
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            service.worker.release(admission)  # a no-op once the job is queued
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,10 +267,7 @@ async def embeddings(request: Request, state: State) -> JSONResponse:
     service = state.embed
     if service is None:
         raise ApiError(404, "embeddings are not served")
-    try:  # refuse before parsing the body: under a burst a 503 must cost next to nothing
-        service.worker.check_room()
-    except QueueFull as e:
-        raise _busy(None, e) from None
+    admission = request.scope.get(EMBED_ADMISSION)  # EmbedAdmission's place in the queue
     try:
         body = EmbeddingBody.model_validate_json(await request.body())
     except ValidationError as e:
@@ -242,7 +294,7 @@ async def embeddings(request: Request, state: State) -> JSONResponse:
         raise _refused(ApiError(400, str(e), param=param, code=code), name) from None
     n_tokens = sum(len(t) for t in tokens)
     try:
-        future = service.worker.submit(EmbedJob(name, tokens, body.dimensions))
+        future = service.worker.submit(EmbedJob(name, tokens, body.dimensions), admission)
     except QueueFull as e:
         raise _busy(name, e) from None
     try:

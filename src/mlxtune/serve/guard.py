@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from mlxtune.serve.state import ServeState
 
 AUTHED = "mlxtune.authed"  # scope key: did this request carry the key (or is none set)?
+# scope key: perf_counter() when the request's headers arrived (the protocol stamps it; KeyGate
+# when the app runs without it, as under a test client), so refusals can time themselves
+RECEIVED_AT = "mlxtune.received_at"
 
 
 def key_matches(headers: list[tuple[bytes, bytes]], key: str) -> bool:
@@ -27,7 +30,12 @@ def key_matches(headers: list[tuple[bytes, bytes]], key: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
 
 
-async def _send_error(send: Send, status: int, body: dict[str, Any], **headers: str) -> None:
+def since_received(scope: Scope) -> float:
+    """Seconds since the request's headers arrived."""
+    return time.perf_counter() - float(scope[RECEIVED_AT])
+
+
+async def send_error(send: Send, status: int, body: dict[str, Any], **headers: str) -> None:
     raw = [(b"content-type", b"application/json")]
     raw += [(k.lower().replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -46,6 +54,7 @@ class KeyGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope.setdefault(RECEIVED_AT, time.perf_counter())
         key = self.state.api_key
         scope[AUTHED] = authed = key is None or key_matches(scope["headers"], key)
         path = scope["path"]
@@ -56,7 +65,7 @@ class KeyGate:
         body = wire.error_body(
             "invalid or missing API key", "authentication_error", code="invalid_api_key"
         )
-        await _send_error(send, 401, body, www_authenticate="Bearer")
+        await send_error(send, 401, body, www_authenticate="Bearer")
 
 
 class BodyLimit:
@@ -87,7 +96,7 @@ class BodyLimit:
                 body = wire.error_body(
                     f"request body not received within {self.timeout_s:g} s", code="timeout"
                 )
-                await _send_error(send, 408, body, connection="close")
+                await send_error(send, 408, body, connection="close")
                 return
             if message["type"] == "http.disconnect":
                 return
@@ -113,7 +122,7 @@ class BodyLimit:
     async def _too_large(self, send: Send) -> None:
         self.state.record_refusal(413, None)
         body = wire.error_body(f"request body over {self.limit} bytes", code="body_too_large")
-        await _send_error(send, 413, body, connection="close")
+        await send_error(send, 413, body, connection="close")
 
 
 def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[Any]:
@@ -135,7 +144,10 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[Any]
             self._arm()
 
         def data_received(self, data: bytes) -> None:
+            received_at, cycle = time.perf_counter(), self.cycle
             super().data_received(data)
+            if self.cycle is not cycle and self.cycle is not None:  # a request began
+                self.cycle.scope[RECEIVED_AT] = received_at  # type: ignore[literal-required]
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 if self._header_timer is None:
                     self._arm()  # a request has begun: its headers get the same deadline
