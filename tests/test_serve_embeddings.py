@@ -193,6 +193,56 @@ def test_dedicated_model_without_the_extra_fails_at_start(
         create_app(served.cfg, models=served.http.app.state.serve.models)
 
 
+def test_reload_after_promote_changes_an_alias_adapters_embeddings(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """`runs promote` + POST /admin/reload: /v1/embeddings for an @alias adapter pools the
+    newly promoted run's hidden states (as the library does for that run), the base's do not
+    move."""
+    from starlette.testclient import TestClient
+
+    from fake_runs import fabricate_run
+    from mlxtune.embeddings import embed_texts, load_embedder
+    from mlxtune.runs import promote
+    from mlxtune.serve import create_app
+
+    runs = tmp_path / "runs"
+    for name, seed in (("run-a", 1), ("run-b", 2)):
+        adapter = make_adapter(tiny_model, tmp_path / f"ad-{name}", b_scale=0.05, seed=seed)
+        fabricate_run(runs, name, base_model=str(tiny_model), adapter_from=adapter)
+    cfg = Config.model_validate(
+        {
+            "model": {"path": str(tiny_model)},
+            "train": {"runs_dir": str(runs), "registry_dir": str(tmp_path / ".mx")},
+            "serve": {"adapters": {"prod": "@current"}, "api_key": API_KEY,
+                      "usage_db": str(tmp_path / "usage.sqlite")},
+        }
+    )  # fmt: skip
+    library = {
+        run: embed_texts(load_embedder(cfg, runs / run), TEXTS).tolist()
+        for run in ("run-a", "run-b")
+    }
+    assert _max_diff(library["run-a"], library["run-b"]) > 1e-3  # the runs embed differently
+    promote(cfg, "run-a")
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+
+    def served(http: Any, model: str) -> list[list[float]]:
+        body = {"model": model, "input": TEXTS, "encoding_format": "float"}
+        r = http.post("/v1/embeddings", json=body, headers=auth)
+        assert r.status_code == 200, r.text
+        return [d["embedding"] for d in r.json()["data"]]
+
+    with TestClient(create_app(cfg)) as http:
+        before, base_before = served(http, "prod"), served(http, "base")
+        promote(cfg, "run-b")
+        r = http.post("/admin/reload", headers=auth)
+        assert r.status_code == 200 and r.json()["reloaded"] == ["prod"], r.text
+        after, base_after = served(http, "prod"), served(http, "base")
+    assert _max_diff(before, library["run-a"]) < 1e-5
+    assert _max_diff(after, library["run-b"]) < 1e-5
+    assert _max_diff(base_before, base_after) < 1e-6
+
+
 # ---------------------------------------------------------------------------------------------
 # Overload: a burst of 32 against a real server with a small queue
 
