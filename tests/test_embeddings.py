@@ -317,7 +317,7 @@ def test_bench_embed_reports_every_figure_beside_the_targets(
         "bench.concurrency": [1, 4],
         "serve.usage_db": str(tmp_path / "usage.sqlite"),
     }
-    result = bench(load_config(flags=flags), what="embed")
+    result = bench(load_config(flags=flags), what="embed", baseline="mlx-lm")
     metrics = {(f.case, f.metric) for f in result.figures}
     for case, metric in [
         ("load", "load_s"),
@@ -335,3 +335,33 @@ def test_bench_embed_reports_every_figure_beside_the_targets(
     rows = target_rows(result)
     assert [r[0] for r in rows][:2] == ["load", "sequential mean"]
     assert all(r[1] is not None for r in rows)
+    # The baseline (mlx-lm's model + pooling in a plain loop) measured the same figures.
+    assert result.baseline == "mlx-lm"
+    for case, metric in [("load", "load_s"), ("sequential", "mean_ms"), ("c=4", "qps"),
+                         ("server", "peak_memory_gb"), ("server", "max_rss_mb")]:  # fmt: skip
+        fig = result.figure("embed", case, metric)
+        assert fig is not None and len(fig.baseline) == 1 and fig.ratio, (case, metric)
+    assert seq.baseline == [100.0]
+
+
+@pytest.mark.e2e
+def test_direct_baseline_embeds_a_dedicated_model_with_mlx_embeddings(
+    tiny_bert: Path, tiny_model: Path
+) -> None:
+    from mlxtune.bench.core import Recorder
+    from mlxtune.bench.embed import bench_embed_direct_once, direct_baseline_name
+
+    flags = {
+        "model.path": str(tiny_model),
+        "embed.kind": "dedicated",
+        "embed.model": str(tiny_bert),
+        "bench.requests_per_level": 4,
+        "bench.concurrency": [2],
+    }
+    cfg = load_config(flags=flags)
+    assert direct_baseline_name(cfg) == "mlx-embeddings"
+    rec = Recorder()
+    bench_embed_direct_once(cfg, rec, lambda _msg: None)
+    got = {(case, metric): f.baseline for (_, case, metric), f in rec.figures.items()}
+    assert set(got) >= {("load", "load_s"), ("sequential", "p95_ms"), ("c=2", "qps")}
+    assert all(len(v) == 1 and v[0] > 0 for v in got.values()), got

@@ -2,19 +2,23 @@
 
 Figures, each printed beside the seed's target: model load time, sequential latency
 (mean/p50/p95) and success, QPS at 1/4/8/16 concurrent clients with their 503 counts, and the
-server's peak MLX memory and RSS. `--baseline` times the same inputs through mlx-embeddings
-(or mlx-lm for a pooled language model) called directly in a loop, interleaved with the served
-rounds, and reports the ratio. (Not built yet: --baseline is refused for embed.)
+server's peak MLX memory and RSS. `--baseline mlx-lm` times the same model and inputs called
+directly in a plain loop, in a process of its own and without mlxtune (mlx-embeddings for a
+dedicated model, mlx-lm's model plus masked pooling for a pooled one), interleaved with the
+served rounds, so each figure gets its ratio: what serving costs over the bare library.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlxtune.errors import MlxtuneError
 from mlxtune.stats import percentile
 
 if TYPE_CHECKING:
@@ -179,6 +183,107 @@ def bench_embed_once(cfg: Config, work: Path, rec: Recorder, say: Progress) -> N
             rec.add("embed", f"c={c}", "mlxtune", {k: figs[k] for k in ("qps", "n503", "errors")})
         peak = scrape_peak_memory(server.url)
     rec.add("embed", "server", "mlxtune", {"peak_memory_gb": peak, "max_rss_mb": server.max_rss_mb})
+
+
+# The baseline: no mlxtune, only the library a user would call. Prints READY once loaded and
+# warm (the served side's load also ends at a warm /health), then one line of figures.
+# Sequential = one input per call; "c=N" = the same inputs N per call, the most a direct
+# caller holding N texts at once can do (the served side gets N concurrent requests).
+_DIRECT_MAIN = r"""
+import json, sys, time
+import mlx.core as mx
+spec = json.loads(sys.argv[1])
+texts, n = spec["inputs"], spec["requests"]
+if spec["kind"] == "dedicated":
+    from mlx_embeddings import load
+    model, tokenizer = load(spec["model"])
+    def embed(batch):
+        enc = tokenizer.batch_encode_plus(batch, return_tensors="mlx", padding=True)
+        out = model(enc["input_ids"], attention_mask=enc["attention_mask"]).text_embeds
+        mx.eval(out)
+else:
+    from mlx_lm import load
+    model, tokenizer = load(spec["model"], adapter_path=spec["adapter"])
+    pad = tokenizer.pad_token_id or 0
+    def embed(batch):
+        ids = [tokenizer.encode(t) for t in batch]
+        width = max(len(t) for t in ids)
+        x = mx.array([t + [pad] * (width - len(t)) for t in ids])
+        mask = mx.array([[1.0] * len(t) + [0.0] * (width - len(t)) for t in ids])
+        hidden = model.model(x).astype(mx.float32)  # final normed hidden states
+        if spec["pooling"] == "last":
+            pooled = hidden[mx.arange(len(ids)), mx.array([len(t) - 1 for t in ids])]
+        else:
+            pooled = (hidden * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+        mx.eval(pooled / mx.linalg.norm(pooled, axis=-1, keepdims=True))
+embed(texts[:1])
+print("READY", flush=True)
+sequential = []
+for i in range(n):
+    t0 = time.perf_counter()
+    embed([texts[i % len(texts)]])
+    sequential.append(time.perf_counter() - t0)
+qps = {}
+for c in spec["concurrency"]:
+    t0 = time.perf_counter()
+    for start in range(0, n, c):
+        embed([texts[i % len(texts)] for i in range(start, min(start + c, n))])
+    qps[c] = n / (time.perf_counter() - t0)
+figures = {"sequential_s": sequential, "qps": qps, "peak_memory_gb": mx.get_peak_memory() / 1e9}
+print("MLXTUNE_BENCH " + json.dumps(figures), flush=True)
+"""
+
+
+def direct_baseline_name(cfg: Config) -> str:
+    """The library the baseline calls: what a user without mlxtune would."""
+    return "mlx-embeddings" if cfg.embed.kind == "dedicated" else "mlx-lm"
+
+
+def bench_embed_direct_once(cfg: Config, rec: Recorder, say: Progress) -> None:
+    """One baseline round: the model `bench_embed_once` serves, called directly in a loop in a
+    child process, recorded as the baseline of the same figures."""
+    from mlxtune.bench.core import filler
+    from mlxtune.bench.procs import run_child, tail
+    from mlxtune.bench.serve import serve_adapter
+
+    b = cfg.bench
+    dedicated = cfg.embed.kind == "dedicated"
+    adapter = None if dedicated else serve_adapter(cfg)[1]
+    spec = {
+        "kind": cfg.embed.kind,
+        "model": cfg.embed.model if dedicated else cfg.model.path,
+        "adapter": str(adapter) if adapter else None,
+        "pooling": cfg.embed.pooling,
+        "inputs": [filler(i)[:200] for i in range(16)],
+        "requests": b.requests_per_level,
+        "concurrency": list(b.concurrency),
+    }
+    name = direct_baseline_name(cfg)
+    say(f"embed [{name} direct]: load, {b.requests_per_level} requests per phase")
+    ready: list[float] = []
+    t0 = time.perf_counter()
+    run = run_child(
+        [sys.executable, "-c", _DIRECT_MAIN, json.dumps(spec)],
+        timeout=b.time_limit_s,
+        on_line=lambda line: ready.append(time.perf_counter() - t0) if line == "READY" else None,
+    )
+    line = next((x for x in run.lines if x.startswith("MLXTUNE_BENCH ")), None)
+    if run.timed_out or run.returncode != 0 or line is None or not ready:
+        raise MlxtuneError(f"bench embed ({name} direct): exit {run.returncode}: {tail(run.lines)}")
+    figs = json.loads(line.split(" ", 1)[1])
+    ms = [1000 * s for s in figs["sequential_s"]]
+    rec.add("embed", "load", "mlx-lm", {"load_s": ready[0]})
+    rec.add(
+        "embed", "sequential", "mlx-lm",
+        {"mean_ms": sum(ms) / len(ms), "p50_ms": percentile(ms, 50),
+         "p95_ms": percentile(ms, 95), "success_pct": 100.0},
+    )  # fmt: skip
+    for c, qps in figs["qps"].items():
+        rec.add("embed", f"c={c}", "mlx-lm", {"qps": qps})
+    rec.add(
+        "embed", "server", "mlx-lm",
+        {"peak_memory_gb": figs["peak_memory_gb"], "max_rss_mb": run.max_rss_mb},
+    )  # fmt: skip
 
 
 def target_rows(result: BenchResult) -> list[tuple[str, float | None, str, bool | None]]:

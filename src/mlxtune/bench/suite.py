@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxtune.bench.core import SECTIONS, BenchResult, Progress, Recorder, environment, targets
-from mlxtune.bench.embed import bench_embed_once
+from mlxtune.bench.embed import bench_embed_direct_once, bench_embed_once, direct_baseline_name
 from mlxtune.bench.generate import bench_generate
 from mlxtune.bench.serve import bench_serve_once, serve_adapter
 from mlxtune.bench.structured import bench_structured
@@ -38,8 +38,6 @@ def _check_arguments(what: str, baseline: str, repeat: int) -> None:
         raise MlxtuneError(
             f"--what: expected train, generate, serve, embed, structured or all, got {what!r}"
         )
-    if what == "embed" and baseline != "none":
-        raise MlxtuneError("--baseline: not available for --what embed yet")
     if baseline not in ("none", "mlx-lm"):
         raise MlxtuneError(f"--baseline: expected none or mlx-lm, got {baseline!r}")
     if repeat < 1:
@@ -93,8 +91,12 @@ def bench(
             bench_generate(cfg, rec, sides, repeat, say, work)
         if "embed" in sections:
             for r in range(repeat):
-                say(f"embed repeat {r + 1}/{repeat}")
-                bench_embed_once(cfg, work, rec, say)
+                for target in sides:
+                    say(f"embed [{target}] repeat {r + 1}/{repeat}")
+                    if target == "mlxtune":
+                        bench_embed_once(cfg, work, rec, say)
+                    else:
+                        bench_embed_direct_once(cfg, rec, say)
         if "structured" in sections:
             bench_structured(cfg, work, rec, say, repeat)
         if "serve" in sections:
@@ -105,6 +107,8 @@ def bench(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     env["loadavg_end"] = list(os.getloadavg())
+    if what == "embed" and baseline != "none":  # the library the direct loop called
+        baseline = direct_baseline_name(cfg)
     return BenchResult(
         what=sections,
         baseline=baseline,
