@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxtune.errors import BadData, ConfigError
+from mlxtune.io import loads_json
 
 if TYPE_CHECKING:
     from mlxtune.config import SourceConfig
@@ -129,7 +130,7 @@ def _parse_nested(row: Row, key: str, value: str) -> Any:
     text = value.strip()
     if text.startswith(("[", "{")):
         try:
-            return json.loads(text)
+            return loads_json(text)
         except json.JSONDecodeError as e:
             raise _bad(f"{row.where}: {key}: invalid JSON in cell ({e.msg})") from None
     if key == "keywords":
@@ -144,7 +145,7 @@ def json_error(e: json.JSONDecodeError) -> str:
 def parse_json_line(text: str, path: str, line: int) -> dict[str, Any]:
     """One JSONL line -> object, or BadData naming the line."""
     try:
-        obj = json.loads(text)
+        obj = loads_json(text)
     except json.JSONDecodeError as e:
         raise _bad(f"{path}:{line}: json: {json_error(e)}") from None
     if not isinstance(obj, dict):
@@ -182,7 +183,7 @@ def _read_json(src: SourceConfig) -> Iterator[Row]:
     except UnicodeDecodeError as e:
         raise _bad(f"{src.path}: encoding: not UTF-8 ({e.reason})") from None
     try:
-        data = json.loads(text)
+        data = loads_json(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # JSON Lines saved as .json
             yield from _read_jsonl(src)
