@@ -78,7 +78,7 @@ def test_three_turn_chat_mask_reaches_the_loss(tiny_model: Path) -> None:
         ]
     }
     examples, truncated = tokenize([record], tok, mask_prompt=True, max_seq_length=512)
-    assert truncated == 0
+    assert truncated == []
     tokens, _ = encode_for_training(tok, record)
     assert examples[0].tokens == tokens
     _, targets, loss_mask, _ = collate(examples)

@@ -492,10 +492,30 @@ class ServeConfig(Section):
         return self.api_key or os.environ.get("MLXTUNE_API_KEY", "").strip() or None
 
 
+BENCH_SECTIONS = ("train", "generate", "serve")  # what `all` times
+_BENCH_ORDER = ("train", "generate", "structured", "serve")  # structured: only when named
+
+
+def bench_sections(what: str | list[str]) -> list[str]:
+    """`bench.what` -> the sections to time, in suite order: "all", one name, or a comma list
+    (`train,generate,serve`, what the bench files record and docs/benchmarks.md prints)."""
+    parts = what if isinstance(what, list) else str(what).split(",")
+    names = [p.strip() for p in parts if p.strip()]
+    if not names or any(n not in (*_BENCH_ORDER, "all") for n in names):
+        raise ValueError(
+            "expected train, generate, serve, structured, all or a comma list of them, "
+            f"got {what!r}"
+        )
+    chosen = set(names) | (set(BENCH_SECTIONS) if "all" in names else set())
+    return [s for s in _BENCH_ORDER if s in chosen]
+
+
 class BenchConfig(Section):
-    what: Literal["train", "generate", "serve", "structured", "all"] = Field(
+    what: str = Field(
         "all",
-        description="What to time; structured (constrained vs free serve load) is not in all.",
+        description="What to time: train, generate, serve, structured, a comma list of them, or "
+        "all (train, generate and serve; structured, constrained vs free serve load, only when "
+        "named).",
     )
     repeat: int = Field(1, gt=0, description="Repeat each measurement; min/median/max reported.")
     baseline: Literal["none", "mlx-lm"] = Field(
@@ -519,6 +539,12 @@ class BenchConfig(Section):
     requests_per_level: int = Field(32, gt=0, description="Requests sent at each level.")
     sustained_requests: int = Field(100, ge=0, description="Requests in the sustained run.")
     time_limit_s: float = Field(300, gt=0, description="Stop any load phase after this long.")
+
+    @field_validator("what", mode="before")
+    @classmethod
+    def _known_sections(cls, value: Any) -> str:
+        sections = bench_sections(value)
+        return "all" if sections == list(BENCH_SECTIONS) else ",".join(sections)
 
 
 class Config(Section):

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlxtune import __version__
+from mlxtune.config import BENCH_SECTIONS
 from mlxtune.provenance import git_commit, package_version
 from mlxtune.runtime import blas_status
 
 Progress = Callable[[str], None]
 Target = Literal["mlxtune", "mlx-lm"]
 SCHEMA_VERSION = 1
-SECTIONS = ("train", "generate", "serve")
+SECTIONS = BENCH_SECTIONS
 
 
 def summarize(values: list[float]) -> dict[str, float] | None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mlxtune.errors import MlxtuneError
 
@@ -54,7 +55,9 @@ def handles_errors(fn: F) -> F:
             if os.environ.get("MLXTUNE_DEBUG"):
                 raise
             for line in str(e).splitlines() or [type(e).__name__]:
-                err_console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+                err_console.print(
+                    f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True
+                )
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/yellow]")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from mlxtune.cli import mlx_lm_flags as mlx
 from mlxtune.cli.common import ConfigOpt, SetOpt, console, err_console, handles_errors, resolve
@@ -61,7 +62,7 @@ def serve(
         # /docs needs the key when one is set, unless serve.public_endpoints opens it
         docs_open = not cfg.serve.resolved_api_key() or "/docs" in cfg.serve.public_endpoints
         docs = f"  (docs: {url}/docs)" if docs_open else ""
-        console.print(f"[green]serving[/green] {', '.join(names)} at {url}{docs}")
+        console.print(f"[green]serving[/green] {escape(', '.join(names))} at {url}{docs}")
 
     err_console.print("loading models ...")
     result = run_server(cfg, on_ready=ready)

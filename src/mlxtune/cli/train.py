@@ -114,7 +114,16 @@ def train_cmd(
         return
     with TrainRenderer(console, json_=json_) as render:
         result = core.train(cfg, resume=resume, dry_run=dry_run, callback=render)
-    if dry_run:
+    if result.plan is None:
+        steps = result.final.get("steps", "?")
+        err_console.print(
+            f"{result.run_dir}: already completed ({steps} steps); nothing to resume "
+            "(train a new run with --name)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif dry_run:
         print_plan(console, err_console, result.plan, json_)
         if result.plan.problems:
             raise typer.Exit(2)

@@ -6,6 +6,7 @@ from statistics import median
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -63,4 +64,4 @@ def bench_table(result: BenchResult) -> Table:
 def print_bench(console: Console, result: BenchResult) -> None:
     console.print(bench_table(result))
     for note in result.notes:
-        console.print(f"[yellow]note[/yellow] {note}")
+        console.print(f"[yellow]note[/yellow] {escape(note)}", highlight=False)

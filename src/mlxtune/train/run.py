@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from mlxtune.config import Config
+from mlxtune.errors import UsageError
+from mlxtune.rundir import RunDir
 from mlxtune.train.events import (
     FinalMetrics,
     LoopState,
@@ -25,12 +27,16 @@ from mlxtune.train.writer import RunWriter, latest_checkpoint, load_checkpoint
 class TrainResult:
     run_dir: Path | None
     status: str
-    plan: TrainPlan
+    plan: TrainPlan | None  # None when `--resume` found the run already completed
     final: dict[str, Any] = field(default_factory=dict)  # run.json's `final` block
     dry_run: bool = False
     # The trained model in memory (library callers compare it with what other verbs load).
     model: Any = field(default=None, repr=False, compare=False)
     tokenizer: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def already_completed(self) -> bool:
+        return self.plan is None
 
 
 def train(
@@ -44,6 +50,10 @@ def train(
     Progress goes to `callback`; under `--launch` each rank also reports its outcome."""
     import mlx.core as mx
 
+    if resume is not None:
+        info = check_resume(resume)
+        if info is not None:  # nothing to do, and nothing rewritten
+            return TrainResult(resume, "completed", None, final=info.get("final") or {})
     world = mx.distributed.init()
     try:
         result = _train(cfg, world, resume, dry_run, callback or TrainingCallback())
@@ -52,6 +62,25 @@ def train(
         raise
     report_status(world.rank(), result.status)
     return result
+
+
+def check_resume(resume: Path) -> dict[str, Any] | None:
+    """`--resume DIR` is checked before the config and data: DIR must be a run directory with
+    a checkpoint to continue from. A completed run returns its run.json (resume is a no-op)."""
+    run = RunDir(resume)
+    if not run.root.is_dir():
+        raise UsageError(f"--resume: {resume}: no such run directory")
+    if not run.config.is_file():
+        raise UsageError(f"--resume: {resume}: not a run directory (no config.yaml)")
+    info = run.read_run()
+    if info.get("status") == "completed":
+        return info
+    if latest_checkpoint(run) is None:
+        raise UsageError(
+            f"--resume: {resume}: no checkpoint to resume from (it stopped before "
+            "train.save_every steps); train it again under a new --name"
+        )
+    return None
 
 
 def _train(
