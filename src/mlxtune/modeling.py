@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlxtune.errors import UsageError
+from mlxtune.errors import MlxtuneError, UsageError
 from mlxtune.formats import resolve_template
 
 if TYPE_CHECKING:

@@ -246,14 +246,17 @@ def loss_series(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]
 
 
 def read_run_config(run: RunDir) -> dict[str, Any]:
-    """The run's resolved config.yaml ({} when absent)."""
+    """The run's resolved config.yaml ({} when absent), secrets redacted (a run written
+    before redaction may still hold them: they never reach `runs show` or a report)."""
+    from mlxtune.config import redact
+
     if not run.config.is_file():
         return {}
     try:
         data = yaml.safe_load(run.config.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise MlxtuneError(f"{run.config}: invalid YAML ({e})") from None
-    return data if isinstance(data, dict) else {}
+    return redact(data) if isinstance(data, dict) else {}
 
 
 def read_eval(run: RunDir) -> dict[str, Any] | None:

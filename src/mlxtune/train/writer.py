@@ -48,7 +48,7 @@ class RunWriter(TrainingCallback):
     def on_train_started(self, event: TrainStarted) -> None:
         run, cfg = self.run, self.cfg
         run.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run.config, cfg.to_yaml())
+        atomic_write_text(run.config, cfg.to_yaml(portable=True))  # --resume reloads it
         atomic_write_text(run.chat_template, self.template)
         started_at = _now()
         if event.resumed_from:
