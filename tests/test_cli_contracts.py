@@ -39,3 +39,19 @@ def test_bench_takes_the_what_list_its_reports_print(tmp_path: Path) -> None:
         assert res.stderr.strip() == (
             f"error: model.path: {model}: not found (build one: mlxtune tiny-model --out DIR)"
         )
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "x").write_text("x")
+    res = runner.invoke(app, ["tiny-model", "--out", str(taken)])
+    assert res.exit_code == 2 and "already exists and is not empty" in res.stderr
+    res = runner.invoke(app, ["serve", "--adapter", "no-equals-sign"])
+    assert res.exit_code == 2 and "--adapter 'no-equals-sign': expected NAME=PATH" in res.stderr
+    not_a_model = tmp_path / "empty-model"
+    not_a_model.mkdir()
+    res = runner.invoke(app, ["bench", "--what", "generate", "--set", f"model.path={not_a_model}"])
+    assert res.exit_code == 2 and f"model.path: cannot load the tokenizer of {not_a_model}" in (
+        res.stderr
+    )

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from mlxtune.cli.common import ConfigOpt, SetOpt, console, err_console, handles_errors, resolve
-from mlxtune.errors import MlxtuneError
+from mlxtune.errors import UsageError
 
 app = typer.Typer(help="Show, check and create config files.", no_args_is_help=True)
 
@@ -55,7 +55,7 @@ def config_init(
     from mlxtune.io import atomic_write_text
 
     if out.exists() and not force:
-        raise MlxtuneError(f"{out}: already exists (use --force to overwrite)")
+        raise UsageError(f"{out}: already exists (use --force to overwrite)")
     atomic_write_text(out, starter_yaml(model))
     console.print(f"wrote {out}")
 
@@ -90,7 +90,7 @@ def config_import(
         sys.stdout.flush()
     else:
         if out.exists() and not force:
-            raise MlxtuneError(f"{out}: already exists (use --force to overwrite)")
+            raise UsageError(f"{out}: already exists (use --force to overwrite)")
         atomic_write_text(out, text)
         console.print(f"wrote {out}", markup=False)
     for note in imported.notes:

@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from mlxtune.cli import mlx_lm_flags as mlx
 from mlxtune.cli.common import ConfigOpt, SetOpt, console, err_console, handles_errors, resolve
-from mlxtune.errors import MlxtuneError
+from mlxtune.errors import UsageError
 
 
 @handles_errors
@@ -47,7 +47,7 @@ def serve(
     for item in adapter or []:
         name, sep, path = item.partition("=")
         if not sep or not name.strip() or "." in name or not path.strip():
-            raise MlxtuneError(f"--adapter {item!r}: expected NAME=PATH")
+            raise UsageError(f"--adapter {item!r}: expected NAME=PATH")
         flags[f"serve__adapters__{name.strip()}"] = path.strip()
     cfg = resolve(config, set_, **flags)
     if cfg.serve.host not in ("127.0.0.1", "localhost", "::1") and not (
