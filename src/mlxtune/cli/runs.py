@@ -40,7 +40,11 @@ def runs_list(config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = Fa
     if json_:
         write_json([r.to_dict() for r in records])
     elif not records:
-        console.print(f"no runs in {cfg.train.runs_dir} (run mlxtune train first)", markup=False)
+        console.print(
+            f"no runs in {cfg.train.runs_dir.resolve()} (train.runs_dir): run mlxtune train, "
+            "or point at your runs with -c CONFIG or --set train.runs_dir=DIR",
+            markup=False,
+        )
     else:
         console.print(runs_table(records, cfg.train.runs_dir))
 

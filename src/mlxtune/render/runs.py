@@ -106,6 +106,8 @@ def print_run(console: Console, detail: RunDetail) -> None:
 
     r = detail.record
     console.print(f"[bold]{escape(r.name)}[/bold]  {r.status}  {escape(str(r.path))}")
+    if r.status in ("interrupted", "stopped"):
+        console.print(f"resume it: mlxtune train --resume {r.path}", markup=False, soft_wrap=True)
     console.print(_lineage_table(r))
     for label, series in (("train loss", detail.train_loss), ("val loss", detail.val_loss)):
         if series:

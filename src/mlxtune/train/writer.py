@@ -71,6 +71,7 @@ class RunWriter(TrainingCallback):
             "base_quantization": qlora_quantization(cfg.train.quantize_bits),
             "resumed_from_step": event.resumed_from or None,
             "host": platform.node(),
+            "pid": os.getpid(),  # with host: `runs` tells a killed run from a running one
             "final": None,
         }
         atomic_write_json(run.run_json, self.info)
