@@ -214,13 +214,22 @@ def test_two_ranks_under_mlx_launch(tiny_model: Path, domain_data: Path, tmp_pat
     assert proc.returncode == 0, proc.stdout + proc.stderr
     info = json.loads((tmp_path / "runs" / "t" / "run.json").read_text())
     assert info["world_size"] == 2 and info["status"] == "completed"
+    # only rank 0 renders: one start line, one closing line
+    assert proc.stdout.count("training lora ->") == 1, proc.stdout
+    assert proc.stdout.count("completed ") == 1, proc.stdout
 
-    # A rank that fails (batch 3 is not divisible by 2) must fail the launch, though
-    # mlx.launch itself exits 0.
+    # Config problems are found once, before any rank starts (batch 3 is not divisible by 2)
     bad = _config(tmp_path, tiny_model, domain_data, batch_size=3, name="bad")
     proc = run_cli("train", "-c", str(bad), "--launch", "2", timeout=240)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "error: train.batch_size: 3 is not divisible by the world size 2"
+    )
+    # A rank that fails must fail the launch, though mlx.launch itself exits 0.
+    bad = _config(tmp_path, tiny_model, domain_data, num_layers=99, name="bad")
+    proc = run_cli("train", "-c", str(bad), "--launch", "2", timeout=240)
     assert proc.returncode == 1, proc.stderr
-    assert "rank" in proc.stderr and "divisible" in proc.stderr
+    assert "rank 0: failed" in proc.stderr and "train.num_layers" in proc.stderr
 
 
 @pytest.mark.e2e

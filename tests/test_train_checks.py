@@ -82,3 +82,11 @@ def test_dry_run_reports_what_validate_format_flags(
         run_cli("train", "-c", str(cfg), "--dry-run", "--json").stdout.splitlines()[-1]
     )
     assert len(plan["warnings"]) == 2 and plan["truncated"] > 0
+
+
+def test_hostfile_needs_launch(tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text("[]")
+    proc = run_cli("train", "--hostfile", str(hostfile), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --hostfile: only with --launch N (the ranks it starts)"

@@ -30,6 +30,7 @@ class TrainResult:
     plan: TrainPlan | None  # None when `--resume` found the run already completed
     final: dict[str, Any] = field(default_factory=dict)  # run.json's `final` block
     dry_run: bool = False
+    rank: int = 0  # under --launch only rank 0 renders
     # The trained model in memory (library callers compare it with what other verbs load).
     model: Any = field(default=None, repr=False, compare=False)
     tokenizer: Any = field(default=None, repr=False, compare=False)
@@ -104,7 +105,9 @@ def _train(
     if dry_run:
         if not planned.plan.problems and planned.step_type is None:  # text only, for now
             _estimate(planned, args, world)
-        return TrainResult(run_dir=None, status="planned", plan=planned.plan, dry_run=True)
+        return TrainResult(
+            run_dir=None, status="planned", plan=planned.plan, dry_run=True, rank=world.rank()
+        )
 
     checkpoint = latest_checkpoint(planned.run) if resume else None
     start = LoopState()
@@ -113,7 +116,8 @@ def _train(
     writer = None
     if writes:
         writer = RunWriter(planned.run, cfg, planned.model, planned.optimizer, planned.template)
-    events = Subscribers([writer, callback] if writer else [callback])
+    # Only rank 0 writes and renders: N ranks printing the same progress is noise.
+    events = Subscribers([writer, callback] if writer else [])
     events.on_train_started(TrainStarted(planned.run.root, start.step, planned.plan))
 
     outcome = train_loop(
@@ -143,7 +147,7 @@ def _train(
     events.on_train_done(TrainDone(planned.run.root, "completed", final))
     return TrainResult(
         run_dir=planned.run.root, status="completed", plan=planned.plan, final=asdict(final),
-        model=planned.model, tokenizer=planned.tokenizer,
+        model=planned.model, tokenizer=planned.tokenizer, rank=world.rank(),
     )  # fmt: skip
 
 
