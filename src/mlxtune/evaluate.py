@@ -526,7 +526,7 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
     }
     guards = _apply_gate(rows, thresholds, overall, per_category, has_base, warnings)
     report = EvalReport(
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         run=run.name if run else None,
         adapter=str(run.root) if run else None,
         endpoint=ev.endpoint,

@@ -165,7 +165,7 @@ def environment() -> dict[str, Any]:
         if k in os.environ
     }
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": {
             "mlxtune": __version__,
             "mlx": package_version("mlx"),

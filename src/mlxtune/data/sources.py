@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlxtune.errors import BadData, ConfigError
+from mlxtune.errors import BadData, ConfigError, UsageError
 from mlxtune.io import loads_json
 
 if TYPE_CHECKING:
@@ -227,7 +227,13 @@ def _read_parquet(src: SourceConfig) -> Iterator[Row]:
 
 
 def _read_hf(src: SourceConfig) -> Iterator[Row]:
-    import datasets
+    try:
+        import datasets
+    except ImportError:  # the `datasets` extra, not a core dependency
+        raise UsageError(
+            f"prepare.sources: {src.path}: reading Hugging Face datasets needs the datasets "
+            "package: pip install 'mlxtune[datasets]'"
+        ) from None
 
     path = Path(src.path)
     try:
