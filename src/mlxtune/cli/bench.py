@@ -15,7 +15,10 @@ def bench_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     what: Annotated[
-        str | None, typer.Option("--what", help="train, generate, serve, structured or all.")
+        str | None,
+        typer.Option(
+            "--what", help="train, generate, serve, structured, a comma list of them, or all."
+        ),
     ] = None,
     baseline: Annotated[
         str | None,
