@@ -15,7 +15,7 @@ runner = CliRunner()
 
 
 def test_error_lines_keep_square_brackets(tmp_path: Path) -> None:
-    missing = tmp_path / "rows[1].jsonl"
+    missing = tmp_path / "rows[evaluate].jsonl"  # [evaluate] is a Rich tag: it vanished
     res = runner.invoke(app, ["validate-format", str(missing)])
     assert res.exit_code == 2
     assert res.stderr.strip() == f"error: {missing}: no such file or directory"
