@@ -1,5 +1,6 @@
-"""The docs promise only what exists: every `mlxtune ...` command line and every `section.key` config
-name quoted in README.md and docs/*.md is checked against the live CLI and the config model."""
+"""The docs promise only what exists: every `mlxtune ...` command line and every `section.key`
+config name quoted in README.md and docs/*.md is checked against the live CLI and config model.
+"""
 
 from __future__ import annotations
 
