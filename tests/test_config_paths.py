@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from fake_runs import fabricate_run, project_config
 from mlxtune.cli import app
 from mlxtune.config import PATH_FIELDS, Config, load_config
@@ -149,3 +149,29 @@ def test_api_key_never_reaches_artifacts(tmp_path: Path) -> None:
     res = runner.invoke(app, ["report", "old", "-c", str(cfg_file), "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     assert SECRET not in (tmp_path / "r" / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "config",
+    sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "mlx-lm-lora.yaml"),
+    ids=lambda p: p.name,
+)
+def test_shipped_config_paths_land_where_the_demos_look(config: Path) -> None:
+    """Paths in configs/*.yaml are relative to configs/: a `build/...` written as in the old
+    cwd-relative days would put the demo's data and runs under configs/build/."""
+    raw = yaml.safe_load(config.read_text())
+    cfg = load_config(config)
+    written = [
+        (f"{section}.{key}", getattr(getattr(cfg, section), key))
+        for section, keys in PATH_FIELDS.items()
+        for key in keys
+        if isinstance(raw.get(section), dict) and isinstance(raw[section].get(key), str)
+    ]
+    written += [("model.path", cfg.model.path)]
+    written += [(f"prepare.sources[{i}].path", s.path) for i, s in enumerate(cfg.prepare.sources)]
+    for name, value in written:
+        if "://" in str(value) or not str(value).startswith("/"):
+            continue  # a URI or hub id
+        resolved = Path(value).resolve()
+        assert resolved.is_relative_to(REPO), f"{config.name}: {name} -> {resolved}"
+        assert not resolved.is_relative_to(REPO / "configs"), f"{config.name}: {name} -> {resolved}"
