@@ -68,14 +68,15 @@ def test_mlx_lm_is_pinned_to_the_tested_minor_series() -> None:
     assert f"{major}.{minor + 1}" not in spec
 
 
-def test_datasets_and_matplotlib_are_extras() -> None:
+def test_datasets_matplotlib_and_pyarrow_are_extras() -> None:
     core = {Requirement(r).name for r in PYPROJECT["project"]["dependencies"]}
     extras = PYPROJECT["project"]["optional-dependencies"]
-    assert "datasets" not in core and "matplotlib" not in core
+    assert not {"datasets", "matplotlib", "pyarrow"} & core
     assert [Requirement(r).name for r in extras["datasets"]] == ["datasets"]
     assert [Requirement(r).name for r in extras["report"]] == ["matplotlib"]
+    assert [Requirement(r).name for r in extras["parquet"]] == ["pyarrow"]
     dev = {Requirement(r).name for r in extras["dev"]}
-    assert {"datasets", "matplotlib"} <= dev  # so the tests run
+    assert {"datasets", "matplotlib", "pyarrow"} <= dev  # so the tests run
 
 
 def _without(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
@@ -100,6 +101,10 @@ def test_missing_extras_name_their_install_command(
     _without(monkeypatch, "datasets")
     with pytest.raises(UsageError, match=re.escape("pip install 'mlxtune[datasets]'")):
         list(read_source(SourceConfig(path=str(tmp_path / "saved"))))
+    (tmp_path / "rows.parquet").write_bytes(b"PAR1")
+    _without(monkeypatch, "pyarrow")
+    with pytest.raises(UsageError, match=re.escape("pip install 'mlxtune[parquet]'")):
+        list(read_source(SourceConfig(path=str(tmp_path / "rows.parquet"))))
     _without(monkeypatch, "matplotlib")
     with pytest.raises(UsageError, match=re.escape("pip install 'mlxtune[report]'")):
         _loss_plot([(1, 2.0)], [])

@@ -216,7 +216,13 @@ def _read_csv(src: SourceConfig) -> Iterator[Row]:
 
 
 def _read_parquet(src: SourceConfig) -> Iterator[Row]:
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # the `parquet` extra, not a core dependency
+        raise UsageError(
+            f"prepare.sources: {src.path}: reading Parquet needs pyarrow: "
+            "pip install 'mlxtune[parquet]'"
+        ) from None
 
     try:
         table = pq.read_table(src.path)
