@@ -121,7 +121,7 @@ def test_cli_config_init_writes_and_refuses_overwrite(tmp_path: Path) -> None:
     assert runner.invoke(app, ["config", "init", str(out)]).exit_code == 0
     load_config(out)
     again = runner.invoke(app, ["config", "init", str(out)])
-    assert again.exit_code == 1 and "already exists" in again.output
+    assert again.exit_code == 2 and "already exists" in again.output
 
 
 def test_shipped_schema_is_current() -> None:

@@ -115,7 +115,7 @@ def test_export_refuses_to_overwrite_and_needs_an_adapter(
     res = runner.invoke(
         app, ["export", "tuned", "--out", str(tmp_path / "taken"), "-c", str(cfg_path)]
     )
-    assert res.exit_code == 1 and "already exists" in res.output
+    assert res.exit_code == 2 and "already exists" in res.output
     (cfg.train.runs_dir / "tuned" / "adapters.safetensors").unlink()
     with pytest.raises(MlxtuneError, match="no adapter to export"):
         export_run(cfg, "tuned", tmp_path / "x")

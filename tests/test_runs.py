@@ -49,7 +49,7 @@ def test_registry_defaults_to_project_dir() -> None:
 
 def test_sync_indexes_runs_and_is_idempotent(project: tuple[Config, Path]) -> None:
     cfg, _ = project
-    with Registry.open(cfg) as reg:
+    with Registry.open(cfg, create=True) as reg:
         first = reg.sync()
         assert sorted(first.added) == ["r1-baseline", "r2-higher-lr"]
         again = reg.sync()
@@ -67,7 +67,8 @@ def test_sync_indexes_runs_and_is_idempotent(project: tuple[Config, Path]) -> No
 
 def test_sync_follows_changes_and_removals(project: tuple[Config, Path]) -> None:
     cfg, _ = project
-    list_runs(cfg)
+    with Registry.open(cfg, create=True) as reg:
+        reg.sync()
     run_json = cfg.train.runs_dir / "r1-baseline" / "run.json"
     info = json.loads(run_json.read_text())
     info["status"] = "failed"

@@ -43,7 +43,7 @@ def test_cli_flags_reach_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert {k: str(v) for k, v in cfg.serve.adapters.items()} == {"a": "runs/x", "b": "runs/y"}
 
     bad = CliRunner().invoke(app, ["serve", "--adapter", "no-equals-sign"])
-    assert bad.exit_code == 1 and "NAME=PATH" in bad.output
+    assert bad.exit_code == 2 and "NAME=PATH" in bad.output  # a usage error
 
 
 def test_resolve_adapters(tmp_path: Path) -> None:

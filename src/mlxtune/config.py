@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -549,11 +551,30 @@ class EmbedConfig(Section):
         return self.name or Path(self.model.rstrip("/")).name
 
 
+BENCH_SECTIONS = ("train", "generate", "serve")  # what `all` times
+_BENCH_ORDER = ("train", "generate", "embed", "structured", "serve")  # embed, structured: if named
+
+
+def bench_sections(what: str | list[str]) -> list[str]:
+    """`bench.what` -> the sections to time, in suite order: "all", one name, or a comma list
+    (`train,generate,serve`, what the bench files record and docs/benchmarks.md prints)."""
+    parts = what if isinstance(what, list) else str(what).split(",")
+    names = [p.strip() for p in parts if p.strip()]
+    if not names or any(n not in (*_BENCH_ORDER, "all") for n in names):
+        raise ValueError(
+            "expected train, generate, serve, embed, structured, all or a comma list of them, "
+            f"got {what!r}"
+        )
+    chosen = set(names) | (set(BENCH_SECTIONS) if "all" in names else set())
+    return [s for s in _BENCH_ORDER if s in chosen]
+
+
 class BenchConfig(Section):
-    what: Literal["train", "generate", "serve", "embed", "structured", "all"] = Field(
+    what: str = Field(
         "all",
-        description="What to time (all = train, generate, serve; embed and structured are not "
-        "in all).",
+        description="What to time: train, generate, serve, embed, structured, a comma list of "
+        "them, or all (train, generate and serve; embed, the embeddings load test, and "
+        "structured, constrained vs free serve load, only when named).",
     )
     repeat: int = Field(1, gt=0, description="Repeat each measurement; min/median/max reported.")
     baseline: Literal["none", "mlx-lm"] = Field(
@@ -578,6 +599,12 @@ class BenchConfig(Section):
     sustained_requests: int = Field(100, ge=0, description="Requests in the sustained run.")
     time_limit_s: float = Field(300, gt=0, description="Stop any load phase after this long.")
 
+    @field_validator("what", mode="before")
+    @classmethod
+    def _known_sections(cls, value: Any) -> str:
+        sections = bench_sections(value)
+        return "all" if sections == list(BENCH_SECTIONS) else ",".join(sections)
+
 
 class Config(Section):
     """Everything mlxtune needs, one section per verb."""
@@ -600,13 +627,113 @@ class Config(Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+    def to_yaml(self, *, portable: bool = False) -> str:
+        """The resolved config as YAML, secrets redacted: what `config show` prints and a run
+        directory keeps. `portable` writes local paths absolute, so the file means the same
+        wherever it is loaded from (paths in a config file are relative to the file)."""
+        tree = redact(self.to_dict())
+        return yaml.safe_dump(absolute_paths(tree) if portable else tree, sort_keys=False)
 
     def fingerprint(self) -> str:
-        """Stable hash of the resolved config, for run lineage."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Stable hash of the resolved config (secrets left out), for run lineage."""
+        blob = json.dumps(redact(self.to_dict()), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths and secrets in a config tree
+
+# Fields that are always local paths, and fields that are a local path or something else (a
+# hub id, a run name, an @alias): those are rebased only when they name something local.
+PATH_FIELDS = {
+    "data": ("dir",),
+    "prepare": ("out_dir",),
+    "train": ("runs_dir", "registry_dir"),
+    "evaluate": ("out_dir", "output_schema"),  # output_schema: a .json path, or inline
+    "serve": ("usage_db",),
+}
+SECRET_FIELDS = {"serve": ("api_key",)}
+REDACTED = "<redacted>"
+
+
+def _map_paths(
+    tree: dict[str, Any], path: Callable[[str], str], ref: Callable[[str], str]
+) -> dict[str, Any]:
+    """A copy of a raw config tree with `path` applied to every path field and `ref` to every
+    field that may name a local path (model.path, prepare.sources[].path, evaluate.adapter,
+    serve.adapters.*, embed.model)."""
+
+    def section(name: str) -> dict[str, Any] | None:
+        value = tree.get(name)
+        if not isinstance(value, dict):
+            return None
+        tree[name] = value = dict(value)
+        return value
+
+    tree = dict(tree)
+    for name, keys in PATH_FIELDS.items():
+        sec = section(name)
+        for key in keys:
+            if sec is not None and isinstance(sec.get(key), str):
+                sec[key] = path(sec[key])
+    if (sec := section("model")) is not None and isinstance(sec.get("path"), str):
+        sec["path"] = ref(sec["path"])
+    if (sec := section("evaluate")) is not None and isinstance(sec.get("adapter"), str):
+        sec["adapter"] = ref(sec["adapter"])
+    if (sec := section("embed")) is not None and isinstance(sec.get("model"), str):
+        sec["model"] = ref(sec["model"])
+    if (sec := section("serve")) is not None and isinstance(sec.get("adapters"), dict):
+        sec["adapters"] = {
+            k: ref(v) if isinstance(v, str) else v for k, v in sec["adapters"].items()
+        }
+    if (sec := section("prepare")) is not None and isinstance(sec.get("sources"), list):
+        sec["sources"] = [
+            {**src, "path": ref(src["path"])}
+            if isinstance(src, dict) and isinstance(src.get("path"), str)
+            else src
+            for src in sec["sources"]
+        ]
+    return tree
+
+
+def _names_local(value: str, base: Path) -> bool:
+    """A ref names a local path when it is written as one or exists; `@alias`, run names and
+    hub ids that name nothing local stay as they are."""
+    if value.startswith("@") or Path(value).is_absolute():
+        return False
+    return value.startswith(("./", "../")) or (base / value).exists()
+
+
+def relative_to(tree: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Paths in a config file are relative to the file's directory, like most tools."""
+
+    def rebase(value: str) -> str:
+        return value if Path(value).is_absolute() else os.path.normpath(base / value)
+
+    def rebase_ref(value: str) -> str:
+        return rebase(value) if _names_local(value, base) else value
+
+    return _map_paths(tree, rebase, rebase_ref)
+
+
+def absolute_paths(tree: dict[str, Any]) -> dict[str, Any]:
+    def absolute(value: str) -> str:
+        return os.path.abspath(value)
+
+    def absolute_ref(value: str) -> str:
+        return absolute(value) if _names_local(value, Path.cwd()) else value
+
+    return _map_paths(tree, absolute, absolute_ref)
+
+
+def redact(tree: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config tree with every secret replaced: secrets never reach artifacts."""
+    tree = dict(tree)
+    for name, keys in SECRET_FIELDS.items():
+        sec = tree.get(name)
+        if isinstance(sec, dict):
+            tree[name] = {k: REDACTED if k in keys and v else v for k, v in sec.items()}
+    return tree
 
 
 # ---------------------------------------------------------------------------------------------
@@ -730,60 +857,66 @@ def _describe(err: dict[str, Any]) -> str:
     return str(err["msg"])
 
 
-def _format_errors(exc: ValidationError) -> list[str]:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
-        lines.append(f"{loc}: {_describe(dict(err))}")
-    return lines
-
-
-def _resolve_beside(tree: dict[str, Any], section: str, key: str, base: Path) -> None:
-    """A relative file path written in the YAML is relative to the YAML file."""
-    node = tree.get(section)
-    if isinstance(node, dict) and isinstance(node.get(key), str):
-        value = Path(node[key])
-        if not value.is_absolute():
-            node[key] = str(base / value)
-
-
 def load_config(
     path: Path | str | None = None,
     overrides: list[str] | None = None,
     flags: dict[str, Any] | None = None,
+    flag_names: dict[str, str] | None = None,
 ) -> Config:
-    """Build the resolved config: defaults < YAML < --set overrides < flags (None = not given)."""
+    """Build the resolved config: defaults < YAML < --set overrides < flags (None = not given).
+    Relative paths in the file are relative to the file; in --set and flags, to the working
+    directory. A bad value is blamed on where it came from: the file, `--set KEY` or the flag
+    (`flag_names` maps a dotted key to its flag, e.g. {'bench.what': '--what'})."""
     tree: dict[str, Any] = read_yaml(Path(path)) if path else {}
     notices: list[str] = []
+    mlx_lm_file = False
     if tree:
         from mlxtune.config_import import from_mlx_lm, is_mlx_lm_config
 
-        if is_mlx_lm_config(tree):
+        if mlx_lm_file := is_mlx_lm_config(tree):
             imported = from_mlx_lm(tree, str(path))
             tree = imported.tree
             dropped = f", {len(imported.notes)} keys not carried over" if imported.notes else ""
             notices.append(
                 f"{path}: mlx-lm config converted{dropped} (see: mlxtune config import {path})"
             )
-    if path:
-        _resolve_beside(tree, "evaluate", "output_schema", Path(path).parent)
+    if path and not mlx_lm_file:  # mlx_lm.lora reads its paths from the working directory
+        tree = relative_to(tree, Path(path).parent)
+    origin: dict[str, str] = {}
     for dotted, value in parse_overrides(overrides or []).items():
         _set_dotted(tree, dotted, value)
+        origin[dotted] = f"--set {dotted}"
     for dotted, value in (flags or {}).items():
         if value is not None:
             _set_dotted(tree, dotted, value)
-    # Relative paths stay relative to the working directory, as in mlx-lm.
-    cfg = validate_tree(tree, str(path) if path else None)
+            origin[dotted] = (flag_names or {}).get(dotted) or f"{dotted} (command line)"
+    cfg = validate_tree(tree, str(path) if path else None, origin)
     cfg._notices.extend(notices)
     return cfg
 
 
-def validate_tree(tree: dict[str, Any], source: str | None = None) -> Config:
-    """A config tree -> Config, every problem reported at once."""
+def validate_tree(
+    tree: dict[str, Any], source: str | None = None, origin: dict[str, str] | None = None
+) -> Config:
+    """A config tree -> Config, every problem reported at once, each blamed on where its value
+    came from: the file (`source`), or `origin`'s `--set KEY` or flag for that dotted key."""
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e), source=source) from None
+        from_file: list[str] = []
+        given: list[str] = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "config"
+            flag = next((o for key, o in (origin or {}).items() if _within(loc, key)), None)
+            (given if flag else from_file).append(f"{flag or loc}: {_describe(dict(err))}")
+        if not given:
+            raise ConfigError(from_file, source=source) from None
+        prefix = f"{source}: " if source else ""
+        raise ConfigError([prefix + p for p in from_file] + given) from None
+
+
+def _within(loc: str, key: str) -> bool:
+    return loc == key or loc.startswith(key + ".")
 
 
 def json_schema() -> dict[str, Any]:

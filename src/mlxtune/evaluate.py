@@ -531,7 +531,7 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
     }
     guards = _apply_gate(rows, thresholds, overall, per_category, has_base, warnings)
     report = EvalReport(
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         run=run.name if run else None,
         adapter=str(run.root) if run else None,
         endpoint=ev.endpoint,
@@ -621,7 +621,7 @@ def evaluate_retrieval(cfg: Config, *, progress: Progress | None = None) -> Eval
     per_category = {c: metric_block(b) for c, b in result.per_category.items()}
     guards = _apply_gate(rows, thresholds, overall, per_category, has_base, warnings)
     report = EvalReport(
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         run=run.name,
         adapter=str(run.root),
         model=cfg.model.path,

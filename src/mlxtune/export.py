@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlxtune.errors import MlxtuneError
+from mlxtune.errors import MlxtuneError, UsageError
 from mlxtune.generation import greedy_answers
 from mlxtune.rundir import RunDir
 from mlxtune.runs import find_run
@@ -119,22 +119,22 @@ def _test_questions(cfg: Config, data_dir: str | None) -> list[list[dict[str, st
 
 def _check_target(run: RunDir, name: str, out: Path, force: bool) -> None:
     if not run.is_adapter():
-        raise MlxtuneError(f"{run.root}: run {name!r} has no adapter to export")
+        raise UsageError(f"{run.root}: run {name!r} has no adapter to export")
     if out.exists() and not force:
-        raise MlxtuneError(f"{out}: already exists (use --force to replace it)")
+        raise UsageError(f"{out}: already exists (use --force to replace it)")
     if out.resolve() == run.root.resolve() or run.root.resolve() in out.resolve().parents:
-        raise MlxtuneError(f"{out}: choose a directory outside the run directory")
+        raise UsageError(f"{out}: choose a directory outside the run directory")
 
 
 def _check_gguf(config: dict[str, Any], base: str, *, gguf: bool, dequantize: bool) -> None:
     model_type = str(config.get("model_type", "?"))
     if gguf and model_type not in GGUF_MODEL_TYPES:
-        raise MlxtuneError(
+        raise UsageError(
             f"--gguf: mlx-lm writes GGUF for {', '.join(GGUF_MODEL_TYPES)} only; "
             f"{base} is {model_type!r} (export without --gguf, or convert with llama.cpp)"
         )
     if gguf and config.get("quantization") and not dequantize:
-        raise MlxtuneError(f"--gguf: {base} is quantized; add --de-quantize for a GGUF export")
+        raise UsageError(f"--gguf: {base} is quantized; add --de-quantize for a GGUF export")
 
 
 def _write_model(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxtune.errors import ConfigError, DataError
+from mlxtune.io import loads_json
 
 if TYPE_CHECKING:
     from mlxtune.config import ModelConfig
@@ -221,7 +222,7 @@ def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = loads_json(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
         if not isinstance(row, dict) or ("messages" not in row and "text" not in row):

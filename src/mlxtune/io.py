@@ -6,10 +6,27 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+# A string literal (skipped) or a bare NaN/Infinity/-Infinity token outside any string.
+_CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)')
+
+
+def loads_json(text: str) -> Any:
+    """`json.loads` that refuses NaN, Infinity and -Infinity: Python's parser accepts them, but
+    they are not JSON and other tools reject them. Raises `json.JSONDecodeError` at the token."""
+
+    def reject(name: str) -> Any:
+        found = next((m for m in _CONSTANT.finditer(text) if m.group(1)), None)
+        raise json.JSONDecodeError(
+            f"{name} is not valid JSON (use null or a number)", text, found.start() if found else 0
+        )
+
+    return json.loads(text, parse_constant=reject)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlxtune.errors import MlxtuneError
+from mlxtune.errors import MlxtuneError, UsageError
 from mlxtune.formats import resolve_template
 
 if TYPE_CHECKING:
@@ -56,6 +56,23 @@ def quantize(model: Any, quantization: dict[str, Any]) -> None:
     )
 
 
+def first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def local_model_dir(path: str) -> Path | None:
+    """`model.path` as a local directory, or None for a hub id ("org/name"). A path that
+    cannot be a hub id and is not a directory is a usage error naming how to build one."""
+    local = Path(path)
+    if local.is_dir():
+        return local
+    if local.exists():
+        raise UsageError(f"model.path: {path} is not a directory (build one: mlxtune tiny-model)")
+    if local.is_absolute() or path.startswith(".") or len(local.parts) != 2:
+        raise UsageError(f"model.path: {path}: not found (build one: mlxtune tiny-model --out DIR)")
+    return None
+
+
 def load_model(
     model_cfg: ModelConfig,
     adapter: Path | str | None = None,
@@ -73,15 +90,13 @@ def load_model(
     path = model_cfg.path
     if model_kind(model_cfg) == "vlm":
         require_mlx_vlm()  # the install command first, when the extra is missing
-        raise MlxtuneError(
+        raise UsageError(
             f"model.path: {path} is a vision-language model; this command supports text models "
             "only (see docs/vision.md for the verbs that take images)"
         )
-    local = Path(path)
-    if (local.is_absolute() or path.startswith(".") or local.exists()) and not local.is_dir():
-        raise MlxtuneError(f"model.path: {path} is not a directory (build one: mlxtune tiny-model)")
+    local_model_dir(path)
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise MlxtuneError(f"{adapter}: not an adapter directory (no adapter_config.json)")
+        raise UsageError(f"{adapter}: not an adapter directory (no adapter_config.json)")
     if adapter is not None:
         quantization = base_quantization(adapter) or quantization
     # A quantized run's adapter goes on after the base is quantized, so mlx-lm loads the base only.
@@ -94,8 +109,8 @@ def load_model(
             revision=model_cfg.revision,
         )
         model, tokenizer = loaded[0], loaded[1]
-    except FileNotFoundError as e:
-        raise MlxtuneError(f"model.path: cannot load {path}: {e}") from None
+    except Exception as e:  # hub, file and weight errors come in many types
+        raise UsageError(f"model.path: cannot load {path} ({first_line(e)})") from None
     if quantization is not None:
         quantize(model, quantization)
         if adapter is not None:

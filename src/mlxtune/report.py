@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from mlxtune.errors import UsageError
 from mlxtune.eval_report import EvalReport
 from mlxtune.io import atomic_open, atomic_write_text
 from mlxtune.render.documents import run_report_html, run_report_markdown
@@ -57,13 +58,24 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def _pyplot() -> Any:
+    """matplotlib's pyplot, headless; it is the `report` extra, not a core dependency."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError(
+            "report: the plots need matplotlib: pip install 'mlxtune[report]'"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _loss_plot(train: list[tuple[int, float]], val: list[tuple[int, float]]) -> bytes | None:
     if not train and not val:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     if train:
@@ -118,10 +130,7 @@ def _eval_plot(report: EvalReport, metric: str) -> bytes | None:
         tuned.append(float(a) if a is not None else 0.0)
     if not labels:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     width = 0.38
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) + 2), 3.8))

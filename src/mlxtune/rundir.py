@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,11 +87,29 @@ class RunDir:
         return self.adapter_config.is_file() and self.adapter_file.is_file()
 
 
+def live_status(status: str, run: RunDir) -> str:
+    """A `running` run whose process is gone (killed, machine rebooted) is `interrupted`: its
+    run.json never got the chance to say so. Only checked for runs started on this host."""
+    if status != "running":
+        return status
+    info = run.read_run()
+    pid, host = info.get("pid"), info.get("host")
+    if not isinstance(pid, int) or host != platform.node():
+        return status
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "interrupted"
+    except PermissionError:
+        pass  # alive, another user's
+    return status
+
+
 def latest_run(runs_dir: Path) -> RunDir:
     """The most recently started run with an adapter in `runs_dir`."""
     candidates = [RunDir(p) for p in runs_dir.glob("*") if p.is_dir() and RunDir(p).is_adapter()]
     if not candidates:
-        raise MlxtuneError(f"{runs_dir}: no trained runs (run mlxtune train first)")
+        raise MlxtuneError(f"{runs_dir}: no trained runs ({_where_runs_are(runs_dir)})")
     return max(
         candidates, key=lambda r: (r.read_run().get("started_at", ""), r.root.stat().st_mtime)
     )
@@ -158,6 +178,14 @@ def _find_run_dir(text: str, runs_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
+def _where_runs_are(runs_dir: Path) -> str:
+    """How to point a verb at the runs when none were found where it looked."""
+    return (
+        f"looked in {runs_dir.resolve()}: run mlxtune train, or point at your runs with "
+        "-c CONFIG or --set train.runs_dir=DIR"
+    )
+
+
 def _no_such_run(text: str, runs_dir: Path, field: str, kind: str) -> MlxtuneError:
     """One line; for a name, the closest run names (or what runs exist)."""
     if not _is_plain_name(text):
@@ -169,5 +197,5 @@ def _no_such_run(text: str, runs_dir: Path, field: str, kind: str) -> MlxtuneErr
     elif names:
         hint = f" (runs: {', '.join(names[:8])})"
     else:
-        hint = " (no runs yet: run mlxtune train first)"
+        hint = f" ({_where_runs_are(runs_dir)})"
     return MlxtuneError(f"{field}: no run named {text!r} in {runs_dir}{hint}")

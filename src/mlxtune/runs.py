@@ -15,7 +15,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ import yaml
 
 from mlxtune.errors import MlxtuneError
 from mlxtune.metrics import METRICS
-from mlxtune.rundir import RunDir, read_metrics, resolve_run
+from mlxtune.rundir import RunDir, live_status, read_metrics, resolve_run
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS alias_events (
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,14 +246,17 @@ def loss_series(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]
 
 
 def read_run_config(run: RunDir) -> dict[str, Any]:
-    """The run's resolved config.yaml ({} when absent)."""
+    """The run's resolved config.yaml ({} when absent), secrets redacted (a run written
+    before redaction may still hold them: they never reach `runs show` or a report)."""
+    from mlxtune.config import redact
+
     if not run.config.is_file():
         return {}
     try:
         data = yaml.safe_load(run.config.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise MlxtuneError(f"{run.config}: invalid YAML ({e})") from None
-    return data if isinstance(data, dict) else {}
+    return redact(data) if isinstance(data, dict) else {}
 
 
 def read_eval(run: RunDir) -> dict[str, Any] | None:
@@ -305,7 +308,9 @@ def _record_from_dir(run: RunDir) -> RunRecord:
     final = dict(info.get("final") or {})
     if not final:
         final = _final_from_metrics(read_metrics(run.metrics))
-    status = info.get("status") or ("completed" if run.is_adapter() else "unknown")
+    status = live_status(
+        info.get("status") or ("completed" if run.is_adapter() else "unknown"), run
+    )
     return RunRecord(
         name=run.name,
         path=run.root.resolve(),
@@ -340,7 +345,9 @@ def _is_run_dir(path: Path) -> bool:
 class Registry:
     """SQLite index of runs and aliases. Open with `Registry.open(cfg)` (a context manager)."""
 
-    def __init__(self, db_path: Path, runs_dir: Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self, db_path: Path, runs_dir: Path, *, read_only: bool = False, create: bool = False
+    ) -> None:
         self.db_path = db_path
         self.runs_dir = runs_dir
         if read_only:  # an existing registry, never created or changed (`status`)
@@ -351,8 +358,11 @@ class Registry:
             self.conn.row_factory = sqlite3.Row
             return
         try:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(db_path, timeout=10)
+            if create or db_path.is_file():
+                db_path.parent.mkdir(parents=True, exist_ok=True)
+                self.conn = sqlite3.connect(db_path, timeout=10)
+            else:  # reading leaves no .mlxtune/ behind: index in memory, nothing to keep
+                self.conn = sqlite3.connect(":memory:")
         except (OSError, sqlite3.Error) as e:
             raise MlxtuneError(f"train.registry_dir: cannot open {db_path} ({e})") from None
         self.conn.row_factory = sqlite3.Row
@@ -367,8 +377,9 @@ class Registry:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, cfg: Config) -> Iterator[Registry]:
-        reg = cls(registry_path(cfg), cfg.train.runs_dir)
+    def open(cls, cfg: Config, *, create: bool = False) -> Iterator[Registry]:
+        """`create` for writes (promote); reads of a missing registry index in memory."""
+        reg = cls(registry_path(cfg), cfg.train.runs_dir, create=create)
         try:
             yield reg
         finally:
@@ -438,7 +449,7 @@ class Registry:
         return RunRecord(
             name=row["name"],
             path=Path(row["path"]),
-            status=row["status"],
+            status=live_status(row["status"], RunDir(Path(row["path"]))),
             method=row["method"],
             base_model=row["base_model"],
             config_hash=row["config_hash"],
@@ -699,7 +710,7 @@ def compare_runs(cfg: Config, name_a: str, name_b: str) -> Comparison:
 
 def promote(cfg: Config, name: str, alias: str = DEFAULT_ALIAS) -> AliasChange:
     rec = find_run(cfg, name)
-    with Registry.open(cfg) as reg:
+    with Registry.open(cfg, create=True) as reg:
         return reg.promote(rec, alias)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlxtune.errors import MlxtuneError
+from mlxtune.errors import UsageError
 from mlxtune.formats import CHATML_TEMPLATE
 
 EOS = "<|im_end|>"
@@ -250,16 +250,14 @@ def build_tiny_model(
     force: bool = False,
 ) -> TinyModelResult:
     if preset not in (*PRESETS, "vlm"):
-        raise MlxtuneError(
-            f"--preset: unknown preset {preset!r} (choose {', '.join(PRESETS)}, vlm)"
-        )
+        raise UsageError(f"--preset: unknown preset {preset!r} (choose {', '.join(PRESETS)}, vlm)")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
-        raise MlxtuneError(f"{out}: already exists and is not empty (use --force to replace)")
+        raise UsageError(f"{out}: already exists and is not empty (use --force to replace)")
     files = corpus if corpus is not None else default_corpus()
     for f in files:
         if not f.is_file():
-            raise MlxtuneError(f"{f}: corpus file not found")
+            raise UsageError(f"{f}: corpus file not found")
     texts = list(corpus_texts(files)) if files else [FALLBACK_CORPUS]
     if preset == "vlm":  # vision-language: its own module, needs the `vlm` extra
         from mlxtune.vlm.tiny import build_tiny_vlm

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlxtune import __version__
+from mlxtune.config import BENCH_SECTIONS
 from mlxtune.provenance import git_commit, package_version
 from mlxtune.runtime import blas_status
 
 Progress = Callable[[str], None]
 Target = Literal["mlxtune", "mlx-lm"]
 SCHEMA_VERSION = 1
-SECTIONS = ("train", "generate", "serve")
+SECTIONS = BENCH_SECTIONS
 
 
 def summarize(values: list[float]) -> dict[str, float] | None:
@@ -171,7 +172,7 @@ def environment() -> dict[str, Any]:
         if k in os.environ
     }
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": {
             "mlxtune": __version__,
             "mlx": package_version("mlx"),

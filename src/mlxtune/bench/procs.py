@@ -63,7 +63,10 @@ def child_config_yaml(cfg: Config) -> str:
     flag), so defaults stay defaults and pairs like lora_alpha/lora_scale do not both appear."""
     import yaml
 
-    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=True), sort_keys=False)
+    from mlxtune.config import absolute_paths
+
+    tree = absolute_paths(cfg.model_dump(mode="json", exclude_unset=True))
+    return yaml.safe_dump(tree, sort_keys=False)  # paths absolute: the file lives elsewhere
 
 
 def tail(lines: list[str], n: int = 5) -> str:

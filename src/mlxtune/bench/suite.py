@@ -15,7 +15,8 @@ from mlxtune.bench.generate import bench_generate
 from mlxtune.bench.serve import bench_serve_once, serve_adapter
 from mlxtune.bench.structured import bench_structured
 from mlxtune.bench.train import bench_train_once, check_data
-from mlxtune.errors import MlxtuneError
+from mlxtune.config import bench_sections
+from mlxtune.errors import MlxtuneError, UsageError
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
@@ -33,15 +34,25 @@ _TRAIN_SETTINGS = (
 )
 
 
-def _check_arguments(what: str, baseline: str, repeat: int) -> None:
-    if what not in (*SECTIONS, "embed", "structured", "all"):
-        raise MlxtuneError(
-            f"--what: expected train, generate, serve, embed, structured or all, got {what!r}"
-        )
+def _check_arguments(what: str, baseline: str, repeat: int) -> list[str]:
+    """The sections to time; a bad argument is a one-line error naming its flag."""
+    try:
+        sections = bench_sections(what)
+    except ValueError as e:
+        raise UsageError(f"--what: {e}") from None
     if baseline not in ("none", "mlx-lm"):
-        raise MlxtuneError(f"--baseline: expected none or mlx-lm, got {baseline!r}")
+        raise UsageError(f"--baseline: expected none or mlx-lm, got {baseline!r}")
     if repeat < 1:
-        raise MlxtuneError(f"--repeat: must be >= 1, got {repeat}")
+        raise UsageError(f"--repeat: must be >= 1, got {repeat}")
+    return sections
+
+
+def _check_model(cfg: Config) -> None:
+    """Every section loads model.path in a child process: a missing or unloadable model is one
+    line here, not a child's traceback."""
+    from mlxtune.data.records import load_tokenizer
+
+    load_tokenizer(cfg.model)
 
 
 def _settings(cfg: Config) -> dict[str, Any]:
@@ -68,15 +79,15 @@ def bench(
     what = what or cfg.bench.what
     baseline = baseline or cfg.bench.baseline
     repeat = repeat or cfg.bench.repeat
-    _check_arguments(what, baseline, repeat)
-    sections = list(SECTIONS) if what == "all" else [what]
+    sections = _check_arguments(what, baseline, repeat)
+    _check_model(cfg)
     sides = targets(baseline)
     env = environment()
     rec = Recorder()
     notes: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="mlxtune-bench-"))
     try:
-        if what == "all":
+        if sections == list(SECTIONS):
             try:
                 check_data(cfg)
             except MlxtuneError as e:  # `all` still times what it can
@@ -107,8 +118,12 @@ def bench(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     env["loadavg_end"] = list(os.getloadavg())
-    if what == "embed" and baseline != "none":  # the library the direct loop called
-        baseline = direct_baseline_name(cfg)
+    if "embed" in sections and baseline != "none":  # name the library embed's loop called
+        library = direct_baseline_name(cfg)
+        if sections == ["embed"]:
+            baseline = library
+        elif library != baseline:
+            notes.append(f"embed's baseline figures are {library} called directly")
     return BenchResult(
         what=sections,
         baseline=baseline,

@@ -16,7 +16,9 @@ def bench_cmd(
     set_: SetOpt = None,
     what: Annotated[
         str | None,
-        typer.Option("--what", help="train, generate, serve, embed, structured or all."),
+        typer.Option(
+            "--what", help="train, generate, serve, embed, structured, a comma list, or all."
+        ),
     ] = None,
     baseline: Annotated[
         str | None,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mlxtune.errors import MlxtuneError
 
@@ -54,7 +55,9 @@ def handles_errors(fn: F) -> F:
             if os.environ.get("MLXTUNE_DEBUG"):
                 raise
             for line in str(e).splitlines() or [type(e).__name__]:
-                err_console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+                err_console.print(
+                    f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True
+                )
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/yellow]")
@@ -68,7 +71,29 @@ def resolve(config: Path | None, sets: list[str] | None, **flags: Any) -> Config
     from mlxtune.config import load_config  # pydantic costs ~0.25 s: keep it off --help
 
     dotted = {k.replace("__", "."): v for k, v in flags.items()}
-    cfg = load_config(config, sets, dotted)
+    cfg = load_config(config, sets, dotted, _flag_names(flags))
     for notice in cfg.notices:
-        err_console.print(f"[yellow]note:[/yellow] {notice}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[yellow]note:[/yellow] {escape(notice)}", highlight=False, soft_wrap=True
+        )
     return cfg
+
+
+def _flag_names(flags: dict[str, Any]) -> dict[str, str]:
+    """{'bench.what': '--what'}: the option each flag value came from, so a bad value is
+    blamed on the flag the user typed (found in the running command's parameters)."""
+    from typer.main import get_current_context
+
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    names = {}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        given = [p for p in ctx.command.params if p.name and ctx.params.get(p.name) is value]
+        named = [p for p in given if p.name == key.rsplit("__", 1)[-1]] or given
+        opts = [o for o in (named[0].opts if len(named) == 1 else []) if o.startswith("--")]
+        if opts:
+            names[key.replace("__", ".")] = opts[0]
+    return names

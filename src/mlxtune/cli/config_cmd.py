@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from mlxtune.cli.common import ConfigOpt, SetOpt, console, err_console, handles_errors, resolve
-from mlxtune.errors import MlxtuneError
+from mlxtune.errors import UsageError
 
 app = typer.Typer(help="Show, check and create config files.", no_args_is_help=True)
 
@@ -54,7 +55,7 @@ def config_init(
     from mlxtune.io import atomic_write_text
 
     if out.exists() and not force:
-        raise MlxtuneError(f"{out}: already exists (use --force to overwrite)")
+        raise UsageError(f"{out}: already exists (use --force to overwrite)")
     atomic_write_text(out, starter_yaml(model))
     console.print(f"wrote {out}")
 
@@ -64,7 +65,7 @@ def config_init(
 def config_validate(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Check a config file and report every problem at once."""
     resolve(config, set_)
-    console.print(f"[green]ok[/green] {config or '(defaults)'}")
+    console.print(f"[green]ok[/green] {escape(str(config or '(defaults)'))}")
 
 
 @app.command("import")
@@ -89,11 +90,11 @@ def config_import(
         sys.stdout.flush()
     else:
         if out.exists() and not force:
-            raise MlxtuneError(f"{out}: already exists (use --force to overwrite)")
+            raise UsageError(f"{out}: already exists (use --force to overwrite)")
         atomic_write_text(out, text)
-        console.print(f"wrote {out}")
+        console.print(f"wrote {out}", markup=False)
     for note in imported.notes:
-        err_console.print(f"[yellow]not carried over:[/yellow] {note}", highlight=False)
+        err_console.print(f"[yellow]not carried over:[/yellow] {escape(note)}", highlight=False)
 
 
 @app.command("export")
@@ -117,4 +118,4 @@ def config_export(
         sys.stdout.write(text)
     else:
         atomic_write_text(out, text)
-        console.print(f"wrote {out}")
+        console.print(f"wrote {out}", markup=False)

@@ -42,7 +42,8 @@ def tiny_model(
         result = build_tiny_model(out, preset=preset, seed=seed, corpus=corpus, force=force)
     console.print(
         f"wrote {result.path}: {result.preset}, {result.parameters / 1e6:.2f}M parameters, "
-        f"vocab {result.vocab_size}, tokenizer trained on {len(result.corpus_files)} file(s)"
+        f"vocab {result.vocab_size}, tokenizer trained on {len(result.corpus_files)} file(s)",
+        markup=False,
     )
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from mlxtune.cli import mlx_lm_flags as mlx
 from mlxtune.cli.common import (
@@ -147,13 +148,14 @@ def _report(result: EvaluateResult, json_: bool) -> None:
         print_evaluation(console, result.report)
         console.print(
             f"wrote {result.report_path}, {result.markdown_path.name}, "
-            f"{result.predictions_path.name}"
+            f"{result.predictions_path.name}",
+            markup=False,
         )
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a", encoding="utf-8") as f:
             f.write(result.markdown + "\n")
     for warning in result.warnings:
-        err_console.print(f"[bold red]WARNING:[/bold red] {warning}", soft_wrap=True)
+        err_console.print(f"[bold red]WARNING:[/bold red] {escape(warning)}", soft_wrap=True)
     if not result.passed:
         raise GateFailed("evaluation gate failed: " + "; ".join(result.failures()))

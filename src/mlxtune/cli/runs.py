@@ -40,7 +40,11 @@ def runs_list(config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = Fa
     if json_:
         write_json([r.to_dict() for r in records])
     elif not records:
-        console.print(f"no runs in {cfg.train.runs_dir} (run mlxtune train first)")
+        console.print(
+            f"no runs in {cfg.train.runs_dir.resolve()} (train.runs_dir): run mlxtune train, "
+            "or point at your runs with -c CONFIG or --set train.runs_dir=DIR",
+            markup=False,
+        )
     else:
         console.print(runs_table(records, cfg.train.runs_dir))
 
@@ -99,7 +103,9 @@ def runs_promote(
 
     change = promote(resolve(config, set_), name, alias)
     was = f" (was {change.previous})" if change.previous else ""
-    console.print(f"@{change.alias} -> {change.run}{was}  {change.path}", highlight=False)
+    console.print(
+        f"@{change.alias} -> {change.run}{was}  {change.path}", highlight=False, markup=False
+    )
 
 
 @app.command("rollback")
@@ -116,6 +122,7 @@ def runs_rollback(
     console.print(
         f"@{change.alias} -> {change.run} (rolled back from {change.previous})  {change.path}",
         highlight=False,
+        markup=False,
     )
 
 
@@ -153,8 +160,8 @@ def report(
 
     with console.status("drawing report"):
         result = build_report(resolve(config, set_), name, out)
-    console.print(f"wrote {result.html}")
-    console.print(f"wrote {result.markdown} (+ {len(result.plots)} plot(s))")
+    console.print(f"wrote {result.html}", markup=False)
+    console.print(f"wrote {result.markdown} (+ {len(result.plots)} plot(s))", markup=False)
 
 
 @handles_errors
@@ -180,10 +187,11 @@ def export(
     layers = f"{result.fused_layers} adapter layers" if result.fused_layers else "full weights"
     console.print(
         f"wrote {result.out}: {result.run} fused into {result.base_model} "
-        f"({layers}{', de-quantized' if result.dequantized else ''})"
+        f"({layers}{', de-quantized' if result.dequantized else ''})",
+        markup=False,
     )
     if result.gguf:
-        console.print(f"wrote {result.gguf}")
+        console.print(f"wrote {result.gguf}", markup=False)
     if result.agreement is not None:
         same, total = result.agreement
         measured = (

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from mlxtune.cli import mlx_lm_flags as mlx
 from mlxtune.cli.common import ConfigOpt, SetOpt, console, err_console, handles_errors, resolve
-from mlxtune.errors import MlxtuneError
+from mlxtune.errors import UsageError
 
 
 @handles_errors
@@ -46,7 +47,7 @@ def serve(
     for item in adapter or []:
         name, sep, path = item.partition("=")
         if not sep or not name.strip() or "." in name or not path.strip():
-            raise MlxtuneError(f"--adapter {item!r}: expected NAME=PATH")
+            raise UsageError(f"--adapter {item!r}: expected NAME=PATH")
         flags[f"serve__adapters__{name.strip()}"] = path.strip()
     cfg = resolve(config, set_, **flags)
     if cfg.serve.host not in ("127.0.0.1", "localhost", "::1") and not (
@@ -61,7 +62,7 @@ def serve(
         # /docs needs the key when one is set, unless serve.public_endpoints opens it
         docs_open = not cfg.serve.resolved_api_key() or "/docs" in cfg.serve.public_endpoints
         docs = f"  (docs: {url}/docs)" if docs_open else ""
-        console.print(f"[green]serving[/green] {', '.join(names)} at {url}{docs}")
+        console.print(f"[green]serving[/green] {escape(', '.join(names))} at {url}{docs}")
 
     err_console.print("loading models ...")
     result = run_server(cfg, on_ready=ready)

@@ -11,6 +11,7 @@ import typer
 
 from mlxtune.cli import mlx_lm_flags as mlx
 from mlxtune.cli.common import ConfigOpt, SetOpt, console, err_console, handles_errors, resolve
+from mlxtune.errors import ConfigError, UsageError
 
 
 @handles_errors
@@ -69,6 +70,8 @@ def train_cmd(
     from mlxtune.render.train import TrainRenderer, print_plan, print_train_result
     from mlxtune.train.launch import strip_launch_args
 
+    if hostfile is not None and not launch:
+        raise UsageError("--hostfile: only with --launch N (the ranks it starts)")
     if resume is not None and config is None and (resume / "config.yaml").is_file():
         config = resume / "config.yaml"  # the run's own resolved config
     flags = mlx.adapter_path_flags(adapter_path)
@@ -100,6 +103,13 @@ def train_cmd(
     if launch:
         import tempfile
 
+        # Checked once here, not N times in N ranks' output.
+        if resume is not None:
+            core.check_resume(resume)
+        problems = core.config_problems(cfg, launch)
+        if problems:
+            raise ConfigError(problems)
+
         with tempfile.TemporaryDirectory(prefix="mlxtune-ranks-") as tmp:
             launched = core.launch(
                 strip_launch_args(sys.argv[2:]),
@@ -114,7 +124,18 @@ def train_cmd(
         return
     with TrainRenderer(console, json_=json_) as render:
         result = core.train(cfg, resume=resume, dry_run=dry_run, callback=render)
-    if dry_run:
+    if result.rank:
+        return  # rank 0 renders
+    if result.plan is None:
+        steps = result.final.get("steps", "?")
+        err_console.print(
+            f"{result.run_dir}: already completed ({steps} steps); nothing to resume "
+            "(train a new run with --name)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif dry_run:
         print_plan(console, err_console, result.plan, json_)
         if result.plan.problems:
             raise typer.Exit(2)

@@ -163,12 +163,22 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
     say("splitting")
     assigned = _split(items, cfg)
     split_rows = {s: [it for it in items if assigned[id(it)] == s] for s in SPLITS}
+    ratios = {"train": 1.0, "valid": pc.valid_ratio, "test": pc.test_ratio}
+    empty = [s for s in SPLITS if not split_rows[s] and ratios[s] > 0]
+    if empty:
+        groups = len({_group(it, pc.group_by) for it in items})
+        raise BadData(
+            f"{out_dir / (empty[0] + '.jsonl')}: empty after filtering ({len(items)} rows in "
+            f"{groups} group(s) left for {', '.join(empty)}); add data or lower the ratios"
+        )
     kept_before_augment = len(items)
     augment_report = None
     if pc.augment is not None:
         say(f"augmenting {', '.join(pc.augment.splits)} ({pc.augment.method})")
         split_rows, augment_report = _augment(cfg, tokenizer, split_rows)
         items = [it for rows in split_rows.values() for it in rows]
+    # a split asked for with ratio 0 is not written: an empty file is bad data
+    split_rows = {s: rows for s, rows in split_rows.items() if rows or ratios[s] > 0}
 
     categories: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(SPLITS, 0))
     for s, rows in split_rows.items():
@@ -197,7 +207,7 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
             "splits": {s: len(rows) for s, rows in split_rows.items()},
         },
         "filters": [f.to_dict() for f in filters],
-        "splits": {s: len(rows) for s, rows in split_rows.items()},
+        "splits": {s: len(split_rows.get(s, [])) for s in SPLITS},
         "groups": group_counts,
         "categories": {k: categories[k] for k in sorted(categories)},
         "seed": pc.seed,
@@ -239,10 +249,11 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
     say(f"writing {out_dir}")
     _write(out_dir, split_rows, manifest, force)
     warnings = [
-        f"{split}.jsonl: {len(split_rows[split])} rows < train.batch_size {cfg.train.batch_size}"
+        f"{split}.jsonl: {len(split_rows.get(split, []))} rows < train.batch_size "
+        f"{cfg.train.batch_size}"
         " (mlx-lm will refuse to train on it)"
         for split in ("train", "valid")
-        if len(split_rows[split]) < cfg.train.batch_size
+        if len(split_rows.get(split, [])) < cfg.train.batch_size
     ]
     return PrepareResult(
         out_dir=out_dir,

@@ -10,11 +10,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxtune import formats
-from mlxtune.errors import ConfigError, MlxtuneError
+from mlxtune.errors import UsageError
 from mlxtune.stats import percentile
 
 if TYPE_CHECKING:
@@ -248,20 +247,19 @@ def load_tokenizer(model_cfg: ModelConfig) -> tuple[Any, str, str]:
     (tokenizer, template, "tokenizer" or "config" for where the template came from)."""
     from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
 
+    from mlxtune.modeling import first_line, local_model_dir
+
     path = model_cfg.path
-    local = Path(path)
-    if (local.is_absolute() or path.startswith(".") or local.exists()) and not local.is_dir():
-        raise ConfigError(f"model.path: {path} is not a directory (build one: mlxtune tiny-model)")
-    if not local.is_dir() and (path.startswith(".") or local.is_absolute() or "/" not in path):
-        raise ConfigError(f"model.path: {path}: not found (build one: mlxtune tiny-model)")
+    local = local_model_dir(path)
     try:
         tokenizer = mlx_load_tokenizer(
-            local if local.is_dir() else path,
+            local or path,
             tokenizer_config_extra={"trust_remote_code": model_cfg.trust_remote_code},
         )
     except Exception as e:  # hub, file and tokenizer errors come in many types
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise MlxtuneError(f"model.path: cannot load the tokenizer of {path} ({first})") from None
+        raise UsageError(
+            f"model.path: cannot load the tokenizer of {path} ({first_line(e)})"
+        ) from None
     own = getattr(tokenizer, "chat_template", None)
     template = formats.resolve_template(tokenizer, model_cfg)
     return tokenizer, template, "tokenizer" if own and template == own else "config"

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlxtune.errors import BadData, ConfigError
+from mlxtune.errors import BadData, ConfigError, UsageError
+from mlxtune.io import loads_json
 
 if TYPE_CHECKING:
     from mlxtune.config import SourceConfig
@@ -129,7 +130,7 @@ def _parse_nested(row: Row, key: str, value: str) -> Any:
     text = value.strip()
     if text.startswith(("[", "{")):
         try:
-            return json.loads(text)
+            return loads_json(text)
         except json.JSONDecodeError as e:
             raise _bad(f"{row.where}: {key}: invalid JSON in cell ({e.msg})") from None
     if key == "keywords":
@@ -144,7 +145,7 @@ def json_error(e: json.JSONDecodeError) -> str:
 def parse_json_line(text: str, path: str, line: int) -> dict[str, Any]:
     """One JSONL line -> object, or BadData naming the line."""
     try:
-        obj = json.loads(text)
+        obj = loads_json(text)
     except json.JSONDecodeError as e:
         raise _bad(f"{path}:{line}: json: {json_error(e)}") from None
     if not isinstance(obj, dict):
@@ -182,7 +183,7 @@ def _read_json(src: SourceConfig) -> Iterator[Row]:
     except UnicodeDecodeError as e:
         raise _bad(f"{src.path}: encoding: not UTF-8 ({e.reason})") from None
     try:
-        data = json.loads(text)
+        data = loads_json(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # JSON Lines saved as .json
             yield from _read_jsonl(src)
@@ -215,7 +216,13 @@ def _read_csv(src: SourceConfig) -> Iterator[Row]:
 
 
 def _read_parquet(src: SourceConfig) -> Iterator[Row]:
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # the `parquet` extra, not a core dependency
+        raise UsageError(
+            f"prepare.sources: {src.path}: reading Parquet needs pyarrow: "
+            "pip install 'mlxtune[parquet]'"
+        ) from None
 
     try:
         table = pq.read_table(src.path)
@@ -226,7 +233,13 @@ def _read_parquet(src: SourceConfig) -> Iterator[Row]:
 
 
 def _read_hf(src: SourceConfig) -> Iterator[Row]:
-    import datasets
+    try:
+        import datasets
+    except ImportError:  # the `datasets` extra, not a core dependency
+        raise UsageError(
+            f"prepare.sources: {src.path}: reading Hugging Face datasets needs the datasets "
+            "package: pip install 'mlxtune[datasets]'"
+        ) from None
 
     path = Path(src.path)
     try:

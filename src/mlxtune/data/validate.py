@@ -11,19 +11,21 @@ and the prompt training masks is token-for-token the prompt evaluate and serve g
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxtune import formats
 from mlxtune.data import records as rec
-from mlxtune.data.sources import iter_jsonl_lines, json_error
-from mlxtune.errors import ConfigError
+from mlxtune.data.sources import EXTENSIONS, iter_jsonl_lines, json_error, read_source
+from mlxtune.errors import BadData, ConfigError
+from mlxtune.io import loads_json
 from mlxtune.metrics import schema_problem
 from mlxtune.vlm.data import flatten_image_parts, link_images
 
 if TYPE_CHECKING:
-    from mlxtune.config import Config
+    from mlxtune.config import Config, SourceConfig
 
 SPLITS = ("train", "valid", "test")
 
@@ -112,12 +114,15 @@ class _Row:
 
 
 def resolve_paths(cfg: Config, paths: list[Path] | None) -> list[Path]:
-    """Files to check: the given files, each given directory's split files, or data.dir's."""
+    """Files to check: the given files, each given directory's split files (or the directory
+    itself when it is a saved `datasets` folder), or data.dir's split files."""
     targets = list(paths) if paths else [Path(cfg.data.dir)]
     files: list[Path] = []
     for target in targets:
         if target.is_dir():
             found = [target / f"{s}.jsonl" for s in SPLITS if (target / f"{s}.jsonl").is_file()]
+            if not found and paths and _is_saved_dataset(target):
+                found = [target]
             if not found:
                 label = "data.dir: " if not paths else ""
                 raise ConfigError(
@@ -135,6 +140,42 @@ def resolve_paths(cfg: Config, paths: list[Path] | None) -> list[Path]:
     return sorted(dict.fromkeys(files), key=lambda p: order.get(p.stem, len(SPLITS)))
 
 
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def raw_source(cfg: Config, path: Path) -> SourceConfig | None:
+    """The reader settings for a raw source `prepare` reads (CSV, Parquet, a JSON array,
+    SQLite, a saved `datasets` folder), or None for JSON Lines. A file that is also one of
+    `prepare.sources` keeps its columns, query and split from there."""
+    from mlxtune.config import SourceConfig
+
+    kind = "hf" if path.is_dir() else EXTENSIONS.get(path.suffix.lower(), "jsonl")
+    if kind == "jsonl":
+        return None
+    here = path.resolve()
+    for src in cfg.prepare.sources:
+        if Path(src.path).resolve() == here:
+            return src.model_copy(update={"path": str(path)})
+    if kind == "sqlite":
+        raise ConfigError(
+            f"{path}: a SQLite source needs a query: list it in prepare.sources with `query`"
+        )
+    return SourceConfig(path=str(path), type=kind)
+
+
+_LOCATED = re.compile(r"^(?P<path>.+?):(?P<line>\d+): (?P<field>[^:]+): (?P<message>.*)$")
+
+
+def _reader_problem(path: Path, error: BadData) -> Problem:
+    """A reader's `path:line: field: message` error as a Problem (it stops that file)."""
+    text = str(error)
+    m = _LOCATED.match(text)
+    if m:
+        return Problem(m["path"], int(m["line"]), m["field"], m["message"], "json")
+    return Problem(str(path), None, "read", text.removeprefix(f"{path}: "), "json")
+
+
 def validate_format(
     cfg: Config, paths: list[Path] | None = None, *, show: int = 0
 ) -> ValidateResult:
@@ -150,31 +191,49 @@ def validate_format(
         else:
             problems.append(Problem(where, None, fld, message, check))
 
-    # 1. parse every row and detect its format
+    # 1. parse every row and detect its format (raw sources through prepare's readers)
     parsed: list[tuple[dict[str, Any], str, rec.Located, str]] = []
+
+    def take(obj: Any, where: rec.Located, split: str) -> None:
+        if not isinstance(obj, dict):
+            add(where, "json", f"expected an object, got {type(obj).__name__}", "json")
+            return
+        obj = flatten_image_parts(obj)
+        fmt = formats.detect_format(obj)
+        if fmt is None:
+            keys = ", ".join(map(str, obj)) or "none"
+            add(where, "format", f"matches no known format (keys: {keys})", "format")
+            return
+        parsed.append((obj, fmt, where, split))
+
     for path in files:
         split = path.stem
-
-        def bad_encoding(number: int, message: str, path: Path = path) -> None:
-            add(rec.Located(str(path), number), "encoding", message, "json")
-
-        for number, text in iter_jsonl_lines(str(path), bad_encoding):
-            where = rec.Located(str(path), number)
+        lines = 0
+        source = raw_source(cfg, path)
+        if source is not None:
             try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                add(where, "json", json_error(e), "json")
-                continue
-            if not isinstance(obj, dict):
-                add(where, "json", f"expected an object, got {type(obj).__name__}", "json")
-                continue
-            obj = flatten_image_parts(obj)
-            fmt = formats.detect_format(obj)
-            if fmt is None:
-                keys = ", ".join(obj) or "none"
-                add(where, "format", f"matches no known format (keys: {keys})", "format")
-                continue
-            parsed.append((obj, fmt, where, split))
+                for raw in read_source(source):
+                    lines += 1
+                    take(raw.data, rec.Located(str(path), raw.line), split)
+            except BadData as e:
+                problems.append(_reader_problem(path, e))
+                lines += 1  # a file that fails to read is not also "empty"
+        else:
+
+            def bad_encoding(number: int, message: str, path: Path = path) -> None:
+                add(rec.Located(str(path), number), "encoding", message, "json")
+
+            for number, text in iter_jsonl_lines(str(path), bad_encoding):
+                lines += 1
+                where = rec.Located(str(path), number)
+                try:
+                    obj = loads_json(text)
+                except json.JSONDecodeError as e:
+                    add(where, "json", json_error(e), "json")
+                    continue
+                take(obj, where, split)
+        if not lines and not any(p.path == str(path) for p in problems):
+            add(str(path), "rows", "empty file (no records)", "empty")
 
     # 2. one format across every file
     major, mixed = rec.majority_format([(fmt, where) for _, fmt, where, _ in parsed])
@@ -221,7 +280,13 @@ def validate_format(
                 "length",
             )
 
-    # 5. leakage: the same question in two splits
+    # 5. the same row twice in one split, and leakage: the same question in two splits
+    seen_row: dict[tuple[str, str], _Row] = {}
+    for row in rows:
+        key = (str(row.where.path), rec.exact_key(row.record))
+        earlier = seen_row.setdefault(key, row)
+        if earlier is not row:
+            add(row.where, "duplicate", f"same row as line {earlier.where.line}", "duplicate")
     seen_exact: dict[str, _Row] = {}
     seen_norm: dict[str, _Row] = {}
     for row in rows:

@@ -6,6 +6,7 @@ from statistics import median
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -73,4 +74,4 @@ def print_bench(console: Console, result: BenchResult) -> None:
             table.add_row(label, _num(value), target, verdict)
         console.print(table)
     for note in result.notes:
-        console.print(f"[yellow]note[/yellow] {note}")
+        console.print(f"[yellow]note[/yellow] {escape(note)}", highlight=False)

@@ -42,7 +42,7 @@ def print_prepare(console: Console, err_console: Console, result: PrepareResult)
         f"template {result.manifest['template']['fingerprint']}; {result.wall_s:.1f} s"
     )
     for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
 
 
 def print_funnel(console: Console, manifest: dict[str, Any]) -> None:

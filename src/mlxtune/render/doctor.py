@@ -25,4 +25,6 @@ def print_doctor(console: Console, report: DoctorReport) -> None:
     for check in report.checks:
         if check.fix:
             label = "fix" if check.status != "ok" else "how"
-            console.print(f"[yellow]{label}[/yellow] {check.name}: {escape(check.fix)}")
+            console.print(
+                f"[yellow]{label}[/yellow] {check.name}: {escape(check.fix)}", highlight=False
+            )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mlxtune.eval_report import EvalReport
@@ -104,7 +105,9 @@ def print_run(console: Console, detail: RunDetail) -> None:
     from mlxtune.runs import sparkline
 
     r = detail.record
-    console.print(f"[bold]{r.name}[/bold]  {r.status}  {r.path}")
+    console.print(f"[bold]{escape(r.name)}[/bold]  {r.status}  {escape(str(r.path))}")
+    if r.status in ("interrupted", "stopped"):
+        console.print(f"resume it: mlxtune train --resume {r.path}", markup=False, soft_wrap=True)
     console.print(_lineage_table(r))
     for label, series in (("train loss", detail.train_loss), ("val loss", detail.val_loss)):
         if series:

@@ -9,7 +9,9 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from mlxtune.render.output import write_json_line
 from mlxtune.train.events import (
@@ -73,6 +75,7 @@ class TrainRenderer(TrainingCallback):
             f"{p.trainable_params:,} trainable params"
             + (f", resuming at step {event.resumed_from}" if event.resumed_from else ""),
             highlight=False,
+            markup=False,
         )
         if self.tty:
             self._start_progress(p.steps, event.resumed_from)
@@ -168,16 +171,20 @@ def print_plan(console: Console, err_console: Console, plan: TrainPlan, json_: b
         table.add_row(k, v)
     console.print(table)
     for p in plan.problems:
-        err_console.print(f"[red]problem:[/red] {p}", highlight=False, soft_wrap=True)
-    if not plan.problems:
+        err_console.print(Text.assemble(("problem:", "red"), f" {p}"), soft_wrap=True)
+    for w in plan.warnings:
+        err_console.print(Text.assemble(("warning:", "yellow"), f" {w}"), soft_wrap=True)
+    if not plan.problems and not plan.warnings:
         console.print("[green]no problems found[/green]")
+    elif not plan.problems:
+        console.print(f"[yellow]no problems, {len(plan.warnings)} warning(s)[/yellow]")
 
 
 def print_train_result(console: Console, result: TrainResult) -> None:
     """The closing line of a finished run."""
     f = result.final
     console.print(
-        f"[green]{result.status}[/green] {result.run_dir}: {f['steps']} steps, "
+        f"[green]{result.status}[/green] {escape(str(result.run_dir))}: {f['steps']} steps, "
         f"train loss {_fmt(f['train_loss'])}, val loss {_fmt(f['val_loss'])}, "
         f"best {_fmt(f['best_val_loss'])} at step {f['best_step']}, {f['wall_s']:.1f}s"
     )

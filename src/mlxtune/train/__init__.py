@@ -29,7 +29,7 @@ from mlxtune.train.events import (
 from mlxtune.train.launch import STATUS_DIR_ENV, LaunchResult, check_launch, launch
 from mlxtune.train.loop import LoopArgs, train_loop
 from mlxtune.train.plan import PlannedRun, TrainPlan, config_problems
-from mlxtune.train.run import TrainResult, train
+from mlxtune.train.run import TrainResult, check_resume, train
 from mlxtune.train.writer import RunWriter, adapter_config, latest_checkpoint
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "ValidationReport",
     "adapter_config",
     "check_launch",
+    "check_resume",
     "config_problems",
     "latest_checkpoint",
     "launch",

@@ -7,12 +7,11 @@ batches an uninterrupted run would have seen, with no iterator state to save.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlxtune.formats import encode_for_training, read_records
+from mlxtune.formats import encode_for_training
 
 PAD_TO = 8  # pad lengths to a multiple of 8: few compiled shapes, little wasted compute
 
@@ -23,22 +22,17 @@ class Example:
     mask: list[bool]  # True where the loss is taken (mask[i] refers to tokens[i])
 
 
-def read_split(path: Path) -> list[dict[str, Any]]:
-    """Rows of one split, checked row by row: a bad row names its file and line."""
-    return [row for _, row in read_records(path)]
-
-
 def tokenize(
     rows: list[dict[str, Any]], tokenizer: Any, *, mask_prompt: bool, max_seq_length: int
-) -> tuple[list[Example], int]:
-    """Examples (truncated to max_seq_length + 1 tokens: inputs and shifted targets) and how
-    many were truncated."""
+) -> tuple[list[Example], list[int]]:
+    """Examples (truncated to max_seq_length + 1 tokens: inputs and shifted targets) and the
+    indexes of the rows that were truncated."""
     out: list[Example] = []
-    truncated = 0
-    for row in rows:
+    truncated: list[int] = []
+    for i, row in enumerate(rows):
         tokens, mask = encode_for_training(tokenizer, row, mask_prompt=mask_prompt)
         if len(tokens) > max_seq_length + 1:
-            truncated += 1
+            truncated.append(i)
             tokens, mask = tokens[: max_seq_length + 1], mask[: max_seq_length + 1]
         out.append(Example(tokens, mask))
     return out, truncated

@@ -324,10 +324,13 @@ class _Loop:
         a, state = self.args, self.state
         self.val_loss = self.trainer.evaluate(self.valid, a.val_batch_size, a.val_batches)
         best = state.best_val
+        # best/ is the lowest loss; min_delta only decides whether patience starts over
         if best is None or self.val_loss < best - a.early_stopping_min_delta:
-            state.best_val, state.best_step, state.since_best = self.val_loss, state.step, 0
+            state.since_best = 0
         else:
             state.since_best += 1
+        if best is None or self.val_loss < best:
+            state.best_val, state.best_step = self.val_loss, state.step
         assert state.best_val is not None and state.best_step is not None
         self.callback.on_validation(
             ValidationReport(state.step, self.val_loss, state.best_val, state.best_step)

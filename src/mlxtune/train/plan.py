@@ -15,8 +15,9 @@ from typing import Any
 
 from mlxtune.config import Config, TrainConfig
 from mlxtune.errors import ConfigError
+from mlxtune.formats import read_records
 from mlxtune.rundir import RunDir
-from mlxtune.train.data import Batches, Example, pack, read_split, tokenize
+from mlxtune.train.data import Batches, Example, pack, tokenize
 
 
 @dataclass
@@ -38,6 +39,8 @@ class TrainPlan:
     est_peak_memory_gb: float | None = None
     problems: list[str] = field(default_factory=list)
     lora: str | None = None  # "rank 8, scale 20.0 (mlx-lm's default)" for lora and dora
+    # what validate-format flags but this loop handles: truncated rows, a small valid split
+    warnings: list[str] = field(default_factory=list)
 
 
 MLX_LM_LORA_SCALE = 20.0  # mlx_lm.lora's default lora_parameters.scale
@@ -108,10 +111,7 @@ def _run_dir_problems(cfg: Config, resume: Path | None, dry_run: bool) -> tuple[
     name = t.name or datetime.now().strftime("%Y%m%d-%H%M%S")
     run = RunDir(Path(resume) if resume else t.runs_dir / name)
     problems = []
-    if resume:
-        if not run.config.is_file():
-            problems.append(f"{run.root}: not a run directory (no config.yaml)")
-    elif not dry_run and run.run_json.exists():
+    if not resume and not dry_run and run.run_json.exists():
         problems.append(
             f"train.name: {run.root} already exists (resume it with --resume {run.root}, "
             "or pick another --name)"
@@ -137,6 +137,28 @@ def _data_problems(
     if train and not any(any(e.mask[1:]) for e in train):
         problems.append("data: no trainable tokens (every token is masked)")
     return problems
+
+
+def _data_warnings(
+    cfg: Config, train_lines: list[int], truncated: list[int], n_valid: int
+) -> list[str]:
+    """What `validate-format` flags that this loop copes with: rows cut at max_seq_length
+    (the loss never sees their end) and a validation split smaller than one batch."""
+    t = cfg.train
+    out = []
+    if truncated:
+        first = ", ".join(f"{cfg.data.dir / 'train.jsonl'}:{train_lines[i]}" for i in truncated[:3])
+        more = f" and {len(truncated) - 3} more" if len(truncated) > 3 else ""
+        out.append(
+            f"train.max_seq_length: {len(truncated)} row(s) longer than {t.max_seq_length} "
+            f"tokens are truncated ({first}{more})"
+        )
+    if 0 < n_valid < t.batch_size:
+        out.append(
+            f"train.batch_size: {t.batch_size} > the {n_valid} rows of valid.jsonl (validation "
+            "runs in smaller batches; raw mlx-lm refuses)"
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,8 +278,9 @@ def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> Plan
     problems += run_problems
     if problems and not dry_run:
         raise ConfigError(problems)
-    train_rows = read_split(cfg.data.dir / "train.jsonl") if not _missing(cfg, "train") else []
-    valid_rows = read_split(cfg.data.dir / "valid.jsonl") if not _missing(cfg, "valid") else []
+    train_read = read_records(cfg.data.dir / "train.jsonl") if not _missing(cfg, "train") else []
+    valid_read = read_records(cfg.data.dir / "valid.jsonl") if not _missing(cfg, "valid") else []
+    train_rows, valid_rows = [r for _, r in train_read], [r for _, r in valid_read]
 
     # 2. Model and tokens.
     model, tokenizer, template = setup_model(cfg)
@@ -270,6 +293,7 @@ def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> Plan
     if t.packing:
         train_ex = pack(train_ex, t.max_seq_length)
     problems += _data_problems(cfg, train_ex, valid_ex, world_size, len(model.layers))
+    warnings = _data_warnings(cfg, [n for n, _ in train_read], truncated, len(valid_rows))
     if problems and not dry_run:
         raise ConfigError(problems)
 
@@ -285,7 +309,7 @@ def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> Plan
         total_params=_count(model.parameters()),
         train_examples=len(train_rows),
         valid_examples=len(valid_rows),
-        truncated=truncated,
+        truncated=len(truncated),
         batches_per_epoch=len(batches),
         tokens_per_epoch=tokens_epoch,
         trained_tokens_per_epoch=trained_epoch,
@@ -293,6 +317,7 @@ def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> Plan
         epochs=steps * t.grad_accumulation_steps / n_batches,
         problems=problems,
         lora=lora_summary(t),
+        warnings=warnings,
     )
     optimizer = make_optimizer(t, steps)
     optimizer.init(model.trainable_parameters())

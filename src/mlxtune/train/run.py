@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from mlxtune.config import Config
+from mlxtune.errors import UsageError
+from mlxtune.rundir import RunDir
 from mlxtune.train.events import (
     FinalMetrics,
     LoopState,
@@ -25,12 +27,17 @@ from mlxtune.train.writer import RunWriter, latest_checkpoint, load_checkpoint
 class TrainResult:
     run_dir: Path | None
     status: str
-    plan: TrainPlan
+    plan: TrainPlan | None  # None when `--resume` found the run already completed
     final: dict[str, Any] = field(default_factory=dict)  # run.json's `final` block
     dry_run: bool = False
+    rank: int = 0  # under --launch only rank 0 renders
     # The trained model in memory (library callers compare it with what other verbs load).
     model: Any = field(default=None, repr=False, compare=False)
     tokenizer: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def already_completed(self) -> bool:
+        return self.plan is None
 
 
 def train(
@@ -44,6 +51,10 @@ def train(
     Progress goes to `callback`; under `--launch` each rank also reports its outcome."""
     import mlx.core as mx
 
+    if resume is not None:
+        info = check_resume(resume)
+        if info is not None:  # nothing to do, and nothing rewritten
+            return TrainResult(resume, "completed", None, final=info.get("final") or {})
     world = mx.distributed.init()
     try:
         result = _train(cfg, world, resume, dry_run, callback or TrainingCallback())
@@ -52,6 +63,25 @@ def train(
         raise
     report_status(world.rank(), result.status)
     return result
+
+
+def check_resume(resume: Path) -> dict[str, Any] | None:
+    """`--resume DIR` is checked before the config and data: DIR must be a run directory with
+    a checkpoint to continue from. A completed run returns its run.json (resume is a no-op)."""
+    run = RunDir(resume)
+    if not run.root.is_dir():
+        raise UsageError(f"--resume: {resume}: no such run directory")
+    if not run.config.is_file():
+        raise UsageError(f"--resume: {resume}: not a run directory (no config.yaml)")
+    info = run.read_run()
+    if info.get("status") == "completed":
+        return info
+    if latest_checkpoint(run) is None:
+        raise UsageError(
+            f"--resume: {resume}: no checkpoint to resume from (it stopped before "
+            "train.save_every steps); train it again under a new --name"
+        )
+    return None
 
 
 def _train(
@@ -75,7 +105,9 @@ def _train(
     if dry_run:
         if not planned.plan.problems and planned.step_type is None:  # text only, for now
             _estimate(planned, args, world)
-        return TrainResult(run_dir=None, status="planned", plan=planned.plan, dry_run=True)
+        return TrainResult(
+            run_dir=None, status="planned", plan=planned.plan, dry_run=True, rank=world.rank()
+        )
 
     checkpoint = latest_checkpoint(planned.run) if resume else None
     start = LoopState()
@@ -84,7 +116,8 @@ def _train(
     writer = None
     if writes:
         writer = RunWriter(planned.run, cfg, planned.model, planned.optimizer, planned.template)
-    events = Subscribers([writer, callback] if writer else [callback])
+    # Only rank 0 writes and renders: N ranks printing the same progress is noise.
+    events = Subscribers([writer, callback] if writer else [])
     events.on_train_started(TrainStarted(planned.run.root, start.step, planned.plan))
 
     outcome = train_loop(
@@ -114,7 +147,7 @@ def _train(
     events.on_train_done(TrainDone(planned.run.root, "completed", final))
     return TrainResult(
         run_dir=planned.run.root, status="completed", plan=planned.plan, final=asdict(final),
-        model=planned.model, tokenizer=planned.tokenizer,
+        model=planned.model, tokenizer=planned.tokenizer, rank=world.rank(),
     )  # fmt: skip
 
 

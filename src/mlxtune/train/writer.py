@@ -48,7 +48,7 @@ class RunWriter(TrainingCallback):
     def on_train_started(self, event: TrainStarted) -> None:
         run, cfg = self.run, self.cfg
         run.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run.config, cfg.to_yaml())
+        atomic_write_text(run.config, cfg.to_yaml(portable=True))  # --resume reloads it
         atomic_write_text(run.chat_template, self.template)
         started_at = _now()
         if event.resumed_from:
@@ -71,6 +71,7 @@ class RunWriter(TrainingCallback):
             "base_quantization": qlora_quantization(cfg.train.quantize_bits),
             "resumed_from_step": event.resumed_from or None,
             "host": platform.node(),
+            "pid": os.getpid(),  # with host: `runs` tells a killed run from a running one
             "final": None,
         }
         atomic_write_json(run.run_json, self.info)

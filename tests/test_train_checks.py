@@ -1,0 +1,92 @@
+"""train behaviour the docs promise (issue 19): resume checks, dry-run warnings, best/."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_cli
+from mlxtune.rundir import RunDir, read_metrics
+from test_train import _config
+
+
+@pytest.mark.e2e
+def test_best_is_lowest_val_loss_and_resume_of_completed_run_is_a_noop(
+    tiny_model: Path, domain_data: Path, tmp_path: Path
+) -> None:
+    # min_delta larger than any drop: patience never resets, yet best/ must follow the loss
+    cfg = _config(
+        tmp_path,
+        tiny_model,
+        domain_data,
+        iters=6,
+        steps_per_eval=2,
+        save_every=2,
+        lora_dropout=0.0,
+        early_stopping_patience=10,
+        early_stopping_min_delta=10.0,
+    )
+    proc = run_cli("train", "-c", str(cfg), "--json")
+    assert proc.returncode == 0, proc.stderr
+    run = RunDir(tmp_path / "runs" / "t")
+    vals = [(r["step"], r["val_loss"]) for r in read_metrics(run.metrics) if "val_loss" in r]
+    assert len(vals) == 3 and vals[-1][1] < vals[0][1]
+    low_step, low = min(vals, key=lambda sv: sv[1])
+    final = run.read_run()["final"]
+    assert (final["best_step"], final["best_val_loss"]) == (low_step, pytest.approx(low))
+
+    before = run.run_json.read_bytes()
+    again = run_cli("train", "--resume", str(run.root))
+    assert again.returncode == 0, again.stderr
+    assert "already completed (6 steps); nothing to resume" in again.stderr
+    assert run.run_json.read_bytes() == before
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "t"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"dir": str(tmp_path / "none")}}))
+    (run / "run.json").write_text(json.dumps({"name": "t", "status": "stopped"}))
+    proc = run_cli("train", "--resume", str(run))
+    assert proc.returncode == 2
+    assert f"error: --resume: {run}: no checkpoint to resume from" in proc.stderr
+    assert not (run / "metrics.jsonl").exists()
+
+
+def test_resume_of_a_missing_directory_says_so_first(tmp_path: Path) -> None:
+    proc = run_cli("train", "--resume", str(tmp_path / "nope"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: --resume: {tmp_path / 'nope'}: no such run directory"
+
+
+@pytest.mark.e2e
+def test_dry_run_reports_what_validate_format_flags(
+    tiny_model: Path, domain_data: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(domain_data, data)
+    valid = (data / "valid.jsonl").read_text().splitlines()
+    (data / "valid.jsonl").write_text("\n".join(valid[:2]) + "\n")
+    cfg = _config(tmp_path, tiny_model, data, max_seq_length=24)
+    proc = run_cli("train", "-c", str(cfg), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "no problems found" not in proc.stdout
+    assert "train.batch_size: 4 > the 2 rows of valid.jsonl" in proc.stderr
+    assert "warning: train.max_seq_length: " in proc.stderr
+    assert f"longer than 24 tokens are truncated ({data}/train.jsonl:1" in proc.stderr
+    plan = json.loads(
+        run_cli("train", "-c", str(cfg), "--dry-run", "--json").stdout.splitlines()[-1]
+    )
+    assert len(plan["warnings"]) == 2 and plan["truncated"] > 0
+
+
+def test_hostfile_needs_launch(tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text("[]")
+    proc = run_cli("train", "--hostfile", str(hostfile), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --hostfile: only with --launch N (the ranks it starts)"
