@@ -4,13 +4,11 @@ mlx-lm series it is tested on, and optional extras that fail with the install co
 from __future__ import annotations
 
 import ast
-import builtins
 import re
 import sys
 import tomllib
 from importlib.metadata import packages_distributions, version
 from pathlib import Path
-from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
@@ -80,14 +78,9 @@ def test_datasets_matplotlib_and_pyarrow_are_extras() -> None:
 
 
 def _without(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
-    real = builtins.__import__
-
-    def fake(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == module or name.startswith(module + "."):
-            raise ImportError(f"No module named {module!r}")
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake)
+    """Make `module` and its submodules unimportable, however they are imported."""
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".")] + [module]:
+        monkeypatch.setitem(sys.modules, name, None)
 
 
 def test_missing_extras_name_their_install_command(

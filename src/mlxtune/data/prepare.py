@@ -31,7 +31,10 @@ from mlxtune.io import atomic_write_json, atomic_write_jsonl, sha256_file
 from mlxtune.vlm.data import ImageLedger, flatten_image_parts, image_group, link_images
 
 if TYPE_CHECKING:
-    from mlxtune.config import Config
+    from mlxtune.config import Config, SourceConfig
+    from mlxtune.data.augment import AugmentReport
+    from mlxtune.data.quality import QualityReport
+    from mlxtune.data.sources import Row
 
 SPLITS = ("train", "valid", "test")
 MAX_LISTED = 20  # problems listed before "... and N more"
@@ -96,74 +99,157 @@ class _Item:
     tokens: int = 0
 
 
+@dataclass
+class _Funnel:
+    """The rows as they pass each step, and what each step did to them: the manifest's
+    counts come from here, so no row leaves without being counted."""
+
+    items: list[_Item]
+    filters: list[Filter] = field(default_factory=list)
+    quality: QualityReport | None = None
+    quality_dropped: list[Dropped] = field(default_factory=list)
+    kept: int = 0  # rows left before augmentation adds any
+    augment: AugmentReport | None = None
+    split_rows: dict[str, list[_Item]] = field(default_factory=dict)
+
+    def apply(self, name: str, keep: Callable[[_Item], bool]) -> None:
+        kept: list[_Item] = []
+        dropped: list[_Item] = []
+        for item in self.items:
+            (kept if keep(item) else dropped).append(item)
+        self.filters.append(
+            Filter(name, len(self.items), len(kept), [str(d.where) for d in dropped[:10]])
+        )
+        self.items = kept
+
+
 def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = None) -> PrepareResult:
-    """Run the whole preparation for `cfg` and write `prepare.out_dir` (default `data.dir`)."""
+    """Run the whole preparation for `cfg` and write `prepare.out_dir` (default `data.dir`):
+    read -> clean -> quality -> token lengths -> split -> augment -> write."""
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
     pc = cfg.prepare
     out_dir = Path(pc.out_dir or cfg.data.dir)
-    if not pc.sources:
-        raise ConfigError("prepare.sources: no sources configured")
-    _check_out_dir(out_dir, force)
-    for src in pc.sources:
-        if source_type(src) == "neo4j":
-            from mlxtune.data import graph
-
-            graph.check(src)  # driver installed, credentials set, templates parse
+    _check_inputs(cfg, out_dir, force)
 
     say("loading tokenizer")
     tokenizer, template, origin = rec.load_tokenizer(cfg.model)
 
     ledger = ImageLedger()
     items, sources_meta, kind = _read_all(cfg, say, ledger)
-    filters: list[Filter] = []
-
-    def apply(name: str, keep: Callable[[_Item], bool]) -> None:
-        nonlocal items
-        kept: list[_Item] = []
-        dropped: list[_Item] = []
-        for item in items:
-            (kept if keep(item) else dropped).append(item)
-        filters.append(Filter(name, len(items), len(kept), [str(d.where) for d in dropped[:10]]))
-        items = kept
-
+    funnel = _Funnel(items)
     say("cleaning")
-    apply("empty_turns", lambda it: not rec.empty_turns(it.record) and bool(rec.answer(it.record)))
-    apply("min_answer_chars", lambda it: len(rec.answer(it.record)) >= pc.min_answer_chars)
-    if pc.dedup in ("exact", "normalized"):
-        apply("duplicates_exact", _first_of(rec.exact_key))
-    if pc.dedup == "normalized":
-        apply("duplicates_normalized", _first_of(rec.normalized_key))
-
-    quality_report = None
-    quality_dropped: list[Dropped] = []
+    _clean(funnel, cfg)
     if pc.quality is not None:
-        from mlxtune.data.quality import score_all
+        _score_quality(funnel, cfg, say)
+    _count_tokens(funnel, cfg, tokenizer, say)
+    say("splitting")
+    _split_funnel(funnel, cfg, out_dir)
+    if pc.augment is not None:
+        say(f"augmenting {', '.join(pc.augment.splits)} ({pc.augment.method})")
+        funnel.split_rows, funnel.augment = _augment(cfg, tokenizer, funnel.split_rows)
+        funnel.items = [it for rows in funnel.split_rows.values() for it in rows]
+    # a split asked for with ratio 0 is not written: an empty file is bad data
+    ratios = _ratios(cfg)
+    funnel.split_rows = {s: rows for s, rows in funnel.split_rows.items() if rows or ratios[s] > 0}
 
-        say(f"scoring the quality of {len(items)} rows")
-        scored, quality_report = score_all(pc.quality, [it.record for it in items])
-        for item, sc in zip(items, scored, strict=True):
-            item.record["quality"] = sc.score
-            if sc.score < pc.quality.threshold:
-                quality_dropped.append(Dropped(str(item.where), item.record, sc.score, sc.factors))
-        threshold = pc.quality.threshold
-        apply("quality", lambda it: it.record["quality"] >= threshold)
+    manifest = _manifest(cfg, funnel, sources_meta, kind)
+    manifest["template"] = {"fingerprint": formats.template_fingerprint(template), "origin": origin}
+    manifest["tokenizer"] = {
+        "path": cfg.model.path,
+        "class": type(formats._hf(tokenizer)).__name__,
+        "vocab_size": len(formats._hf(tokenizer)),
+    }
+    _add_token_lengths(manifest, funnel)
+    manifest["files"] = {}
+    _add_optional_sections(manifest, funnel, ledger)
 
+    say(f"writing {out_dir}")
+    _write(out_dir, funnel.split_rows, manifest, force)
+    return PrepareResult(
+        out_dir=out_dir,
+        manifest=manifest,
+        filters=funnel.filters,
+        splits=manifest["splits"],
+        categories=manifest["categories"],
+        wall_s=time.perf_counter() - started,
+        warnings=_batch_warnings(cfg, funnel.split_rows),
+        quality_dropped=funnel.quality_dropped,
+    )
+
+
+def _check_inputs(cfg: Config, out_dir: Path, force: bool) -> None:
+    """What can fail before any reading: no sources, an output in the way, a graph source
+    that cannot connect (driver installed, credentials set, templates parse)."""
+    if not cfg.prepare.sources:
+        raise ConfigError("prepare.sources: no sources configured")
+    _check_out_dir(out_dir, force)
+    for src in cfg.prepare.sources:
+        if source_type(src) == "neo4j":
+            from mlxtune.data import graph
+
+            graph.check(src)
+
+
+def _clean(funnel: _Funnel, cfg: Config) -> None:
+    """Drop rows with empty turns, short answers and (as configured) duplicates."""
+    pc = cfg.prepare
+    funnel.apply(
+        "empty_turns", lambda it: not rec.empty_turns(it.record) and bool(rec.answer(it.record))
+    )
+    funnel.apply("min_answer_chars", lambda it: len(rec.answer(it.record)) >= pc.min_answer_chars)
+    if pc.dedup in ("exact", "normalized"):
+        funnel.apply("duplicates_exact", _first_of(rec.exact_key))
+    if pc.dedup == "normalized":
+        funnel.apply("duplicates_normalized", _first_of(rec.normalized_key))
+
+
+def _score_quality(funnel: _Funnel, cfg: Config, say: Progress) -> None:
+    """Score every row, keep the dropped ones with their factors for `prepare --explain`,
+    then drop those under the threshold."""
+    from mlxtune.data.quality import score_all
+
+    qc = cfg.prepare.quality
+    assert qc is not None
+    say(f"scoring the quality of {len(funnel.items)} rows")
+    scored, funnel.quality = score_all(qc, [it.record for it in funnel.items])
+    for item, sc in zip(funnel.items, scored, strict=True):
+        item.record["quality"] = sc.score
+        if sc.score < qc.threshold:
+            funnel.quality_dropped.append(
+                Dropped(str(item.where), item.record, sc.score, sc.factors)
+            )
+    threshold = qc.threshold
+    funnel.apply("quality", lambda it: it.record["quality"] >= threshold)
+
+
+def _count_tokens(funnel: _Funnel, cfg: Config, tokenizer: Any, say: Progress) -> None:
+    """Token lengths with the real tokenizer and template; drop rows over max_seq_length
+    when asked. Nothing left is bad data."""
+    items = funnel.items
     say(f"counting tokens of {len(items)} rows")
     for item, n in zip(
         items, formats.training_lengths(tokenizer, [i.record for i in items]), strict=True
     ):
         item.tokens = n
     max_len = cfg.train.max_seq_length
-    if pc.drop_long:
-        apply("max_seq_length", lambda it: it.tokens <= max_len)
-    if not items:
-        raise BadData(f"{pc.sources[0].path}: no rows left after filtering")
+    if cfg.prepare.drop_long:
+        funnel.apply("max_seq_length", lambda it: it.tokens <= max_len)
+    if not funnel.items:
+        raise BadData(f"{cfg.prepare.sources[0].path}: no rows left after filtering")
 
-    say("splitting")
+
+def _ratios(cfg: Config) -> dict[str, float]:
+    return {"train": 1.0, "valid": cfg.prepare.valid_ratio, "test": cfg.prepare.test_ratio}
+
+
+def _split_funnel(funnel: _Funnel, cfg: Config, out_dir: Path) -> None:
+    """Assign rows to splits; a split asked for that ends up empty is bad data."""
+    pc = cfg.prepare
+    items = funnel.items
     assigned = _split(items, cfg)
     split_rows = {s: [it for it in items if assigned[id(it)] == s] for s in SPLITS}
-    ratios = {"train": 1.0, "valid": pc.valid_ratio, "test": pc.test_ratio}
+    ratios = _ratios(cfg)
     empty = [s for s in SPLITS if not split_rows[s] and ratios[s] > 0]
     if empty:
         groups = len({_group(it, pc.group_by) for it in items})
@@ -171,15 +257,17 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
             f"{out_dir / (empty[0] + '.jsonl')}: empty after filtering ({len(items)} rows in "
             f"{groups} group(s) left for {', '.join(empty)}); add data or lower the ratios"
         )
-    kept_before_augment = len(items)
-    augment_report = None
-    if pc.augment is not None:
-        say(f"augmenting {', '.join(pc.augment.splits)} ({pc.augment.method})")
-        split_rows, augment_report = _augment(cfg, tokenizer, split_rows)
-        items = [it for rows in split_rows.values() for it in rows]
-    # a split asked for with ratio 0 is not written: an empty file is bad data
-    split_rows = {s: rows for s, rows in split_rows.items() if rows or ratios[s] > 0}
+    funnel.split_rows = split_rows
+    funnel.kept = len(items)
 
+
+def _manifest(
+    cfg: Config, funnel: _Funnel, sources_meta: list[dict[str, Any]], kind: str
+) -> dict[str, Any]:
+    """manifest.json's counts and settings: what was read, what each step dropped, what
+    each split holds, and the knobs that decided it."""
+    pc = cfg.prepare
+    split_rows = funnel.split_rows
     categories: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(SPLITS, 0))
     for s, rows in split_rows.items():
         for it in rows:
@@ -188,21 +276,22 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
         s: len({_group(it, pc.group_by) for it in rows if not it.record.get("augmented")})
         for s, rows in split_rows.items()
     }
-
-    manifest: dict[str, Any] = {
+    quality_report, augment_report = funnel.quality, funnel.augment
+    filters = funnel.filters
+    return {
         "schema_version": 1,
         "mlxtune_version": __version__,
         "sources": sources_meta,
         "format": kind,
         "system_prompt": cfg.data.system_prompt,
-        "counts": {"read": filters[0].before, "written": len(items)},
+        "counts": {"read": filters[0].before, "written": len(funnel.items)},
         "funnel": {
             "extracted": filters[0].before,
             "filtered": quality_report.kept + quality_report.dropped
             if quality_report
-            else kept_before_augment,
+            else funnel.kept,
             "kept_by_quality": quality_report.kept if quality_report else None,
-            "kept": kept_before_augment,
+            "kept": funnel.kept,
             "augmented": sum(augment_report.added.values()) if augment_report else 0,
             "splits": {s: len(rows) for s, rows in split_rows.items()},
         },
@@ -217,54 +306,41 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
         "stratify": pc.stratify,
         "dedup": pc.dedup,
         "min_answer_chars": pc.min_answer_chars,
-        "max_seq_length": max_len,
-        "template": {
-            "fingerprint": formats.template_fingerprint(template),
-            "origin": origin,
-        },
-        "tokenizer": {
-            "path": cfg.model.path,
-            "class": type(formats._hf(tokenizer)).__name__,
-            "vocab_size": len(formats._hf(tokenizer)),
-        },
-        "token_lengths": {
-            s: rec.length_stats([it.tokens for it in rows]) for s, rows in split_rows.items()
-        }
-        | {"all": rec.length_stats([it.tokens for it in items])},
-        "files": {},
+        "max_seq_length": cfg.train.max_seq_length,
     }
-    if quality_report is not None:
-        manifest["quality"] = quality_report.to_dict()
-    if augment_report is not None:
-        manifest["augment"] = augment_report.to_dict()
+
+
+def _add_token_lengths(manifest: dict[str, Any], funnel: _Funnel) -> None:
+    manifest["token_lengths"] = {
+        s: rec.length_stats([it.tokens for it in rows]) for s, rows in funnel.split_rows.items()
+    } | {"all": rec.length_stats([it.tokens for it in funnel.items])}
+
+
+def _add_optional_sections(manifest: dict[str, Any], funnel: _Funnel, ledger: ImageLedger) -> None:
+    """Sections only some runs have: quality, augmentation, graph provenance, images."""
+    if funnel.quality is not None:
+        manifest["quality"] = funnel.quality.to_dict()
+    if funnel.augment is not None:
+        manifest["augment"] = funnel.augment.to_dict()
     provenance = {
         s: [str(it.record["source"]) for it in rows if _is_graph_provenance(it.record)]
-        for s, rows in split_rows.items()
+        for s, rows in funnel.split_rows.items()
     }
     if any(provenance.values()):
         manifest["provenance"] = provenance
     if ledger.linked:
         manifest["images"] = ledger.manifest()
 
-    say(f"writing {out_dir}")
-    _write(out_dir, split_rows, manifest, force)
-    warnings = [
+
+def _batch_warnings(cfg: Config, split_rows: dict[str, list[_Item]]) -> list[str]:
+    """train/valid smaller than a batch: written anyway (a warning, not bad data)."""
+    return [
         f"{split}.jsonl: {len(split_rows.get(split, []))} rows < train.batch_size "
         f"{cfg.train.batch_size}"
         " (mlx-lm will refuse to train on it)"
         for split in ("train", "valid")
         if len(split_rows.get(split, [])) < cfg.train.batch_size
     ]
-    return PrepareResult(
-        out_dir=out_dir,
-        manifest=manifest,
-        filters=filters,
-        splits=manifest["splits"],
-        categories=manifest["categories"],
-        wall_s=time.perf_counter() - started,
-        warnings=warnings,
-        quality_dropped=quality_dropped,
-    )
 
 
 def _is_graph_provenance(record: dict[str, Any]) -> bool:
@@ -323,9 +399,23 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
 # Reading
 
 
+@dataclass
+class _SourceContext:
+    """What turning one source's rows into records needs to know about that source."""
+
+    fmt: str
+    auto: bool  # format detected per row: rows that matched none are already reported
+    base: Path  # image paths are relative to this
+    name: str  # the `source` field of its records
+    system_prompt: str | None
+    ledger: ImageLedger
+
+
 def _read_all(
     cfg: Config, say: Progress, ledger: ImageLedger
 ) -> tuple[list[_Item], list[dict[str, Any]], str]:
+    """Every source's rows as canonical records, plus each source's manifest entry and the
+    shape of them all (chat or text). Bad rows from every source are listed together."""
     items: list[_Item] = []
     sources_meta = []
     problems: list[str] = []
@@ -336,77 +426,22 @@ def _read_all(
         rows = list(read_source(src))
         if not rows:
             raise BadData(f"{src.path}: no rows")
-        fmt: str
-        if src.format == "auto":
-            found = []
-            for row in rows:
-                detected = formats.detect_format(row.data)
-                if detected is None:
-                    keys = ", ".join(map(str, row.data)) or "none"
-                    problems.append(f"{row.where}: format: matches no known format (keys: {keys})")
-                else:
-                    found.append((detected, rec.Located(row.path, row.line)))
-            fmt_name, mixed = rec.majority_format(found)
-            if mixed:
-                raise BadData(f"{mixed[0]}: format: {mixed[1]}")
-            fmt = fmt_name or "chat"
-        else:
-            fmt = src.format
+        fmt = _source_format(src, rows, problems) if src.format == "auto" else src.format
+        ctx = _SourceContext(
+            fmt=fmt,
+            auto=src.format == "auto",
+            base=Path(src.path).parent if kind != "hf" else Path.cwd(),
+            name=Path(src.path).name,
+            system_prompt=cfg.data.system_prompt,
+            ledger=ledger,
+        )
         n_before = len(items)
-        source_name = Path(src.path).name
-        base = Path(src.path).parent if kind != "hf" else Path.cwd()
         for row in rows:
-            where = rec.Located(row.path, row.line)
-            row.data = flatten_image_parts(row.data)
-            if formats.detect_format(row.data) is None and src.format == "auto":
-                continue  # already reported
-            bad = rec.schema_problems(row.data, fmt)
-            if bad:
-                problems.extend(f"{where}: {f}: {m}" for f, m in bad)
-                continue
-            record = formats.to_canonical(row.data, fmt, system_prompt=cfg.data.system_prompt)
-            tool_bad = formats.tool_problems(record)
-            if tool_bad:
-                problems.extend(f"{where}: {f}: {m}" for f, m in tool_bad)
-                continue
-            record = rec.clean_record(record)
-            bad_images = link_images(record, base, ledger)
-            if bad_images:
-                problems.extend(f"{where}: {f}: {m}" for f, m in bad_images)
-                continue
-            if "messages" in record:
-                # an empty system message is noise, not a reason to drop the row
-                record["messages"] = [
-                    m for m in record["messages"] if m["role"] != "system" or m["content"]
-                ]
-                order = formats.role_order_problem(record["messages"])
-                if order:
-                    field_name, _, msg = order.partition(" is ")
-                    if not field_name.startswith("messages["):
-                        field_name, msg = "messages", order
-                    problems.append(f"{where}: {field_name}: {msg}")
-                    continue
-            record.setdefault("source", source_name)
-            items.append(_Item(record, where))
-            kinds.append(("text" if "text" in record else "chat", where))
-        meta: dict[str, Any] = {
-            "path": src.path,
-            "type": kind,
-            "format": fmt,
-            "rows": len(items) - n_before,
-            "sha256": _sha256(Path(src.path)),
-            **({"query": src.query} if src.query else {}),
-            **({"columns": src.columns} if src.columns else {}),
-        }
-        if kind == "neo4j":
-            from mlxtune.data.graph import rows_sha256
-
-            # the graph has no file to hash: hash what the query returned
-            meta.update(sha256=rows_sha256(rows), uri=src.uri, database=src.database)
-            meta.update(
-                {k: v for k, v in (("params", src.params), ("template", src.template)) if v}
-            )
-        sources_meta.append(meta)
+            item = _to_item(row, ctx, problems)
+            if item is not None:
+                items.append(item)
+                kinds.append(("text" if "text" in item.record else "chat", item.where))
+        sources_meta.append(_source_meta(src, kind, fmt, len(items) - n_before, rows))
     if problems:
         more = len(problems) - MAX_LISTED
         listed = problems[:MAX_LISTED] + ([f"... and {more} more"] if more > 0 else [])
@@ -417,6 +452,82 @@ def _read_all(
             f"{mixed[0]}: format: {mixed[1]} (sources must be all conversations or all text)"
         )
     return items, sources_meta, shape or "chat"
+
+
+def _source_format(src: SourceConfig, rows: list[Row], problems: list[str]) -> str:
+    """The one format of a source, detected from every row (not row 0, as mlx-lm does);
+    rows matching none are problems, a minority format stops the run."""
+    found = []
+    for row in rows:
+        detected = formats.detect_format(row.data)
+        if detected is None:
+            keys = ", ".join(map(str, row.data)) or "none"
+            problems.append(f"{row.where}: format: matches no known format (keys: {keys})")
+        else:
+            found.append((detected, rec.Located(row.path, row.line)))
+    fmt_name, mixed = rec.majority_format(found)
+    if mixed:
+        raise BadData(f"{mixed[0]}: format: {mixed[1]}")
+    return fmt_name or "chat"
+
+
+def _to_item(row: Row, ctx: _SourceContext, problems: list[str]) -> _Item | None:
+    """One row as a clean canonical record, or None with its problems listed: schema,
+    tools, images, role order."""
+    where = rec.Located(row.path, row.line)
+    row.data = flatten_image_parts(row.data)
+    if formats.detect_format(row.data) is None and ctx.auto:
+        return None  # already reported
+    bad = rec.schema_problems(row.data, ctx.fmt)
+    if bad:
+        problems.extend(f"{where}: {f}: {m}" for f, m in bad)
+        return None
+    record = formats.to_canonical(row.data, ctx.fmt, system_prompt=ctx.system_prompt)
+    tool_bad = formats.tool_problems(record)
+    if tool_bad:
+        problems.extend(f"{where}: {f}: {m}" for f, m in tool_bad)
+        return None
+    record = rec.clean_record(record)
+    bad_images = link_images(record, ctx.base, ctx.ledger)
+    if bad_images:
+        problems.extend(f"{where}: {f}: {m}" for f, m in bad_images)
+        return None
+    if "messages" in record:
+        # an empty system message is noise, not a reason to drop the row
+        record["messages"] = [
+            m for m in record["messages"] if m["role"] != "system" or m["content"]
+        ]
+        order = formats.role_order_problem(record["messages"])
+        if order:
+            field_name, _, msg = order.partition(" is ")
+            if not field_name.startswith("messages["):
+                field_name, msg = "messages", order
+            problems.append(f"{where}: {field_name}: {msg}")
+            return None
+    record.setdefault("source", ctx.name)
+    return _Item(record, where)
+
+
+def _source_meta(
+    src: SourceConfig, kind: str, fmt: str, rows_kept: int, rows: list[Row]
+) -> dict[str, Any]:
+    """A source's entry in manifest.json: where it came from and the hash that pins it."""
+    meta: dict[str, Any] = {
+        "path": src.path,
+        "type": kind,
+        "format": fmt,
+        "rows": rows_kept,
+        "sha256": _sha256(Path(src.path)),
+        **({"query": src.query} if src.query else {}),
+        **({"columns": src.columns} if src.columns else {}),
+    }
+    if kind == "neo4j":
+        from mlxtune.data.graph import rows_sha256
+
+        # the graph has no file to hash: hash what the query returned
+        meta.update(sha256=rows_sha256(rows), uri=src.uri, database=src.database)
+        meta.update({k: v for k, v in (("params", src.params), ("template", src.template)) if v})
+    return meta
 
 
 def _sha256(path: Path) -> str | None:

@@ -9,6 +9,7 @@ Bad input raises `BadData` naming the file and line; nothing is skipped silently
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -215,14 +216,19 @@ def _read_csv(src: SourceConfig) -> Iterator[Row]:
             raise _bad(f"{src.path}: encoding: not UTF-8 ({e.reason})") from None
 
 
-def _read_parquet(src: SourceConfig) -> Iterator[Row]:
+def _import_extra(module: str, extra: str, src: SourceConfig, what: str) -> Any:
+    """`module` from an optional extra, or a usage error that names the install command."""
     try:
-        import pyarrow.parquet as pq
-    except ImportError:  # the `parquet` extra, not a core dependency
+        return importlib.import_module(module)
+    except ImportError:
         raise UsageError(
-            f"prepare.sources: {src.path}: reading Parquet needs pyarrow: "
-            "pip install 'mlxtune[parquet]'"
+            f"prepare.sources: {src.path}: reading {what} needs {module.split('.')[0]}: "
+            f"pip install 'mlxtune[{extra}]'"
         ) from None
+
+
+def _read_parquet(src: SourceConfig) -> Iterator[Row]:
+    pq = _import_extra("pyarrow.parquet", "parquet", src, "Parquet")
 
     try:
         table = pq.read_table(src.path)
@@ -233,13 +239,7 @@ def _read_parquet(src: SourceConfig) -> Iterator[Row]:
 
 
 def _read_hf(src: SourceConfig) -> Iterator[Row]:
-    try:
-        import datasets
-    except ImportError:  # the `datasets` extra, not a core dependency
-        raise UsageError(
-            f"prepare.sources: {src.path}: reading Hugging Face datasets needs the datasets "
-            "package: pip install 'mlxtune[datasets]'"
-        ) from None
+    datasets = _import_extra("datasets", "datasets", src, "Hugging Face datasets")
 
     path = Path(src.path)
     try:

@@ -176,126 +176,194 @@ def _reader_problem(path: Path, error: BadData) -> Problem:
     return Problem(str(path), None, "read", text.removeprefix(f"{path}: "), "json")
 
 
+class _Problems(list[Problem]):
+    """Every problem found so far: checks add to it and go on, so one run lists them all."""
+
+    def add(self, where: rec.Located | str, fld: str, message: str, check: str) -> None:
+        if isinstance(where, rec.Located):
+            self.append(Problem(where.path, where.line, fld, message, check))
+        else:
+            self.append(Problem(where, None, fld, message, check))
+
+
+# a row that parsed, with the format detected from it: (object, format, where, split)
+_Parsed = tuple[dict[str, Any], str, rec.Located, str]
+
+
 def validate_format(
     cfg: Config, paths: list[Path] | None = None, *, show: int = 0
 ) -> ValidateResult:
+    """Read every row, check each row, then the files together, then the prompt and the
+    template; every step adds to one problem list instead of stopping at the first."""
     files = resolve_paths(cfg, paths)
     output_schema = cfg.evaluate.resolved_output_schema()
     tokenizer, template, _ = rec.load_tokenizer(cfg.model)
     max_len = cfg.train.max_seq_length
-    problems: list[Problem] = []
+    problems = _Problems()
 
-    def add(where: rec.Located | str, fld: str, message: str, check: str) -> None:
-        if isinstance(where, rec.Located):
-            problems.append(Problem(where.path, where.line, fld, message, check))
-        else:
-            problems.append(Problem(where, None, fld, message, check))
-
-    # 1. parse every row and detect its format (raw sources through prepare's readers)
-    parsed: list[tuple[dict[str, Any], str, rec.Located, str]] = []
-
-    def take(obj: Any, where: rec.Located, split: str) -> None:
-        if not isinstance(obj, dict):
-            add(where, "json", f"expected an object, got {type(obj).__name__}", "json")
-            return
-        obj = flatten_image_parts(obj)
-        fmt = formats.detect_format(obj)
-        if fmt is None:
-            keys = ", ".join(map(str, obj)) or "none"
-            add(where, "format", f"matches no known format (keys: {keys})", "format")
-            return
-        parsed.append((obj, fmt, where, split))
-
-    for path in files:
-        split = path.stem
-        lines = 0
-        source = raw_source(cfg, path)
-        if source is not None:
-            try:
-                for raw in read_source(source):
-                    lines += 1
-                    take(raw.data, rec.Located(str(path), raw.line), split)
-            except BadData as e:
-                problems.append(_reader_problem(path, e))
-                lines += 1  # a file that fails to read is not also "empty"
-        else:
-
-            def bad_encoding(number: int, message: str, path: Path = path) -> None:
-                add(rec.Located(str(path), number), "encoding", message, "json")
-
-            for number, text in iter_jsonl_lines(str(path), bad_encoding):
-                lines += 1
-                where = rec.Located(str(path), number)
-                try:
-                    obj = loads_json(text)
-                except json.JSONDecodeError as e:
-                    add(where, "json", json_error(e), "json")
-                    continue
-                take(obj, where, split)
-        if not lines and not any(p.path == str(path) for p in problems):
-            add(str(path), "rows", "empty file (no records)", "empty")
-
-    # 2. one format across every file
+    parsed = _read_rows(cfg, files, problems)
     major, mixed = rec.majority_format([(fmt, where) for _, fmt, where, _ in parsed])
     if mixed:
-        add(mixed[0], "format", mixed[1], "format")
+        problems.add(mixed[0], "format", mixed[1], "format")
+    rows = _check_rows(parsed, problems)
+    lengths = _check_lengths(tokenizer, rows, max_len, problems)
+    _check_duplicates(rows, problems)
+    _check_leakage(rows, problems)
+    reports = _file_reports(files, parsed, rows, lengths, cfg, problems)
+    _check_prompt(tokenizer, rows, problems)
+    fingerprint = formats.template_fingerprint(template)
+    _check_manifests(files, fingerprint, problems)
+    if output_schema is not None:
+        _check_answers(rows, output_schema, problems)
 
-    # 3. per row: schema, role order, empty turns
+    examples = [preview(tokenizer, r.record, str(r.where)) for r in rows[:show]]
+    # file order (train, valid, test), then line; problems about other files go last
+    rank = {str(p): i for i, p in enumerate(files)}
+    problems.sort(key=lambda p: (rank.get(p.path, len(files)), p.line or 0))
+    return ValidateResult(
+        files=reports,
+        problems=list(problems),
+        examples=examples,
+        format=major,
+        template_fingerprint=fingerprint,
+        max_seq_length=max_len,
+        batch_size=cfg.train.batch_size,
+    )
+
+
+def _read_rows(cfg: Config, files: list[Path], problems: _Problems) -> list[_Parsed]:
+    """Parse every row of every file and detect its format; a file with no rows (and no
+    other problem) is a problem of its own."""
+    parsed: list[_Parsed] = []
+    for path in files:
+        lines = _read_file(cfg, path, problems, parsed)
+        if not lines and not any(p.path == str(path) for p in problems):
+            problems.add(str(path), "rows", "empty file (no records)", "empty")
+    return parsed
+
+
+def _read_file(cfg: Config, path: Path, problems: _Problems, parsed: list[_Parsed]) -> int:
+    """One file's rows into `parsed`; raw sources go through prepare's readers so this
+    checks what prepare would read. Returns the lines read (a failed read counts one)."""
+    split = path.stem
+    lines = 0
+    source = raw_source(cfg, path)
+    if source is not None:
+        try:
+            for raw in read_source(source):
+                lines += 1
+                _take(raw.data, rec.Located(str(path), raw.line), split, problems, parsed)
+        except BadData as e:
+            problems.append(_reader_problem(path, e))
+            lines += 1  # a file that fails to read is not also "empty"
+    else:
+
+        def bad_encoding(number: int, message: str, path: Path = path) -> None:
+            problems.add(rec.Located(str(path), number), "encoding", message, "json")
+
+        for number, text in iter_jsonl_lines(str(path), bad_encoding):
+            lines += 1
+            where = rec.Located(str(path), number)
+            try:
+                obj = loads_json(text)
+            except json.JSONDecodeError as e:
+                problems.add(where, "json", json_error(e), "json")
+                continue
+            _take(obj, where, split, problems, parsed)
+    return lines
+
+
+def _take(
+    obj: Any, where: rec.Located, split: str, problems: _Problems, parsed: list[_Parsed]
+) -> None:
+    """Keep a parsed row with its format, or say why it has none."""
+    if not isinstance(obj, dict):
+        problems.add(where, "json", f"expected an object, got {type(obj).__name__}", "json")
+        return
+    obj = flatten_image_parts(obj)
+    fmt = formats.detect_format(obj)
+    if fmt is None:
+        keys = ", ".join(map(str, obj)) or "none"
+        problems.add(where, "format", f"matches no known format (keys: {keys})", "format")
+        return
+    parsed.append((obj, fmt, where, split))
+
+
+def _check_rows(parsed: list[_Parsed], problems: _Problems) -> list[_Row]:
+    """Per row: schema, images, role order, empty turns, tools. Returns the rows later
+    checks can read (schema-valid, canonical, roles in order)."""
     rows: list[_Row] = []
     for obj, fmt, where, split in parsed:
         bad = rec.schema_problems(obj, fmt)
         for fld, message in bad:
-            add(where, fld, message, "schema")
+            problems.add(where, fld, message, "schema")
         if bad:
             continue
         record = formats.to_canonical(obj, fmt)
         for fld, message in link_images(record, Path(where.path).parent):
-            add(where, fld, message, "image")
+            problems.add(where, fld, message, "image")
         if "messages" in record:
             order = formats.role_order_problem(record["messages"])
             if order:
                 fld, _, message = order.partition(" is ")
                 if not fld.startswith("messages["):
                     fld, message = "messages", order
-                add(where, fld, message, "roles")
+                problems.add(where, fld, message, "roles")
             for i in rec.empty_turns(record):
                 role = record["messages"][i]["role"]
-                add(where, f"messages[{i}].content", f"empty {role} turn", "empty")
+                problems.add(where, f"messages[{i}].content", f"empty {role} turn", "empty")
             for fld, message in formats.tool_problems(record):
-                add(where, fld, message, "tools")
+                problems.add(where, fld, message, "tools")
             if order:
                 continue
         elif not str(record["text"]).strip():
-            add(where, "text", "empty text", "empty")
+            problems.add(where, "text", "empty text", "empty")
         rows.append(_Row(record, where, split))
+    return rows
 
-    # 4. lengths against max_seq_length, with the real tokenizer and template
+
+def _check_lengths(
+    tokenizer: Any, rows: list[_Row], max_len: int, problems: _Problems
+) -> list[int]:
+    """Token lengths with the real tokenizer and template, against max_seq_length."""
     lengths = formats.training_lengths(tokenizer, [r.record for r in rows])
     for row, n in zip(rows, lengths, strict=True):
         if n > max_len:
-            add(
+            problems.add(
                 row.where,
                 "tokens",
                 f"{n} tokens > train.max_seq_length {max_len} (mlx-lm would truncate it)",
                 "length",
             )
+    return lengths
 
-    # 5. the same row twice in one split, and leakage: the same question in two splits
+
+def _check_duplicates(rows: list[_Row], problems: _Problems) -> None:
+    """The same row twice in one file."""
     seen_row: dict[tuple[str, str], _Row] = {}
     for row in rows:
         key = (str(row.where.path), rec.exact_key(row.record))
         earlier = seen_row.setdefault(key, row)
         if earlier is not row:
-            add(row.where, "duplicate", f"same row as line {earlier.where.line}", "duplicate")
+            problems.add(
+                row.where, "duplicate", f"same row as line {earlier.where.line}", "duplicate"
+            )
+
+
+def _check_leakage(rows: list[_Row], problems: _Problems) -> None:
+    """The same question in two splits, exactly or after normalisation: evaluation would
+    score questions the model trained on."""
     seen_exact: dict[str, _Row] = {}
     seen_norm: dict[str, _Row] = {}
     for row in rows:
         exact, norm = rec.question(row.record), rec.question_key(row.record)
         first = seen_exact.get(exact)
         if first is not None and first.split != row.split:
-            add(row.where, "leakage", f"same question as {first.where} ({first.split})", "leakage")
+            problems.add(
+                row.where, "leakage", f"same question as {first.where} ({first.split})", "leakage"
+            )
         elif (other := seen_norm.get(norm)) is not None and other.split != row.split:
-            add(
+            problems.add(
                 row.where,
                 "leakage",
                 f"same question after normalisation as {other.where} ({other.split})",
@@ -304,7 +372,18 @@ def validate_format(
         seen_exact.setdefault(exact, row)
         seen_norm.setdefault(norm, row)
 
-    # 6. enough rows for a batch (mlx-lm checks train and valid only when it gets there)
+
+def _file_reports(
+    files: list[Path],
+    parsed: list[_Parsed],
+    rows: list[_Row],
+    lengths: list[int],
+    cfg: Config,
+    problems: _Problems,
+) -> list[FileReport]:
+    """Each file's counts and lengths, and whether train/valid hold a batch (mlx-lm checks
+    that only when it gets there)."""
+    max_len = cfg.train.max_seq_length
     reports = []
     for path in files:
         file_rows = [
@@ -312,7 +391,7 @@ def validate_format(
         ]
         n_rows = sum(1 for _, _, w, _ in parsed if w.path == str(path))
         if path.stem in ("train", "valid") and n_rows < cfg.train.batch_size:
-            add(
+            problems.add(
                 str(path),
                 "rows",
                 f"{n_rows} rows < train.batch_size {cfg.train.batch_size}",
@@ -329,15 +408,21 @@ def validate_format(
                 too_long=sum(1 for _, n in file_rows if n > max_len),
             )
         )
+    return reports
 
-    # 7. one prompt: what training masks == what evaluate/serve generate from
+
+def _check_prompt(tokenizer: Any, rows: list[_Row], problems: _Problems) -> None:
+    """One prompt: what training masks is what evaluate and serve generate from (the
+    template decides that, so the first chat row stands for all)."""
     chat = next((r for r in rows if "messages" in r.record), None)
     if chat is not None:
         for message in prompt_mismatches(tokenizer, chat.record):
-            add(chat.where, "prompt", message, "prompt")
+            problems.add(chat.where, "prompt", message, "prompt")
 
-    # 8. prepared with the same template as the model renders now
-    fingerprint = formats.template_fingerprint(template)
+
+def _check_manifests(files: list[Path], fingerprint: str, problems: _Problems) -> None:
+    """Prepared with the same template as the model renders now (each directory's
+    manifest.json, where there is one)."""
     for directory in dict.fromkeys(p.parent for p in files):
         manifest = directory / "manifest.json"
         if manifest.is_file():
@@ -346,37 +431,26 @@ def validate_format(
             except (ValueError, KeyError, TypeError):
                 continue
             if was != fingerprint:
-                add(
+                problems.add(
                     str(manifest),
                     "template.fingerprint",
                     f"prepared with template {was}, model.path now renders with {fingerprint}",
                     "prompt",
                 )
 
-    # 9. answers in the format evaluate scores and serve enforces, so none teaches another
-    if output_schema is not None:
-        for row in rows:
-            if "messages" not in row.record:
-                continue
-            _, answer = formats.prompt_and_answer(row.record)
-            problem = schema_problem(answer, output_schema)
-            if problem:
-                last = len(row.record["messages"]) - 1
-                add(row.where, f"messages[{last}].content", f"answer {problem}", "output_schema")
 
-    examples = [preview(tokenizer, r.record, str(r.where)) for r in rows[:show]]
-    # file order (train, valid, test), then line; problems about other files go last
-    rank = {str(p): i for i, p in enumerate(files)}
-    problems.sort(key=lambda p: (rank.get(p.path, len(files)), p.line or 0))
-    return ValidateResult(
-        files=reports,
-        problems=problems,
-        examples=examples,
-        format=major,
-        template_fingerprint=fingerprint,
-        max_seq_length=max_len,
-        batch_size=cfg.train.batch_size,
-    )
+def _check_answers(rows: list[_Row], output_schema: dict[str, Any], problems: _Problems) -> None:
+    """Answers in the format evaluate scores and serve enforces, so none teaches another."""
+    for row in rows:
+        if "messages" not in row.record:
+            continue
+        _, answer = formats.prompt_and_answer(row.record)
+        problem = schema_problem(answer, output_schema)
+        if problem:
+            last = len(row.record["messages"]) - 1
+            problems.add(
+                row.where, f"messages[{last}].content", f"answer {problem}", "output_schema"
+            )
 
 
 def prompt_mismatches(tokenizer: Any, record: dict[str, Any]) -> list[str]:
