@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxtune.errors import MlxtuneError, UsageError
 from mlxtune.generation import greedy_answers
+from mlxtune.io import atomic_dir
 from mlxtune.rundir import RunDir
 from mlxtune.runs import find_run
 
@@ -153,27 +152,16 @@ def _write_model(
     from mlx_lm.gguf import convert_to_gguf
     from mlx_lm.utils import save
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
-        # mlx-lm prints progress; core modules stay silent (the CLI shows a spinner).
-        with contextlib.redirect_stdout(io.StringIO()):
-            save(tmp, str(model_path), model, tokenizer, config, donate_model=False)
-            (tmp / "chat_template.jinja").write_bytes(template)
-            if gguf:
-                weights = dict(tree_flatten(model.parameters()))
-                try:
-                    convert_to_gguf(tmp, weights, config, str(tmp / GGUF_NAME))
-                except (ValueError, NotImplementedError, KeyError, TypeError) as e:
-                    raise MlxtuneError(
-                        f"--gguf: mlx-lm could not convert {base} to GGUF "
-                        f"({type(e).__name__}: {e}); export without --gguf"
-                    ) from None
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(tmp)
-        raise
+    # mlx-lm prints progress; core modules stay silent (the CLI shows a spinner).
+    with atomic_dir(out) as tmp, contextlib.redirect_stdout(io.StringIO()):
+        save(tmp, str(model_path), model, tokenizer, config, donate_model=False)
+        (tmp / "chat_template.jinja").write_bytes(template)
+        if gguf:
+            weights = dict(tree_flatten(model.parameters()))
+            try:
+                convert_to_gguf(tmp, weights, config, str(tmp / GGUF_NAME))
+            except (ValueError, NotImplementedError, KeyError, TypeError) as e:
+                raise MlxtuneError(
+                    f"--gguf: mlx-lm could not convert {base} to GGUF "
+                    f"({type(e).__name__}: {e}); export without --gguf"
+                ) from None

@@ -8,8 +8,6 @@ and random weights. `mlx_lm.load` and `transformers` both load the result.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 from mlxtune.errors import UsageError
 from mlxtune.formats import CHATML_TEMPLATE
+from mlxtune.io import atomic_dir
 
 EOS = "<|im_end|>"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", EOS]
@@ -103,6 +102,24 @@ def train_tokenizer(
     return tok
 
 
+def chat_tokenizer(
+    texts: Iterable[str], vocab_size: int, template: str, extra_special: Iterable[str] = ()
+) -> Any:
+    """A `transformers` fast tokenizer trained on `texts`, with ChatML's special tokens and
+    the given chat template: what the tiny text and vision models both ship."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = train_tokenizer(texts, vocab_size, extra_special=extra_special)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS,
+        pad_token=SPECIAL_TOKENS[0],
+        model_max_length=2048,
+    )
+    hf_tok.chat_template = template
+    return hf_tok
+
+
 def build_tiny_model(
     out: Path,
     *,
@@ -111,15 +128,10 @@ def build_tiny_model(
     corpus: list[Path] | None = None,
     force: bool = False,
 ) -> TinyModelResult:
-    if preset not in (*PRESETS, "vlm"):
-        raise UsageError(f"--preset: unknown preset {preset!r} (choose {', '.join(PRESETS)}, vlm)")
+    """Train the tokenizer on the corpus, initialise the weights from the seed, write it all
+    to `out` at once (a failed build leaves nothing behind)."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UsageError(f"{out}: already exists and is not empty (use --force to replace)")
-    files = corpus if corpus is not None else default_corpus()
-    for f in files:
-        if not f.is_file():
-            raise UsageError(f"{f}: corpus file not found")
+    files = _check_request(out, preset, corpus, force)
     texts = list(corpus_texts(files)) if files else [FALLBACK_CORPUS]
     if preset == "vlm":  # vision-language: its own module, needs the `vlm` extra
         from mlxtune.vlm.tiny import build_tiny_vlm
@@ -131,19 +143,51 @@ def build_tiny_model(
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
-    from transformers import PreTrainedTokenizerFast
 
-    tok = train_tokenizer(texts, p.vocab_size)
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token=EOS,
-        pad_token="<|endoftext|>",
-        model_max_length=2048,
+    hf_tok = chat_tokenizer(texts, p.vocab_size, CHATML_TEMPLATE)
+    config = llama_config(p, hf_tok)
+    mx.random.seed(seed)
+    model = llama.Model(llama.ModelArgs.from_dict(config))
+    weights = dict(tree_flatten(model.parameters()))
+    mx.eval(weights)
+
+    with atomic_dir(out) as tmp:
+        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        gen = {"eos_token_id": config["eos_token_id"], "pad_token_id": hf_tok.pad_token_id}
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        hf_tok.save_pretrained(str(tmp))
+        (tmp / "README.md").write_text(
+            f"# mlxtune tiny model ({preset}, seed {seed})\n\nRandom-init Llama for tests and "
+            "demos; it knows nothing until fine-tuned. Built by `mlxtune tiny-model`.\n"
+        )
+    n_params = sum(v.size for v in weights.values())
+    return TinyModelResult(
+        path=out,
+        preset=preset,
+        seed=seed,
+        parameters=n_params,
+        vocab_size=p.vocab_size,
+        corpus_files=[str(f) for f in files],
     )
-    hf_tok.chat_template = CHATML_TEMPLATE
-    vocab_size = p.vocab_size  # embeddings keep the preset size even if BPE stops short
-    eos_id = hf_tok.convert_tokens_to_ids(EOS)
-    config = {
+
+
+def _check_request(out: Path, preset: str, corpus: list[Path] | None, force: bool) -> list[Path]:
+    """The corpus files to train the tokenizer on, after checking what the user asked for."""
+    if preset not in (*PRESETS, "vlm"):
+        raise UsageError(f"--preset: unknown preset {preset!r} (choose {', '.join(PRESETS)}, vlm)")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UsageError(f"{out}: already exists and is not empty (use --force to replace)")
+    files = corpus if corpus is not None else default_corpus()
+    for f in files:
+        if not f.is_file():
+            raise UsageError(f"{f}: corpus file not found")
+    return files
+
+
+def llama_config(p: Preset, hf_tok: Any) -> dict[str, Any]:
+    """config.json of a Llama that both mlx-lm and transformers load."""
+    return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "hidden_size": p.hidden_size,
@@ -153,46 +197,14 @@ def build_tiny_model(
         "num_key_value_heads": p.num_attention_heads,
         "head_dim": p.hidden_size // p.num_attention_heads,
         "rms_norm_eps": 1e-5,
-        "vocab_size": vocab_size,
+        # embeddings keep the preset size even if BPE stops short
+        "vocab_size": p.vocab_size,
         "max_position_embeddings": 2048,
         "rope_theta": 10000.0,
         "tie_word_embeddings": False,
         "hidden_act": "silu",
-        "eos_token_id": eos_id,
+        "eos_token_id": hf_tok.convert_tokens_to_ids(EOS),
         "pad_token_id": hf_tok.pad_token_id,
         "bos_token_id": None,
         "torch_dtype": "float32",
     }
-    mx.random.seed(seed)
-    model = llama.Model(llama.ModelArgs.from_dict(config))
-    weights = dict(tree_flatten(model.parameters()))
-    mx.eval(weights)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
-        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        gen = {"eos_token_id": eos_id, "pad_token_id": hf_tok.pad_token_id}
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-        hf_tok.save_pretrained(str(tmp))
-        (tmp / "README.md").write_text(
-            f"# mlxtune tiny model ({preset}, seed {seed})\n\nRandom-init Llama for tests and "
-            "demos; it knows nothing until fine-tuned. Built by `mlxtune tiny-model`.\n"
-        )
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    n_params = sum(v.size for v in weights.values())
-    return TinyModelResult(
-        path=out,
-        preset=preset,
-        seed=seed,
-        parameters=n_params,
-        vocab_size=vocab_size,
-        corpus_files=[str(f) for f in files],
-    )
