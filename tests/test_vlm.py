@@ -259,6 +259,18 @@ def vision_run(tmp_path_factory: pytest.TempPathFactory, tiny_vlm: Path, vision_
 
 
 @pytest.mark.e2e
+def test_vlm_dry_run_plan_says_rank_and_scale_as_text_plans_do(vision_run: Path) -> None:
+    from mlxtune.train import train
+
+    cfg = load_config(vision_run)
+    result = train(cfg, dry_run=True)
+    assert result.dry_run and result.plan is not None
+    assert result.plan.method == "lora"
+    assert (result.plan.lora or "").startswith(f"rank {cfg.train.lora_rank}, scale ")
+    assert result.plan.steps == cfg.train.iters and result.plan.batches_per_epoch > 0
+
+
+@pytest.mark.e2e
 def test_evaluate_scores_a_vlm_adapter_beside_its_base(vision_run: Path) -> None:
     from mlxtune.evaluate import evaluate
 
