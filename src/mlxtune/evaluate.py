@@ -38,6 +38,7 @@ from mlxtune.metrics import (
 from mlxtune.provenance import versions
 from mlxtune.render.documents import evaluation_markdown
 from mlxtune.rundir import RunDir, resolve_run
+from mlxtune.vlm.data import image_list
 
 if TYPE_CHECKING:
     import httpx
@@ -570,6 +571,8 @@ def _score_rows(
             "scores": {},
             "_loss": {},
         }
+        if images := image_list(ex.record.get("images")):  # `mlxtune report` shows them
+            row["images"] = images
         for side, out in outputs.items():
             row["scores"][side] = score(out.texts[i], ex.expected, ex.keywords)
             if schema is not None:
