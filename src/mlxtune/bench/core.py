@@ -116,6 +116,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "requests_per_s": ("req/s", True),
     "success_pct": ("%", True),
     "health_ms": ("ms", False),
+    "cpu_ms_per_token": ("ms", False),
 }
 
 

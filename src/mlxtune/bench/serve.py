@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxtune.bench.core import Progress, Recorder, Target, filler
-from mlxtune.bench.procs import child_config_yaml, cli_command, running_server
+from mlxtune.bench.procs import child_config_yaml, cli_command, cpu_seconds, running_server
 from mlxtune.errors import MlxtuneError
 from mlxtune.stats import percentile
 
@@ -333,6 +333,8 @@ def bench_serve_once(
         rec.add("serve", "health", target, {"health_ms": health_ms(server.url, key)})
         for case, clients, n, stream in serve_phases(cfg):
             progress(f"serve {case} [{target}]: {clients} clients, {n} requests")
+            pid = server.proc.pid if server.proc is not None else None
+            cpu0 = cpu_seconds(pid) if pid is not None else None
             res = run_load(
                 server.url,
                 model,
@@ -358,6 +360,9 @@ def bench_serve_once(
                 figures = res.figures()
                 if not stream:
                     figures.pop("ttft_p50_ms")  # a whole answer has no first token to time
+                cpu1 = cpu_seconds(pid) if pid is not None else None
+                if cpu0 is not None and cpu1 is not None and res.completion_tokens:
+                    figures["cpu_ms_per_token"] = 1000 * (cpu1 - cpu0) / res.completion_tokens
             rec.add("serve", case, target, figures)
             if (res.errors or res.timed_out) and notes is not None:
                 samples = "; ".join(res.error_samples) or "no sample"
