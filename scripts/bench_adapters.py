@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -57,6 +58,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    # a SIGTERM (a `timeout`, say) still runs running_server's cleanup: no server left behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from mlxtune.tiny_model import random_adapter
 
