@@ -24,7 +24,7 @@ done
 # load keep the suite under 10 minutes once both sides run (tiny ~4 min, small ~2 min here).
 SMALL_SETS=(--set bench.repeat=1 --set bench.train_steps=6 --set bench.gen_tokens=32
   --set "bench.prompt_lengths=[128]" --set "bench.concurrency=[1,8]"
-  --set bench.requests_per_level=8 --set bench.sustained_requests=32)
+  --set bench.requests_per_client=2 --set bench.requests_per_level=8)
 
 start=$(date +%s)
 for preset in $PRESET_LIST; do

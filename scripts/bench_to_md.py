@@ -27,6 +27,16 @@ def spread(side: dict[str, Any]) -> str:
     return f"{num(side['median'])} ({num(side['min'])}–{num(side['max'])})"
 
 
+def ratio(fig: dict[str, Any]) -> str:
+    r = fig.get("ratio")
+    if r is None:
+        return "-"
+    spread = fig.get("ratios")
+    if spread and spread["n"] > 1:
+        return f"{r:.2f}x ({spread['min']:.2f}–{spread['max']:.2f})"
+    return f"{r:.2f}x"
+
+
 def render(data: dict[str, Any], source: str) -> str:
     env = data["environment"]
     settings = data["settings"]
@@ -43,18 +53,24 @@ def render(data: dict[str, Any], source: str) -> str:
         f"- load average at start / end: {env['loadavg_start'][0]:.2f} /"
         f" {env.get('loadavg_end', [float('nan')])[0]:.2f}",
         "",
-        f"| what | case | metric | mlxtune | {data['baseline']} | ratio |",
-        "|---|---|---|---:|---:|---:|",
     ]
+    has_seed = any(f.get("seed") is not None for f in data["figures"])
+    lines.append(
+        f"| what | case | metric | mlxtune | {data['baseline']} | ratio |"
+        + (" seed |" if has_seed else "")
+    )
+    lines.append("|---|---|---|---:|---:|---:|" + ("---:|" if has_seed else ""))
     for f in data["figures"]:
-        r = f.get("ratio")
         lines.append(
             f"| {f['section']} | {f['case']} | {f['metric']} ({f['unit']}) | "
-            f"{spread(f['mlxtune'])} | {spread(f['baseline'])} | "
-            f"{'-' if r is None else f'{r:.2f}x'} |"
+            f"{spread(f['mlxtune'])} | {spread(f['baseline'])} | {ratio(f)} |"
+            + (f" {num(f.get('seed'))} |" if has_seed else "")
         )
     lines.append("")
-    lines.append("Median of the repeats, (min–max) when more than one; ratio = mlxtune / baseline.")
+    lines.append(
+        "Median of the repeats, (min–max) when more than one; ratio = mlxtune / baseline on the"
+        " medians, (min–max) of the per-repeat ratios (the sides are interleaved)."
+    )
     lines.extend(f"- note: {n}" for n in data.get("notes", []))
     return "\n".join(lines) + "\n"
 

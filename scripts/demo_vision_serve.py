@@ -1,6 +1,7 @@
 """Vision demo step: start `mlxtune serve`, send the first test image as a base64 `image_url`
 through the official openai client, and check that the served answer is, token for token, the
-one evaluate generated for the same image (its predictions.jsonl)."""
+one evaluate generated for the same image (its predictions.jsonl); then ask again streaming
+and check that the pieces, sent as they were generated, join to the same answer."""
 
 from __future__ import annotations
 
@@ -51,16 +52,22 @@ def main() -> int:
                 max_tokens=cfg.evaluate.max_tokens,
                 temperature=0.0,
             )
+            stream = client.chat.completions.create(
+                model=name, messages=messages, max_tokens=cfg.evaluate.max_tokens, stream=True
+            )
+            pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
     except MlxtuneError as e:
         print(e, file=sys.stderr)
         return 1
     served = resp.choices[0].message.content or ""
     same = served == predicted["adapter"]
+    streamed = "".join(pieces)
     print(f"image      {image.name} (expected {record['messages'][-1]['content']})")
     print(f"served     {resp.model}: {served!r}")
     print(f"evaluate   {predicted['adapter']!r}")
+    print(f"streamed   {sum(1 for p in pieces if p)} pieces, joined equal: {streamed == served}")
     print(f"served answer == evaluate's answer for the same image: {same}")
-    return 0 if same else 1
+    return 0 if same and streamed == served else 1
 
 
 if __name__ == "__main__":

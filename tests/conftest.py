@@ -102,31 +102,7 @@ def domain_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_adapter(
     model_dir: Path, out: Path, *, rank: int = 8, b_scale: float = 0.0, seed: int = 0
 ) -> Path:
-    """Write an mlx-lm LoRA adapter for `model_dir` without training. b_scale=0 gives an
-    adapter that changes nothing (LoRA's B starts at zero); b_scale>0 one that does."""
-    import json
+    """An mlx-lm LoRA adapter for `model_dir` without training (mlxtune.tiny_model's)."""
+    from mlxtune.tiny_model import random_adapter
 
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm import load
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    model, _ = load(str(model_dir))
-    model.freeze()
-    params = {"rank": rank, "scale": 20.0, "dropout": 0.0}
-    linear_to_lora_layers(model, -1, params)
-    mx.random.seed(seed)
-    weights = dict(tree_flatten(model.trainable_parameters()))
-    for k, v in weights.items():
-        if k.endswith("lora_b"):
-            weights[k] = mx.random.normal(v.shape) * b_scale
-    out.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(out / "adapters.safetensors"), weights)
-    config = {
-        "fine_tune_type": "lora",
-        "num_layers": -1,
-        "lora_parameters": params,
-        "model": str(model_dir),
-    }
-    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    return out
+    return random_adapter(model_dir, out, rank=rank, b_scale=b_scale, seed=seed)

@@ -170,6 +170,11 @@ def test_serve_driver_against_loopback_mlx_lm_server(tiny_model: Path, tmp_path:
             )
             for c in (1, 2)
         ]
+        whole = B.run_load(
+            server.url, None, prompts, concurrency=2, requests=3, max_tokens=6, time_limit_s=60,
+            stream=False,
+        )  # fmt: skip
+        health = B.health_ms(server.url, None, probes=3)
         proc = server.proc
         assert proc is not None
     assert proc.poll() is not None, "server left running"
@@ -180,6 +185,11 @@ def test_serve_driver_against_loopback_mlx_lm_server(tiny_model: Path, tmp_path:
         figs = res.figures()
         assert figs["latency_p50_ms"] and figs["latency_p99_ms"] >= figs["latency_p50_ms"]  # type: ignore[operator]
         assert figs["ttft_p50_ms"] and figs["ttft_p50_ms"] <= figs["latency_p99_ms"]  # type: ignore[operator]
+    # whole answers: the same texts as streamed, tokens from `usage`, no first token to time
+    assert whole.ok == 3 and whole.timed_out == 0 and whole.success_pct == 100
+    assert whole.texts[0] == results[0].texts[0] and whole.completion_tokens > 0
+    assert whole.ttfts_s == [] and whole.requests_per_s > 0
+    assert health is not None and health > 0
 
 
 @pytest.mark.e2e
@@ -284,6 +294,14 @@ def test_bench_to_md_renders_ratio_and_environment(repo_root: Path) -> None:
     result = B.BenchResult(["serve"], "mlx-lm", 2, list(rec.figures.values()), env, {"model": "m"})
     md = mod.render(json.loads(json.dumps(result.to_dict())), "x.json")
     assert "| serve | c=4 | completion_tps (tok/s) | 310 (300–320) | 200 | 1.55x |" in md
+    # repeats pair up (the sides interleave): the ratio's spread is over per-repeat ratios
+    rec.add("serve", "c=4", "mlx-lm", {"completion_tps": 100.0})
+    rec.set_seed("serve", "c=4", "completion_tps", 2.12)
+    rec.set_seed("serve", "c=99", "completion_tps", 1.0)  # not measured: nothing to put it by
+    assert len(rec.figures) == 1
+    result = B.BenchResult(["serve"], "mlx-lm", 2, list(rec.figures.values()), env, {"model": "m"})
+    md = mod.render(json.loads(json.dumps(result.to_dict())), "x.json")
+    assert "| 310 (300–320) | 150 (100–200) | 2.07x (1.50–3.20) | 2.12 |" in md
     assert "mlx-lm 2" in md and "load average at start / end: 1.00 / 2.00" in md
 
 
@@ -346,6 +364,37 @@ def test_server_commands(tmp_path: Path) -> None:
     assert ours[1:4] == ["-m", "mlxtune", "serve"] and ours[-2:] == ["--port", "4321"]
     assert B.serve_adapter(cfg) == ("tuned", adapter)
     assert B.serve_adapter(load_config(None, [])) == ("base", None)
+
+
+def test_serve_phases_cover_both_modes_and_the_seed_levels() -> None:
+    cfg = load_config(None, ["bench.concurrency=[1,16]", "bench.requests_per_client=3"])
+    phases = B.serve_phases(cfg)
+    assert phases == [
+        ("stream c=1", 1, 3, True),
+        ("stream c=16", 16, 48, True),
+        ("non-stream c=1", 1, 3, False),
+        ("non-stream c=16", 16, 48, False),
+    ]
+    seeded = B.serve_phases(load_config(None, ["bench.seed_levels=true"]))
+    assert [p[0] for p in seeded[-5:]] == [
+        "seed c=1", "seed c=5", "seed c=10", "seed c=20", "seed sustained",
+    ]  # fmt: skip
+    assert seeded[-1][2] == 100 and not any(p[3] for p in seeded[-5:])
+
+
+@pytest.mark.e2e
+def test_bench_serves_an_adapter_when_none_is_configured(tiny_model: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from mlxtune.bench.procs import child_config_yaml
+
+    cfg = load_config(None, [f"model.path={tiny_model}"])
+    served = B.with_bench_adapter(cfg, tmp_path)
+    name, adapter = B.serve_adapter(served)
+    assert name == "bench" and adapter and (adapter / "adapters.safetensors").is_file()
+    assert yaml.safe_load(child_config_yaml(served))["serve"]["adapters"] == {"bench": str(adapter)}
+    assert not cfg.serve.adapters  # the caller's config is left as it was
+    assert B.with_bench_adapter(served, tmp_path) is served  # a configured adapter is used as is
 
 
 def test_train_json_reports_trained_tokens_like_mlx_lm() -> None:

@@ -259,6 +259,18 @@ def vision_run(tmp_path_factory: pytest.TempPathFactory, tiny_vlm: Path, vision_
 
 
 @pytest.mark.e2e
+def test_vlm_dry_run_plan_says_rank_and_scale_as_text_plans_do(vision_run: Path) -> None:
+    from mlxtune.train import train
+
+    cfg = load_config(vision_run)
+    result = train(cfg, dry_run=True)
+    assert result.dry_run and result.plan is not None
+    assert result.plan.method == "lora"
+    assert (result.plan.lora or "").startswith(f"rank {cfg.train.lora_rank}, scale ")
+    assert result.plan.steps == cfg.train.iters and result.plan.batches_per_epoch > 0
+
+
+@pytest.mark.e2e
 def test_evaluate_scores_a_vlm_adapter_beside_its_base(vision_run: Path) -> None:
     from mlxtune.evaluate import evaluate
 
@@ -379,3 +391,235 @@ def test_an_image_to_a_text_model_is_a_400(tiny_model: Path, vision_set: Path) -
         r = http.post("/v1/chat/completions", json=body)
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "images_not_supported"
+
+
+# ---------------------------------------------------------------------------------------------
+# Serve: sampling, stop strings, logprobs and real streaming on the vision path
+
+
+def _image_request(record: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    content = [
+        {"type": "image_url", "image_url": {"url": _data_uri(Path(record["images"][0]))}},
+        {"type": "text", "text": record["messages"][0]["content"]},
+    ]
+    return {"model": "ad", "messages": [{"role": "user", "content": content}], **fields}
+
+
+def _first_test_record(cfg_path: Path) -> dict[str, Any]:
+    cfg = load_config(cfg_path)
+    line = (cfg.data.dir / "test.jsonl").read_text().splitlines()[0]
+    record: dict[str, Any] = json.loads(line)
+    return record
+
+
+def _sse_chunks(response: Any) -> list[dict[str, Any]]:
+    data = [ln[len("data: ") :] for ln in response.text.splitlines() if ln.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    return [json.loads(d) for d in data[:-1]]
+
+
+@pytest.mark.e2e
+def test_vision_requests_take_sampling_stop_and_logprobs(vision_run: Path, vision_app: Any) -> None:
+    auth = {"Authorization": "Bearer k"}
+    record = _first_test_record(vision_run)
+
+    def ask(**fields: Any) -> dict[str, Any]:
+        r = vision_app.post(
+            "/v1/chat/completions", json=_image_request(record, **fields), headers=auth
+        )
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    greedy = ask(max_tokens=12)["choices"][0]["message"]["content"]
+    assert len(greedy) > 4
+    sampled = [ask(max_tokens=12, temperature=1.5, seed=s) for s in (1, 1, 2)]
+    texts = [a["choices"][0]["message"]["content"] for a in sampled]
+    assert texts[0] == texts[1]  # the seed makes sampling reproducible
+    assert len({texts[0], texts[2], greedy}) > 1  # and sampling is applied
+    short = ask(max_tokens=3)
+    assert short["usage"]["completion_tokens"] == 3 and short["choices"][0]["finish_reason"] == (
+        "length"
+    )
+    stop = greedy[2:4]
+    cut = ask(max_tokens=12, stop=[stop])["choices"][0]
+    assert cut["message"]["content"] == greedy[: greedy.index(stop)].strip()
+    assert cut["finish_reason"] == "stop"
+    scored = ask(max_tokens=5, logprobs=True, top_logprobs=2)
+    entries = scored["choices"][0]["logprobs"]["content"]
+    assert len(entries) == scored["usage"]["completion_tokens"] == 5
+    assert all(len(e["top_logprobs"]) == 2 and e["logprob"] <= 0 for e in entries)
+
+
+@pytest.mark.e2e
+def test_vision_streams_token_by_token(vision_run: Path, vision_app: Any) -> None:
+    auth = {"Authorization": "Bearer k"}
+    record = _first_test_record(vision_run)
+    whole = vision_app.post(
+        "/v1/chat/completions", json=_image_request(record, max_tokens=12), headers=auth
+    ).json()
+    body = _image_request(
+        record, max_tokens=12, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = _sse_chunks(vision_app.post("/v1/chat/completions", json=body, headers=auth))
+    pieces = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+    text = [p for p in pieces if p]
+    assert len(text) > 1  # pieces as they are generated, not one chunk at the end
+    assert "".join(text) == whole["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    stop = "".join(text)[2:4]
+    body = _image_request(record, max_tokens=12, stream=True, stop=[stop])
+    chunks = _sse_chunks(vision_app.post("/v1/chat/completions", json=body, headers=auth))
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert stop not in streamed and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.e2e
+def test_vision_refuses_what_it_cannot_honour(vision_run: Path, vision_app: Any) -> None:
+    auth = {"Authorization": "Bearer k"}
+    record = _first_test_record(vision_run)
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    for field, value in (("tools", [tool]), ("response_format", {"type": "json_object"})):
+        body = _image_request(record, **{field: value})
+        r = vision_app.post("/v1/chat/completions", json=body, headers=auth)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == field
+
+
+def test_streamed_pieces_add_up_to_the_stripped_answer() -> None:
+    from mlxtune.vlm.generate import AnswerText
+
+    def decode(tokens: list[int]) -> str:
+        return "".join(chr(t) for t in tokens)
+
+    for raw, stops, whole in ((" ab  c \n", [], "ab  c"), (" abXYc", ["XY"], "ab")):
+        answer, sent = AnswerText(decode, stops), ""
+        for n in range(1, len(raw) + 1):
+            answer.update([ord(c) for c in raw[:n]])
+            ready = answer.ready()
+            assert ready.startswith(sent)
+            sent = ready
+            if answer.stopped:
+                break
+        assert answer.final() == whole and whole.startswith(sent)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report, export and the registry for vision runs
+
+
+@pytest.mark.e2e
+def test_report_shows_sample_images_with_base_and_tuned_answers(
+    vision_run: Path, tmp_path: Path
+) -> None:
+    import base64
+    import re
+
+    from mlxtune.evaluate import evaluate
+    from mlxtune.report import SAMPLE_IMAGES, build_report
+
+    cfg = load_config(vision_run)
+    rows = [json.loads(x) for x in evaluate(cfg).predictions_path.read_text().splitlines()]
+    result = build_report(cfg, "r", tmp_path / "report")
+    page = result.html.read_text()
+    thumbs = re.findall(
+        r'class="sample" alt="([^"]+)"[^>]*src="data:image/png;base64,([^"]+)"', page
+    )
+    assert len(thumbs) == min(SAMPLE_IMAGES, len(rows)) == 3
+    for (name, b64), row in zip(thumbs, rows, strict=True):
+        assert name == Path(row["images"][0]).name
+        assert base64.b64decode(b64).startswith(b"\x89PNG")
+    from markupsafe import escape  # as jinja2 escapes the page
+
+    for row in rows:  # both answers beside each image
+        assert escape(row["base"]) in page and escape(row["adapter"]) in page
+    md = result.markdown.read_text()
+    assert "## Sample images" in md
+    links = re.findall(r"!\[([^\]]+)\]\((samples/[^)]+)\)", md)
+    assert [n for n, _ in links] == [Path(r["images"][0]).name for r in rows]
+    assert all((result.markdown.parent / ref).is_file() for _, ref in links)
+    assert sorted(p.name for p in result.samples) == [
+        "sample_1.png",
+        "sample_2.png",
+        "sample_3.png",
+    ]
+
+
+@pytest.mark.e2e
+def test_export_fuses_lora_into_a_model_mlx_vlm_loads_with_the_same_answers(
+    vision_run: Path, tmp_path: Path
+) -> None:
+    import mlx.core as mx
+    from mlx_vlm.utils import load as mlx_vlm_load
+    from typer.testing import CliRunner
+
+    from mlxtune.cli import app
+    from mlxtune.evaluate import load_examples
+    from mlxtune.vlm.evaluate import example_images
+    from mlxtune.vlm.generate import generate_vlm
+    from mlxtune.vlm.load import load_vlm
+
+    cfg = load_config(vision_run)
+    out = tmp_path / "fused"
+    res = CliRunner().invoke(app, ["export", "r", "--out", str(out), "-c", str(vision_run)])
+    assert res.exit_code == 0, res.output
+    weights = mx.load(str(out / "model.safetensors"))
+    assert not any("lora" in k for k in weights)  # fused: a plain model
+    run = cfg.train.runs_dir / "r"
+    assert (out / "chat_template.jinja").read_bytes() == (run / "chat_template.jinja").read_bytes()
+
+    tuned, tuned_processor, _ = load_vlm(cfg.model, run)
+    fused, fused_processor = mlx_vlm_load(str(out))  # mlx-vlm alone, no adapter
+    split = cfg.data.dir / "test.jsonl"
+    for ex in load_examples(cfg.data.dir, "test", 3):
+        images = example_images(ex, split)
+        want = generate_vlm(tuned, tuned_processor, ex.prompt, images, 12)
+        got = generate_vlm(fused, fused_processor, ex.prompt, images, 12)
+        assert got.tokens == want.tokens
+
+    res = CliRunner().invoke(
+        app, ["export", "r", "--out", str(tmp_path / "g"), "--gguf", "-c", str(vision_run)]
+    )
+    assert res.exit_code == 1
+    assert "vision-language model" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.e2e
+def test_vision_runs_promote_roll_back_and_serve_by_alias(
+    vision_run: Path, vision_set: Path
+) -> None:
+    import sqlite3
+
+    from starlette.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from mlxtune.cli import app
+    from mlxtune.serve import create_app
+    from mlxtune.train import train
+
+    raw = yaml.safe_load(vision_run.read_text())
+    runs = Path(raw["train"]["runs_dir"])
+    if not (runs / "r2").is_dir():  # a second, different run to promote over the first
+        train(load_config(vision_run, overrides=["train.name=r2", "train.learning_rate=0.2"]))
+    c = ["-c", str(vision_run)]
+    for args in (["runs", "promote", "r", "--as", "vis"], ["runs", "promote", "r2", "--as", "vis"]):
+        res = CliRunner().invoke(app, [*args, *c])
+        assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["runs", "rollback", "vis", *c])
+    assert res.exit_code == 0, res.output
+
+    usage_db = runs / "alias-usage.sqlite"
+    overrides = ["serve.adapters={prod: '@vis'}", f"serve.usage_db={usage_db}"]
+    cfg = load_config(vision_run, overrides=overrides)
+    record = _first_test_record(vision_run)
+    body = _image_request(record, model="prod", max_tokens=6)
+    with TestClient(create_app(cfg)) as http:
+        (served,) = [m for m in http.get("/v1/models").json()["data"] if m["id"] == "prod"]
+        assert Path(served["root"]) == runs / "r"  # rolled back from r2 to r
+        assert http.post("/v1/chat/completions", json=body).status_code == 200
+        http.app.state.serve.usage.flush()
+    with sqlite3.connect(usage_db) as db:
+        assert db.execute("SELECT model, images, status FROM requests").fetchall() == [
+            ("prod", 1, 200)
+        ]

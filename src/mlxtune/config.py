@@ -442,6 +442,18 @@ class ServeConfig(Section):
     )
     max_queue: int = Field(64, gt=0, description="Waiting requests before 503 Retry-After.")
     max_batch_size: int = Field(16, gt=0, description="Sequences decoded together.")
+    prompt_cache_size: int = Field(
+        10,
+        ge=0,
+        description="Recent prompts+answers whose KV each model keeps, so a request sharing a "
+        "prefix with one (system prompt, earlier turns) prefills only the rest; 0 turns it off.",
+    )
+    fuse_adapters: bool = Field(
+        True,
+        description="Fold each LoRA adapter into its own copy of the layers it adapts: decoding "
+        "skips LoRA's extra matmuls (faster), at one copy of those layers per adapter; false "
+        "shares the base's weights (N adapters cost one base). Quantized bases stay unfused.",
+    )
     max_tokens_cap: int = Field(1024, gt=0, description="Largest max_tokens a request may ask.")
     default_max_tokens: int = Field(256, gt=0, description="max_tokens when a request omits it.")
     max_prompt_tokens: int = Field(4096, gt=0, description="Longest prompt accepted.")
@@ -569,6 +581,10 @@ def bench_sections(what: str | list[str]) -> list[str]:
     return [s for s in _BENCH_ORDER if s in chosen]
 
 
+ServeMode = Literal["stream", "non-stream"]
+SERVE_MODES: tuple[ServeMode, ...] = ("stream", "non-stream")
+
+
 class BenchConfig(Section):
     what: str = Field(
         "all",
@@ -593,10 +609,26 @@ class BenchConfig(Section):
         3, gt=0, description="Timed runs averaged per generate cell (mlx_lm benchmark -n)."
     )
     concurrency: list[int] = Field(
-        default_factory=lambda: [1, 4, 8, 16], description="Concurrent clients for serve."
+        default_factory=lambda: [1, 16], description="Concurrent clients for serve."
     )
-    requests_per_level: int = Field(32, gt=0, description="Requests sent at each level.")
-    sustained_requests: int = Field(100, ge=0, description="Requests in the sustained run.")
+    serve_modes: list[ServeMode] = Field(
+        default_factory=lambda: list(SERVE_MODES),
+        description="serve: streamed and/or whole-answer requests, each at every level.",
+    )
+    requests_per_client: int = Field(
+        4, gt=0, description="serve: each client sends this many requests, one after another."
+    )
+    requests_per_level: int = Field(
+        32, gt=0, description="structured: requests sent in each of its two loads."
+    )
+    seed_levels: bool = Field(
+        False,
+        description="serve: also the seed project's load levels (1, 5, 10, 20 clients and the "
+        "sustained run): requests/s, success %, beside the seed's own figures.",
+    )
+    sustained_requests: int = Field(
+        100, ge=0, description="serve: requests in the sustained run (with seed_levels)."
+    )
     time_limit_s: float = Field(300, gt=0, description="Stop any load phase after this long.")
 
     @field_validator("what", mode="before")

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlxtune import formats
 from mlxtune.config import Config
@@ -39,6 +39,10 @@ from mlxtune.metrics import (
 from mlxtune.provenance import versions
 from mlxtune.render.documents import evaluation_markdown
 from mlxtune.rundir import RunDir, resolve_run
+from mlxtune.vlm.data import image_list
+
+if TYPE_CHECKING:
+    import httpx
 
 UNCATEGORIZED = "uncategorized"
 SIDES = ("base", "adapter")
@@ -297,15 +301,6 @@ def _constraints(cfg: Config, tokenizer: Any, n: int) -> list[list[Any]]:
         raise ConfigError(f"evaluate.output_schema: {str(e).partition(': ')[2]}") from None
 
 
-def _chat_url(endpoint: str) -> str:
-    base = endpoint.rstrip("/")
-    if base.endswith("/chat/completions"):
-        return base
-    if not base.endswith("/v1"):
-        base += "/v1"
-    return base + "/chat/completions"
-
-
 def _run_endpoint(
     cfg: Config,
     examples: list[Example],
@@ -318,18 +313,16 @@ def _run_endpoint(
     `constrained`: with evaluate.output_schema as the request's response_format."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import httpx
+    from mlxtune import endpoint
 
     ev = cfg.evaluate
-    url = _chat_url(str(ev.endpoint))
-    key = cfg.serve.resolved_api_key()
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = endpoint.chat_url(str(ev.endpoint))
     total = len(examples)
     done = 0
     response_format = output_format(cfg) if constrained else None
     stage = f"generate {CONSTRAINED if constrained else 'endpoint'}"
 
-    def ask(client: httpx.Client, ex: Example) -> tuple[str, int, str]:
+    def ask(http: httpx.Client, ex: Example) -> tuple[str, int, str]:
         body = {
             "model": ev.endpoint_model,
             "messages": ex.prompt,
@@ -337,27 +330,20 @@ def _run_endpoint(
             "max_tokens": ev.max_tokens,
             **({"response_format": response_format} if constrained else {}),
         }
-        try:
-            r = client.post(url, json=body, headers=headers)
-        except httpx.HTTPError as e:
-            raise UsageError(f"{url}: {type(e).__name__}: {e}") from None
-        if r.status_code != 200:
-            raise UsageError(f"{url}: HTTP {r.status_code}: {r.text[:200]}")
-        try:
-            data = r.json()
-            text = data["choices"][0]["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise MlxtuneError(f"{url}: not an OpenAI chat completion: {r.text[:200]}") from None
-        tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
-        return str(text).strip(), tokens, str(data.get("model") or ev.endpoint_model)
+        reply = endpoint.ask(http, url, body)
+        return (
+            reply.text.strip(),
+            reply.completion_tokens or 0,
+            str(reply.model or ev.endpoint_model),
+        )
 
     t0 = time.perf_counter()
     results: list[tuple[str, int, str]] = []
     with (
-        httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0)) as client,
+        endpoint.client(cfg.serve.resolved_api_key(), timeout_s) as http,
         ThreadPoolExecutor(max_workers=min(ev.batch_size, 8)) as pool,
     ):
-        for res in pool.map(lambda ex: ask(client, ex), examples):
+        for res in pool.map(lambda ex: ask(http, ex), examples):
             results.append(res)
             done += 1
             if progress:
@@ -671,6 +657,8 @@ def _score_rows(
             "scores": {},
             "_loss": {},
         }
+        if images := image_list(ex.record.get("images")):  # `mlxtune report` shows them
+            row["images"] = images
         for side, out in outputs.items():
             row["scores"][side] = score(out.texts[i], ex.expected, ex.keywords)
             if schema is not None:

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxtune.errors import MlxtuneError, UsageError
 from mlxtune.generation import greedy_answers
+from mlxtune.io import atomic_dir
 from mlxtune.rundir import RunDir
 from mlxtune.runs import find_run
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
+    from mlxtune.evaluate import Example
 
 # Architectures mlx-lm's GGUF writer handles (mlx_lm/fuse.py checks the same list).
 GGUF_MODEL_TYPES = ("llama", "mixtral", "mistral")
@@ -51,10 +52,10 @@ def export_run(
     gguf: bool = False,
     force: bool = False,
 ) -> ExportResult:
-    from mlx.utils import tree_unflatten
     from mlx_lm.utils import _download, dequantize_model, load_config
 
     from mlxtune.modeling import base_quantization, load_model
+    from mlxtune.vlm.kind import model_kind
 
     rec = find_run(cfg, name)
     run = RunDir(rec.path)
@@ -63,6 +64,10 @@ def export_run(
     # The base the adapter was trained on (run.json, the run's config), else model.path.
     base = rec.base_model or cfg.model.path
     model_cfg = cfg.model.model_copy(update={"path": base})
+    if model_kind(model_cfg) == "vlm":
+        from mlxtune.vlm.export import export_vlm
+
+        return export_vlm(cfg, run, rec.name, model_cfg, out, dequantize=dequantize, gguf=gguf)
     model, tokenizer, template = load_model(model_cfg, run.root)
     model_path = _download(base, revision=cfg.model.revision)
     config = load_config(model_path)
@@ -71,18 +76,11 @@ def export_run(
     if quantization is not None and not dequantize:  # the fused weights stay quantized
         config["quantization"] = config["quantization_config"] = quantization
     rounds = not dequantize and "quantization" in config
-    questions = _test_questions(cfg, run.read_run().get("data_dir")) if rounds else []
+    _, examples = test_examples(cfg, run.read_run().get("data_dir")) if rounds else (None, [])
+    questions = [ex.prompt for ex in examples]
     reference = greedy_answers(model, tokenizer, questions, cfg.evaluate.max_tokens)
 
-    fused = [
-        (n, m.fuse(dequantize=dequantize)) for n, m in model.named_modules() if hasattr(m, "fuse")
-    ]
-    if fused:
-        model.update_modules(tree_unflatten(fused))
-    if dequantize:
-        model = dequantize_model(model)
-        config.pop("quantization", None)
-        config.pop("quantization_config", None)
+    model, fused = fuse_adapters(model, config, dequantize_model if dequantize else None)
     fused_answers = greedy_answers(model, tokenizer, questions, cfg.evaluate.max_tokens)
     same = sum(a == b for a, b in zip(reference, fused_answers, strict=True))
 
@@ -94,27 +92,44 @@ def export_run(
         run=rec.name,
         base_model=base,
         out=out,
-        fused_layers=len(fused),
+        fused_layers=fused,
         dequantized=dequantize,
         gguf=out / GGUF_NAME if gguf else None,
         agreement=(same, len(questions)) if rounds else None,
     )
 
 
+def fuse_adapters(
+    model: Any, config: dict[str, Any], dequantize: Callable[[Any], Any] | None
+) -> tuple[Any, int]:
+    """Fuse every LoRA/DoRA layer into its base (`module.fuse()`: mlx-lm's layers and
+    mlx-vlm's alike); with a `dequantize` function, plain weights and a config that says so.
+    Returns the model and how many layers were fused."""
+    from mlx.utils import tree_unflatten
+
+    fused = [(n, m.fuse(dequantize=dequantize is not None)) for n, m in model.named_modules()
+             if hasattr(m, "fuse")]  # fmt: skip
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    if dequantize is not None:
+        model = dequantize(model)
+        config.pop("quantization", None)
+        config.pop("quantization_config", None)
+    return model, len(fused)
+
+
 AGREEMENT_EXAMPLES = 16  # test questions compared when fusing rounds (or evaluate.max_examples)
 
 
-def _test_questions(cfg: Config, data_dir: str | None) -> list[list[dict[str, str]]]:
-    """The first prompts of the run's test split (none if it is gone)."""
+def test_examples(cfg: Config, data_dir: str | None) -> tuple[Path, list[Example]]:
+    """The run's test split file and its first examples (none if it is gone)."""
     from mlxtune.evaluate import load_examples
 
     for folder in (data_dir, cfg.data.dir):
         if folder and (Path(folder) / "test.jsonl").is_file():
-            examples = load_examples(
-                Path(folder), "test", cfg.evaluate.max_examples or AGREEMENT_EXAMPLES
-            )
-            return [ex.prompt for ex in examples]
-    return []
+            limit = cfg.evaluate.max_examples or AGREEMENT_EXAMPLES
+            return Path(folder) / "test.jsonl", load_examples(Path(folder), "test", limit)
+    return Path(cfg.data.dir) / "test.jsonl", []
 
 
 def _check_target(run: RunDir, name: str, out: Path, force: bool) -> None:
@@ -153,27 +168,16 @@ def _write_model(
     from mlx_lm.gguf import convert_to_gguf
     from mlx_lm.utils import save
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
-        # mlx-lm prints progress; core modules stay silent (the CLI shows a spinner).
-        with contextlib.redirect_stdout(io.StringIO()):
-            save(tmp, str(model_path), model, tokenizer, config, donate_model=False)
-            (tmp / "chat_template.jinja").write_bytes(template)
-            if gguf:
-                weights = dict(tree_flatten(model.parameters()))
-                try:
-                    convert_to_gguf(tmp, weights, config, str(tmp / GGUF_NAME))
-                except (ValueError, NotImplementedError, KeyError, TypeError) as e:
-                    raise MlxtuneError(
-                        f"--gguf: mlx-lm could not convert {base} to GGUF "
-                        f"({type(e).__name__}: {e}); export without --gguf"
-                    ) from None
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(tmp)
-        raise
+    # mlx-lm prints progress; core modules stay silent (the CLI shows a spinner).
+    with atomic_dir(out) as tmp, contextlib.redirect_stdout(io.StringIO()):
+        save(tmp, str(model_path), model, tokenizer, config, donate_model=False)
+        (tmp / "chat_template.jinja").write_bytes(template)
+        if gguf:
+            weights = dict(tree_flatten(model.parameters()))
+            try:
+                convert_to_gguf(tmp, weights, config, str(tmp / GGUF_NAME))
+            except (ValueError, NotImplementedError, KeyError, TypeError) as e:
+                raise MlxtuneError(
+                    f"--gguf: mlx-lm could not convert {base} to GGUF "
+                    f"({type(e).__name__}: {e}); export without --gguf"
+                ) from None

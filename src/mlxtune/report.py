@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from mlxtune.config import Config
 
 SAMPLE_PREDICTIONS = 8
+SAMPLE_IMAGES = 4  # a vision run's first test images, shown beside base and fine-tuned answers
+THUMBNAIL_SIDE = 128  # pixels: small enough to keep the page light
 # Field names the evaluation's predictions.jsonl may use, most specific first.
 _PRED_FIELDS: dict[str, tuple[str, ...]] = {
     "id": ("id",),
@@ -50,6 +54,20 @@ class ReportResult:
     html: Path
     markdown: Path
     plots: list[Path] = field(default_factory=list)
+    samples: list[Path] = field(default_factory=list)  # image thumbnails (vision runs)
+
+
+@dataclass
+class ImageSample:
+    """One test image of a vision run with what each side answered about it."""
+
+    name: str  # the source image's file name
+    source: str  # its path, as the prepared record gives it
+    file: str  # the thumbnail's name under samples/ ("" when the image is gone)
+    question: str
+    reference: str
+    base: str
+    adapter: str
 
 
 def _png(fig: Any) -> bytes:
@@ -154,20 +172,23 @@ def _eval_plot(report: EvalReport, metric: str) -> bytes | None:
     return data
 
 
-def _read_predictions(run: RunDir, n: int) -> list[dict[str, str]]:
+def _prediction_rows(run: RunDir) -> Iterator[dict[str, Any]]:
+    """The evaluation's predictions.jsonl rows, skipping any line that is not an object."""
     path = run.eval_dir / "predictions.jsonl"
     if not path.is_file():
-        return []
-    out: list[dict[str, str]] = []
+        return
     for line in path.read_text(encoding="utf-8").splitlines():
-        if len(out) >= n:
-            break
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if not isinstance(row, dict):
-            continue
+        if isinstance(row, dict):
+            yield row
+
+
+def _read_predictions(run: RunDir, n: int) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for row in itertools.islice(_prediction_rows(run), n):
         picked = {}
         for name, keys in _PRED_FIELDS.items():
             value = next((row[k] for k in keys if row.get(k) is not None), None)
@@ -176,6 +197,48 @@ def _read_predictions(run: RunDir, n: int) -> list[dict[str, str]]:
             picked[name] = "" if value is None else str(value)
         out.append(picked)
     return out
+
+
+def _image_samples(run: RunDir, n: int) -> tuple[list[ImageSample], dict[str, bytes]]:
+    """The first `n` predictions that carry images (evaluate writes `images` for a vision
+    run), each with a PNG thumbnail of its first image: samples and thumbnail name -> PNG."""
+    samples: list[ImageSample] = []
+    thumbnails: dict[str, bytes] = {}
+    for row in _prediction_rows(run):
+        if len(samples) >= n:
+            break
+        images = row.get("images")
+        if not images or not isinstance(images, list):
+            continue
+        source = Path(str(images[0]))
+        png = _thumbnail(source)
+        file = f"sample_{len(samples) + 1}.png" if png else ""
+        if png:
+            thumbnails[file] = png
+        prompt = row.get("prompt")
+        question = prompt[-1].get("content", "") if isinstance(prompt, list) and prompt else ""
+        samples.append(
+            ImageSample(
+                source.name, str(source), file, str(question), str(row.get("expected") or ""),
+                _fmt(row.get("base")), _fmt(row.get("adapter")),
+            )
+        )  # fmt: skip
+    return samples, thumbnails
+
+
+def _thumbnail(path: Path) -> bytes | None:
+    """A small PNG of the image, or None when it cannot be read (moved or deleted since)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            small = im.convert("RGB")
+    except (OSError, UnidentifiedImageError):
+        return None
+    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buf = io.BytesIO()
+    small.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _fmt(v: Any) -> str:
@@ -254,6 +317,7 @@ def build_report(cfg: Config, name: str, out_dir: Path | None = None) -> ReportR
     evaluation = EvalReport.from_dict(rec.evaluation) if rec.evaluation else None
     plots = _plots(loss_series(rows, "train_loss"), loss_series(rows, "val_loss"), evaluation)
     config = read_run_config(run)
+    samples, thumbnails = _image_samples(run, SAMPLE_IMAGES)
     eval_header, eval_rows, eval_classes = _eval_table(evaluation) if evaluation else ([], [], [])
     context = {
         "rec": rec,
@@ -273,20 +337,23 @@ def build_report(cfg: Config, name: str, out_dir: Path | None = None) -> ReportR
             [p["id"], p["category"], p["question"], p["reference"], p["base"], p["adapter"]]
             for p in _read_predictions(run, SAMPLE_PREDICTIONS)
         ],
+        "samples": samples,
         "lineage": [[k, v] for k, v in _lineage(rec)],
         "config_text": yaml.safe_dump(config, sort_keys=False) if config else "(no config.yaml)",
     }
-    html_text = run_report_html(
-        context, {f: base64.b64encode(data).decode() for f, data in plots.items()}
-    )
+    inline = {f: base64.b64encode(data).decode() for f, data in (plots | thumbnails).items()}
+    html_text = run_report_html(context, inline)
     markdown = run_report_markdown(context, sorted(plots))
 
     out.mkdir(parents=True, exist_ok=True)
-    plot_paths = []
-    for fname, data in plots.items():
-        with atomic_open(out / fname, "wb") as f:
-            f.write(data)
-        plot_paths.append(out / fname)
+    plot_paths = [_write_png(out / fname, data) for fname, data in plots.items()]
+    sample_paths = [_write_png(out / "samples" / f, data) for f, data in thumbnails.items()]
     atomic_write_text(out / "report.md", markdown)
     atomic_write_text(out / "report.html", html_text)
-    return ReportResult(html=out / "report.html", markdown=out / "report.md", plots=plot_paths)
+    return ReportResult(out / "report.html", out / "report.md", plot_paths, sample_paths)
+
+
+def _write_png(path: Path, data: bytes) -> Path:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return path

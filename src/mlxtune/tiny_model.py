@@ -10,15 +10,14 @@ No hub is reachable in tests, CI or the demo, so they all run on a model built h
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlxtune.errors import UsageError
 from mlxtune.formats import CHATML_TEMPLATE
+from mlxtune.io import atomic_dir
 
 EOS = "<|im_end|>"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", EOS]
@@ -136,78 +135,38 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int) -> Any:
     return tok
 
 
-@dataclass
-class _Built:
-    weights: dict[str, Any]
-    config: dict[str, Any]
-    tokenizer: Any  # transformers PreTrainedTokenizerFast
-    generation_config: dict[str, Any] | None
-    description: str
-
-
-def _random_weights(make_model: Callable[[], Any], seed: int) -> dict[str, Any]:
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
-    mx.random.seed(seed)  # before the layers are built: their init draws from it
-    weights = dict(tree_flatten(make_model().parameters()))
-    mx.eval(weights)
-    return weights
-
-
-def _llama(p: Preset, texts: list[str], seed: int) -> _Built:
-    from mlx_lm.models import llama
+def chat_tokenizer(
+    texts: Iterable[str], vocab_size: int, template: str, extra_special: Iterable[str] = ()
+) -> Any:
+    """A `transformers` fast tokenizer trained on `texts`, with ChatML's special tokens and
+    the given chat template: what the tiny text and vision models both ship."""
     from transformers import PreTrainedTokenizerFast
 
-    tok = train_tokenizer(texts, p.vocab_size)
+    tok = train_tokenizer(texts, vocab_size, extra_special=extra_special)
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=EOS,
-        pad_token="<|endoftext|>",
+        pad_token=SPECIAL_TOKENS[0],
         model_max_length=2048,
     )
-    hf_tok.chat_template = CHATML_TEMPLATE
-    eos_id = hf_tok.convert_tokens_to_ids(EOS)
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": p.hidden_size,
-        "num_hidden_layers": p.num_hidden_layers,
-        "intermediate_size": p.intermediate_size,
-        "num_attention_heads": p.num_attention_heads,
-        "num_key_value_heads": p.num_attention_heads,
-        "head_dim": p.hidden_size // p.num_attention_heads,
-        "rms_norm_eps": 1e-5,
-        "vocab_size": p.vocab_size,  # embeddings keep the preset size even if BPE stops short
-        "max_position_embeddings": 2048,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": False,
-        "hidden_act": "silu",
-        "eos_token_id": eos_id,
-        "pad_token_id": hf_tok.pad_token_id,
-        "bos_token_id": None,
-        "torch_dtype": "float32",
-    }
-    return _Built(
-        weights=_random_weights(lambda: llama.Model(llama.ModelArgs.from_dict(config)), seed),
-        config=config,
-        tokenizer=hf_tok,
-        generation_config={"eos_token_id": eos_id, "pad_token_id": hf_tok.pad_token_id},
-        description="Random-init Llama for tests and demos; it knows nothing until fine-tuned.",
-    )
+    hf_tok.chat_template = template
+    return hf_tok
 
 
-def _bert(p: Preset, texts: list[str], seed: int) -> _Built:
+def _build_tiny_bert(out: Path, p: Preset, texts: list[str], seed: int) -> int:
+    """A random-init BERT-style encoder with a WordPiece tokenizer, in the layout mlx-embeddings
+    loads (a dedicated embedding model); returns its parameter count."""
     from mlxtune.embeddings import import_mlx_embeddings
 
     import_mlx_embeddings()  # the extra is needed to use the model, so check before building
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
     from mlx_embeddings.models import bert
     from transformers import PreTrainedTokenizerFast
 
-    tok = train_wordpiece(texts, p.vocab_size)
     max_positions = 512
     hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+        tokenizer_object=train_wordpiece(texts, p.vocab_size),
         unk_token="[UNK]",
         pad_token="[PAD]",
         cls_token="[CLS]",
@@ -232,13 +191,18 @@ def _bert(p: Preset, texts: list[str], seed: int) -> _Built:
         "pad_token_id": hf_tok.pad_token_id,
         "torch_dtype": "float32",
     }
-    return _Built(
-        weights=_random_weights(lambda: bert.Model(bert.ModelArgs.from_dict(config)), seed),
-        config=config,
-        tokenizer=hf_tok,
-        generation_config=None,
-        description="Random-init BERT-style embedding model for tests and demos (mlx-embeddings).",
-    )
+    mx.random.seed(seed)  # before the layers are built: their init draws from it
+    weights = dict(tree_flatten(bert.Model(bert.ModelArgs.from_dict(config)).parameters()))
+    mx.eval(weights)
+    with atomic_dir(out) as tmp:
+        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        hf_tok.save_pretrained(str(tmp))
+        (tmp / "README.md").write_text(
+            f"# mlxtune tiny model (bert, seed {seed})\n\nRandom-init BERT-style embedding model "
+            "for tests and demos (mlx-embeddings). Built by `mlxtune tiny-model`.\n"
+        )
+    return sum(v.size for v in weights.values())
 
 
 def build_tiny_model(
@@ -249,15 +213,10 @@ def build_tiny_model(
     corpus: list[Path] | None = None,
     force: bool = False,
 ) -> TinyModelResult:
-    if preset not in (*PRESETS, "vlm"):
-        raise UsageError(f"--preset: unknown preset {preset!r} (choose {', '.join(PRESETS)}, vlm)")
+    """Train the tokenizer on the corpus, initialise the weights from the seed, write it all
+    to `out` at once (a failed build leaves nothing behind)."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UsageError(f"{out}: already exists and is not empty (use --force to replace)")
-    files = corpus if corpus is not None else default_corpus()
-    for f in files:
-        if not f.is_file():
-            raise UsageError(f"{f}: corpus file not found")
+    files = _check_request(out, preset, corpus, force)
     texts = list(corpus_texts(files)) if files else [FALLBACK_CORPUS]
     if preset == "vlm":  # vision-language: its own module, needs the `vlm` extra
         from mlxtune.vlm.tiny import build_tiny_vlm
@@ -265,37 +224,107 @@ def build_tiny_model(
         n, vocab = build_tiny_vlm(out, texts, seed)
         return TinyModelResult(out, preset, seed, n, vocab, [str(f) for f in files])
     p = PRESETS[preset]
-    built = (_bert if preset == "bert" else _llama)(p, texts, seed)
+    if preset == "bert":  # a dedicated embedding model: needs the `embed` extra
+        n = _build_tiny_bert(out, p, texts, seed)
+        return TinyModelResult(out, preset, seed, n, p.vocab_size, [str(f) for f in files])
 
     import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import llama
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
-        mx.save_safetensors(
-            str(tmp / "model.safetensors"), built.weights, metadata={"format": "mlx"}
-        )
-        (tmp / "config.json").write_text(json.dumps(built.config, indent=2) + "\n")
-        if built.generation_config is not None:
-            gen = json.dumps(built.generation_config, indent=2) + "\n"
-            (tmp / "generation_config.json").write_text(gen)
-        built.tokenizer.save_pretrained(str(tmp))
+    hf_tok = chat_tokenizer(texts, p.vocab_size, CHATML_TEMPLATE)
+    config = llama_config(p, hf_tok)
+    mx.random.seed(seed)
+    model = llama.Model(llama.ModelArgs.from_dict(config))
+    weights = dict(tree_flatten(model.parameters()))
+    mx.eval(weights)
+
+    with atomic_dir(out) as tmp:
+        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        gen = {"eos_token_id": config["eos_token_id"], "pad_token_id": hf_tok.pad_token_id}
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        hf_tok.save_pretrained(str(tmp))
         (tmp / "README.md").write_text(
-            f"# mlxtune tiny model ({preset}, seed {seed})\n\n{built.description} "
-            "Built by `mlxtune tiny-model`.\n"
+            f"# mlxtune tiny model ({preset}, seed {seed})\n\nRandom-init Llama for tests and "
+            "demos; it knows nothing until fine-tuned. Built by `mlxtune tiny-model`.\n"
         )
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    n_params = sum(v.size for v in weights.values())
     return TinyModelResult(
         path=out,
         preset=preset,
         seed=seed,
-        parameters=sum(v.size for v in built.weights.values()),
+        parameters=n_params,
         vocab_size=p.vocab_size,
         corpus_files=[str(f) for f in files],
     )
+
+
+def _check_request(out: Path, preset: str, corpus: list[Path] | None, force: bool) -> list[Path]:
+    """The corpus files to train the tokenizer on, after checking what the user asked for."""
+    if preset not in (*PRESETS, "vlm"):
+        raise UsageError(f"--preset: unknown preset {preset!r} (choose {', '.join(PRESETS)}, vlm)")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UsageError(f"{out}: already exists and is not empty (use --force to replace)")
+    files = corpus if corpus is not None else default_corpus()
+    for f in files:
+        if not f.is_file():
+            raise UsageError(f"{f}: corpus file not found")
+    return files
+
+
+def llama_config(p: Preset, hf_tok: Any) -> dict[str, Any]:
+    """config.json of a Llama that both mlx-lm and transformers load."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": p.hidden_size,
+        "num_hidden_layers": p.num_hidden_layers,
+        "intermediate_size": p.intermediate_size,
+        "num_attention_heads": p.num_attention_heads,
+        "num_key_value_heads": p.num_attention_heads,
+        "head_dim": p.hidden_size // p.num_attention_heads,
+        "rms_norm_eps": 1e-5,
+        # embeddings keep the preset size even if BPE stops short
+        "vocab_size": p.vocab_size,
+        "max_position_embeddings": 2048,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
+        "eos_token_id": hf_tok.convert_tokens_to_ids(EOS),
+        "pad_token_id": hf_tok.pad_token_id,
+        "bos_token_id": None,
+        "torch_dtype": "float32",
+    }
+
+
+def random_adapter(
+    model_dir: Path, out: Path, *, rank: int = 8, b_scale: float = 0.0, seed: int = 0
+) -> Path:
+    """Write an mlx-lm LoRA adapter for `model_dir` without training (tests, and bench when no
+    adapter is configured). b_scale=0 gives an adapter that changes nothing (LoRA's B starts at
+    zero); b_scale>0 one that does."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model = load(str(model_dir))[0]
+    model.freeze()
+    params = {"rank": rank, "scale": 20.0, "dropout": 0.0}
+    linear_to_lora_layers(model, -1, params)
+    mx.random.seed(seed)
+    weights = dict(tree_flatten(model.trainable_parameters()))
+    for k, v in weights.items():
+        if k.endswith("lora_b"):
+            weights[k] = mx.random.normal(v.shape) * b_scale
+    out.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(out / "adapters.safetensors"), weights)
+    config = {
+        "fine_tune_type": "lora",
+        "num_layers": -1,
+        "lora_parameters": params,
+        "model": str(model_dir),
+    }
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return out

@@ -72,13 +72,6 @@ class VerifyResult:
         }  # fmt: skip
 
 
-def _base_url(endpoint: str) -> str:
-    base = endpoint.rstrip("/")
-    for suffix in ("/chat/completions", "/v1"):
-        base = base.removesuffix(suffix)
-    return base
-
-
 def _check_health(
     client: Any, base: str, sha: str, model: str | None
 ) -> tuple[str, str | None, list[dict[str, Any]]]:
@@ -110,6 +103,7 @@ def verify(
     """Check `endpoint` against run `ref`; UsageError when it cannot be checked at all."""
     import httpx
 
+    from mlxtune import endpoint as server
     from mlxtune.evaluate import load_examples
     from mlxtune.generation import detokenize, greedy_answers
     from mlxtune.modeling import load_model
@@ -119,11 +113,9 @@ def verify(
     except MlxtuneError as e:
         raise UsageError(str(e)) from None
     sha = sha256_file(run.adapter_file)
-    base = _base_url(endpoint)
-    key = cfg.serve.resolved_api_key()
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    base = server.server_root(endpoint)
     max_tokens = cfg.evaluate.max_tokens
-    with httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0), headers=headers) as client:
+    with server.client(cfg.serve.resolved_api_key()) as client:
         try:
             health, holder, served = _check_health(client, base, sha, model)
         except httpx.HTTPError as e:
@@ -140,8 +132,16 @@ def verify(
         expected = greedy_answers(local_model, tokenizer, questions, max_tokens)
         del local_model
         mismatch, equal = None, 0
+        chat = base + "/v1/chat/completions"
         for i, (messages, tokens) in enumerate(zip(questions, expected, strict=True)):
-            got, got_tokens = _ask(client, base, name, messages, max_tokens)
+            body = {
+                "model": name,
+                "messages": messages,
+                "temperature": 0.0,
+                "max_tokens": max_tokens,
+            }
+            reply = server.ask(client, chat, body, label="--endpoint: ")
+            got, got_tokens = reply.text, reply.completion_tokens
             want = detokenize(tokenizer, tokens)
             if got == want:  # token counts differ by server (some count the EOS)
                 equal += 1
@@ -163,25 +163,3 @@ def _data_dir(cfg: Config, run: RunDir) -> Path:
     if recorded and (Path(recorded) / "test.jsonl").is_file():
         return Path(recorded)
     return cfg.data.dir
-
-
-def _ask(
-    client: Any, base: str, model: str, messages: list[dict[str, str]], max_tokens: int
-) -> tuple[str, int | None]:
-    import httpx
-
-    body = {"model": model, "messages": messages, "temperature": 0.0, "max_tokens": max_tokens}
-    url = base + "/v1/chat/completions"
-    try:
-        r = client.post(url, json=body)
-    except httpx.HTTPError as e:
-        raise UsageError(f"--endpoint: {url}: {type(e).__name__}: {e}") from None
-    if r.status_code != 200:
-        raise UsageError(f"--endpoint: {url}: HTTP {r.status_code}: {r.text[:200]}")
-    try:
-        data = r.json()
-        text = data["choices"][0]["message"]["content"] or ""
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise UsageError(f"--endpoint: {url}: not an OpenAI chat completion") from None
-    tokens = (data.get("usage") or {}).get("completion_tokens")
-    return str(text), None if tokens is None else int(tokens)

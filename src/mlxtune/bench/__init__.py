@@ -42,10 +42,13 @@ from mlxtune.bench.serve import (
     LoadResult,
     bench_serve_once,
     drive,
+    health_ms,
     run_load,
     serve_adapter,
+    serve_phases,
     serve_prompts,
     server_command,
+    with_bench_adapter,
 )
 from mlxtune.bench.suite import bench
 from mlxtune.bench.train import (
@@ -79,6 +82,7 @@ __all__ = [
     "environment",
     "free_port",
     "generate_cell",
+    "health_ms",
     "make_prompts",
     "parse_lora_output",
     "parse_mlx_benchmark",
@@ -89,10 +93,12 @@ __all__ = [
     "run_load",
     "running_server",
     "serve_adapter",
+    "serve_phases",
     "serve_prompts",
     "server_command",
     "summarize",
     "targets",
     "train_command",
     "train_schedule",
+    "with_bench_adapter",
 ]

@@ -44,6 +44,12 @@ def ratio(mlxtune: list[float], baseline: list[float]) -> float | None:
     return statistics.median(mlxtune) / b if b else None
 
 
+def paired_ratios(mlxtune: list[float], baseline: list[float]) -> list[float]:
+    """mlxtune / baseline repeat by repeat: the suite interleaves the sides, so repeat i of
+    each ran under the same load."""
+    return [a / b for a, b in zip(mlxtune, baseline, strict=False) if b]
+
+
 def targets(baseline: str) -> list[Target]:
     """The sides to run, in the order each repeat interleaves them."""
     return ["mlxtune", "mlx-lm"] if baseline == "mlx-lm" else ["mlxtune"]
@@ -60,10 +66,16 @@ class Figure:
     higher_is_better: bool
     mlxtune: list[float] = field(default_factory=list)
     baseline: list[float] = field(default_factory=list)
+    seed: float | None = None  # the seed project's own figure for this case, where it has one
 
     @property
     def ratio(self) -> float | None:
         return ratio(self.mlxtune, self.baseline)
+
+    @property
+    def ratios(self) -> dict[str, float] | None:
+        """min / median / max of the per-repeat ratios."""
+        return summarize(paired_ratios(self.mlxtune, self.baseline))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +87,8 @@ class Figure:
             "mlxtune": {"values": self.mlxtune, **(summarize(self.mlxtune) or {})},
             "baseline": {"values": self.baseline, **(summarize(self.baseline) or {})},
             "ratio": self.ratio,
+            "ratios": self.ratios,
+            "seed": self.seed,
         }
 
 
@@ -106,6 +120,9 @@ METRICS: dict[str, tuple[str, bool]] = {
     "qps": ("req/s", True),
     "throughput_ratio": ("x", True),
     "format_compliance": ("share", True),
+    "requests_per_s": ("req/s", True),
+    "health_ms": ("ms", False),
+    "cpu_ms_per_token": ("ms", False),
 }
 
 
@@ -152,6 +169,12 @@ class Recorder:
             key = (section, case, metric)
             fig = self.figures.setdefault(key, Figure(section, case, metric, unit, higher))
             (fig.mlxtune if target == "mlxtune" else fig.baseline).append(float(value))
+
+    def set_seed(self, section: str, case: str, metric: str, value: float) -> None:
+        """The seed project's figure beside a measured one (ignored when it was not measured)."""
+        fig = self.figures.get((section, case, metric))
+        if fig is not None:
+            fig.seed = value
 
 
 def _cpu_model() -> str:

@@ -41,6 +41,16 @@ def vm_hwm_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a live process (all its threads) has used so far, from /proc.
+    On a shared machine a server's CPU per token moves far less than its tokens per second."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        # fields after the command name, which is in parentheses and may hold spaces
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
 def cli_command() -> list[str]:
     """`python -m mlxtune` with this interpreter."""
     return [sys.executable, "-m", "mlxtune"]

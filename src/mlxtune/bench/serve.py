@@ -1,5 +1,6 @@
-"""bench serve: `mlxtune serve` beside `mlx_lm.server`, each started on a free loopback port
-(bench.procs) and driven by the same bounded asyncio + httpx streaming client (`drive`)."""
+"""bench serve: `mlxtune serve` beside `mlx_lm.server`, both serving the same LoRA adapter, each
+started on a free loopback port (bench.procs) and driven by the same closed-loop asyncio + httpx
+clients (`drive`), streamed and whole-answer, at each `bench.concurrency` level."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxtune.bench.core import Progress, Recorder, Target, filler
-from mlxtune.bench.procs import child_config_yaml, cli_command, running_server
+from mlxtune.bench.procs import child_config_yaml, cli_command, cpu_seconds, running_server
 from mlxtune.errors import MlxtuneError
 from mlxtune.stats import percentile
 
@@ -43,6 +44,14 @@ class LoadResult:
     def completion_tps(self) -> float:
         return self.completion_tokens / self.wall_s if self.wall_s else 0.0
 
+    @property
+    def requests_per_s(self) -> float:
+        return self.ok / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def success_pct(self) -> float:
+        return 100 * self.ok / self.requests if self.requests else 0.0
+
     def figures(self) -> dict[str, float | None]:
         return {
             "completion_tps": self.completion_tps,
@@ -61,9 +70,16 @@ def _pct_ms(values: list[float], q: float) -> float | None:
     return None if p is None else 1000 * p
 
 
+def _failed(res: LoadResult, why: str) -> None:
+    res.errors += 1
+    if len(res.error_samples) < 3:
+        res.error_samples.append(why[:200])
+
+
 async def _one_request(
     client: Any, url: str, body: dict[str, Any], res: LoadResult, timeout: float, index: int = 0
 ) -> None:
+    """One chat completion, streamed or whole as `body["stream"]` says, into `res`."""
     import httpx
 
     t0 = time.perf_counter()
@@ -77,29 +93,30 @@ async def _one_request(
                 if resp.status_code == 503:
                     res.n503 += 1
                 else:
-                    res.errors += 1
-                    if len(res.error_samples) < 3:
-                        res.error_samples.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                    _failed(res, f"HTTP {resp.status_code}: {resp.text[:200]}")
                 return
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                event = json.loads(data)
-                if event.get("usage"):
-                    tokens = int(event["usage"].get("completion_tokens") or 0)
-                for choice in event.get("choices") or []:
-                    if (choice.get("delta") or {}).get("content"):
-                        pieces.append(choice["delta"]["content"])
-                        chunks += 1
-                        if first is None:
-                            first = time.perf_counter() - t0
-    except (httpx.HTTPError, json.JSONDecodeError, OSError) as e:
-        res.errors += 1
-        if len(res.error_samples) < 3:
-            res.error_samples.append(f"{type(e).__name__}: {e}"[:200])
+            if not body.get("stream"):
+                answer = json.loads(await resp.aread())
+                tokens = int((answer.get("usage") or {}).get("completion_tokens") or 0)
+                pieces = [c["message"].get("content") or "" for c in answer["choices"][:1]]
+            else:
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    event = json.loads(data)
+                    if event.get("usage"):
+                        tokens = int(event["usage"].get("completion_tokens") or 0)
+                    for choice in event.get("choices") or []:
+                        if (choice.get("delta") or {}).get("content"):
+                            pieces.append(choice["delta"]["content"])
+                            chunks += 1
+                            if first is None:
+                                first = time.perf_counter() - t0
+    except (httpx.HTTPError, json.JSONDecodeError, KeyError, OSError) as e:
+        _failed(res, f"{type(e).__name__}: {e}")
         return
     res.ok += 1
     res.texts[index] = "".join(pieces)
@@ -120,42 +137,47 @@ async def drive(
     time_limit_s: float,
     api_key: str | None = None,
     extra: Callable[[int], dict[str, Any]] | None = None,
+    stream: bool = True,
 ) -> LoadResult:
-    """Send `requests` streaming chat completions, at most `concurrency` at a time, all within
-    `time_limit_s`; requests cut off by the limit count as timed out. `extra(i)`: fields
-    added to request i's body (a response_format, say)."""
+    """`concurrency` clients in a closed loop (each sends its next request when its last one
+    ends) until `requests` chat completions are sent, all within `time_limit_s`; requests cut
+    off by the limit count as timed out. `extra(i)`: fields added to request i's body."""
     import httpx
 
     res = LoadResult(concurrency=concurrency, requests=requests)
-    sem = asyncio.Semaphore(concurrency)
     url = base_url.rstrip("/") + "/v1/chat/completions"
+    indices = iter(range(requests))
+    finished = 0
 
-    async def worker(i: int, client: httpx.AsyncClient) -> None:
-        body: dict[str, Any] = {
-            "messages": prompts[i % len(prompts)],
-            "max_tokens": max_tokens,
-            "temperature": 0.0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if model:
-            body["model"] = model
-        if extra is not None:
-            body |= extra(i)
-        async with sem:
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal finished
+        for i in indices:  # shared: the next free request index
+            body: dict[str, Any] = {
+                "messages": prompts[i % len(prompts)],
+                "max_tokens": max_tokens,
+                "temperature": 0.0,
+                "stream": stream,
+            }
+            if stream:
+                body["stream_options"] = {"include_usage": True}
+            if model:
+                body["model"] = model
+            if extra is not None:
+                body |= extra(i)
             await _one_request(client, url, body, res, time_limit_s, i)
+            finished += 1
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     t0 = time.perf_counter()
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     async with httpx.AsyncClient(limits=limits, timeout=time_limit_s, headers=headers) as client:
-        tasks = [asyncio.ensure_future(worker(i, client)) for i in range(requests)]
+        tasks = [asyncio.ensure_future(client_loop(client)) for _ in range(concurrency)]
         _, pending = await asyncio.wait(tasks, timeout=time_limit_s)
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-        res.timed_out = len(pending)
+    res.timed_out = requests - finished
     res.wall_s = time.perf_counter() - t0
     return res
 
@@ -191,6 +213,20 @@ def serve_adapter(cfg: Config) -> tuple[str | None, Path | None]:
     return cfg.serve.base_name, None
 
 
+def with_bench_adapter(cfg: Config, work: Path) -> Config:
+    """`cfg` serving an adapter: the configured one, else a random LoRA adapter written under
+    `work` (a served adapter is the product's main case, so that is what serve measures)."""
+    if cfg.serve.adapters:
+        return cfg
+    from mlxtune.tiny_model import random_adapter
+
+    adapter = random_adapter(Path(cfg.model.path), work / "bench-adapter", b_scale=0.02)
+    out = cfg.model_copy(deep=True)
+    # assigned, not mutated, so the child's config (only the keys set) carries it
+    out.serve = out.serve.model_copy(update={"adapters": {"bench": str(adapter)}})
+    return out
+
+
 def server_command(cfg: Config, target: Target, port: int, work: Path) -> list[str]:
     _, adapter = serve_adapter(cfg)
     if target == "mlx-lm":
@@ -210,6 +246,55 @@ def serve_prompts(n: int = 16) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": f"Question {i}: " + filler(i)[:160]}] for i in range(n)]
 
 
+# The seed project's own figures (its README; a different, larger model on other hardware):
+# they show the scale the levels were chosen at, not a speed to compare with.
+SEED_FIGURES: dict[str, dict[str, float]] = {
+    "seed c=1": {"requests_per_s": 2.12},
+    "seed c=5": {"requests_per_s": 1.93},
+    "seed c=10": {"requests_per_s": 2.04},
+    "seed c=20": {"requests_per_s": 2.08},
+    "seed sustained": {"requests_per_s": 1.46},
+    "health": {"health_ms": 3.93},
+}
+SEED_LEVELS = (1, 5, 10, 20)
+SEED_SUSTAINED_CLIENTS = 10
+SEED_NOTE = (
+    "seed column: the seed project's own figures, measured on a different (larger) model and "
+    "machine; they show the levels' scale, not a speed to compare with"
+)
+HEALTH_PROBES = 20
+
+
+def health_ms(url: str, api_key: str | None, probes: int = HEALTH_PROBES) -> float | None:
+    """Median wall time of a GET /health on a kept-alive connection, in ms."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    times: list[float] = []
+    with httpx.Client(timeout=10, headers=headers) as client:
+        for _ in range(probes):
+            t0 = time.perf_counter()
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(url + "/health").status_code == 200:
+                    times.append(time.perf_counter() - t0)
+    return _pct_ms(times, 50)
+
+
+def serve_phases(cfg: Config) -> list[tuple[str, int, int, bool]]:
+    """(case, clients, requests, stream) for each load phase, in the order they run."""
+    b = cfg.bench
+    phases = [
+        (f"{mode} c={c}", c, c * b.requests_per_client, mode == "stream")
+        for mode in b.serve_modes
+        for c in b.concurrency
+    ]
+    if b.seed_levels:
+        phases += [(f"seed c={c}", c, c * b.requests_per_client, False) for c in SEED_LEVELS]
+        if b.sustained_requests:
+            phases.append(("seed sustained", SEED_SUSTAINED_CLIENTS, b.sustained_requests, False))
+    return phases
+
+
 def bench_serve_once(
     cfg: Config,
     target: Target,
@@ -217,10 +302,13 @@ def bench_serve_once(
     rec: Recorder,
     progress: Progress,
     notes: list[str] | None = None,
-) -> None:
+) -> str:
+    """One server of `target`, every phase of `serve_phases` against it; returns its answer to
+    the untimed first request (the suite checks both sides gave the same one)."""
     b = cfg.bench
     name, _ = serve_adapter(cfg)
-    model = None if target == "mlx-lm" else name  # mlx_lm.server: no name = the --model it loaded
+    # mlx_lm.server: no model field = "default_model", which it serves with --adapter-path
+    model = None if target == "mlx-lm" else name
     key = cfg.serve.resolved_api_key() if target == "mlxtune" else None
     prompts = serve_prompts()
     log = work / f"server-{target}.log"
@@ -231,37 +319,51 @@ def bench_serve_once(
         name="bench serve: server",
     ) as server:
         # One untimed request so model load and compilation are not in the first level.
-        run_load(
+        first = run_load(
             server.url,
             model,
             prompts,
             concurrency=1,
             requests=1,
-            max_tokens=8,
+            max_tokens=b.gen_tokens,
             time_limit_s=b.time_limit_s,
             api_key=key,
+            stream=False,
         )
-        phases = [(f"c={c}", c, b.requests_per_level) for c in b.concurrency]
-        if b.sustained_requests:
-            phases.append(("sustained", max(b.concurrency), b.sustained_requests))
-        for case, conc, n in phases:
-            progress(f"serve {case} [{target}]: {n} requests")
+        rec.add("serve", "health", target, {"health_ms": health_ms(server.url, key)})
+        for case, clients, n, stream in serve_phases(cfg):
+            progress(f"serve {case} [{target}]: {clients} clients, {n} requests")
+            pid = server.proc.pid if server.proc is not None else None
+            cpu0 = cpu_seconds(pid) if pid is not None else None
             res = run_load(
                 server.url,
                 model,
                 prompts,
-                concurrency=conc,
+                concurrency=clients,
                 requests=n,
                 max_tokens=b.gen_tokens,
                 time_limit_s=b.time_limit_s,
                 api_key=key,
+                stream=stream,
             )
             if res.ok == 0:
                 raise MlxtuneError(
                     f"bench serve ({target}) {case}: no request succeeded: "
                     f"{'; '.join(res.error_samples) or 'timed out'}"
                 )
-            rec.add("serve", case, target, res.figures())
+            if case.startswith("seed"):
+                figures: dict[str, float | None] = {
+                    "requests_per_s": res.requests_per_s,
+                    "success_pct": res.success_pct,
+                }
+            else:
+                figures = res.figures()
+                if not stream:
+                    figures.pop("ttft_p50_ms")  # a whole answer has no first token to time
+                cpu1 = cpu_seconds(pid) if pid is not None else None
+                if cpu0 is not None and cpu1 is not None and res.completion_tokens:
+                    figures["cpu_ms_per_token"] = 1000 * (cpu1 - cpu0) / res.completion_tokens
+            rec.add("serve", case, target, figures)
             if (res.errors or res.timed_out) and notes is not None:
                 samples = "; ".join(res.error_samples) or "no sample"
                 notes.append(
@@ -275,3 +377,8 @@ def bench_serve_once(
         target,
         {"max_rss_mb": server.max_rss_mb, "peak_memory_gb": peak_memory_gb},
     )
+    if b.seed_levels:
+        for case, values in SEED_FIGURES.items():
+            for metric, value in values.items():
+                rec.set_seed("serve", case, metric, value)
+    return first.texts.get(0, "")

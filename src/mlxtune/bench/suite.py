@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from mlxtune.bench.core import SECTIONS, BenchResult, Progress, Recorder, environment, targets
 from mlxtune.bench.embed import bench_embed_direct_once, bench_embed_once, direct_baseline_name
 from mlxtune.bench.generate import bench_generate
-from mlxtune.bench.serve import bench_serve_once, serve_adapter
+from mlxtune.bench.serve import SEED_NOTE, bench_serve_once, serve_adapter, with_bench_adapter
 from mlxtune.bench.structured import bench_structured
 from mlxtune.bench.train import bench_train_once, check_data
 from mlxtune.config import bench_sections
@@ -61,7 +61,9 @@ def _settings(cfg: Config) -> dict[str, Any]:
         "bench": cfg.bench.model_dump(mode="json"),
         "train": {k: getattr(cfg.train, k) for k in _TRAIN_SETTINGS},
         "data_dir": str(cfg.data.dir),
-        "serve_adapter": serve_adapter(cfg)[0],
+        "serve_adapter": serve_adapter(cfg)[0]
+        if cfg.serve.adapters
+        else "bench (a random LoRA adapter bench writes)",
     }
 
 
@@ -111,10 +113,16 @@ def bench(
         if "structured" in sections:
             bench_structured(cfg, work, rec, say, repeat)
         if "serve" in sections:
+            served = with_bench_adapter(cfg, work)
+            answers: dict[str, str] = {}
             for r in range(repeat):
                 for target in sides:
                     say(f"serve [{target}] repeat {r + 1}/{repeat}")
-                    bench_serve_once(cfg, target, work, rec, say, notes)
+                    answers[target] = bench_serve_once(served, target, work, rec, say, notes)
+            if len(set(answers.values())) > 1:  # same adapter, greedy: the answers must agree
+                notes.append(f"serve: the sides answered the first request differently: {answers}")
+            if cfg.bench.seed_levels:
+                notes.append(SEED_NOTE)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     env["loadavg_end"] = list(os.getloadavg())

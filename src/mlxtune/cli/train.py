@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,7 +13,12 @@ from mlxtune.cli import mlx_lm_flags as mlx
 from mlxtune.cli.common import ConfigOpt, SetOpt, console, err_console, handles_errors, resolve
 from mlxtune.errors import ConfigError, UsageError
 
+if TYPE_CHECKING:
+    from mlxtune.config import Config
+    from mlxtune.train import TrainResult
 
+
+# Long only by its flags: mlxtune's own, then mlx_lm.lora's (hidden) so its command lines work.
 @handles_errors
 def train_cmd(
     config: ConfigOpt = None,
@@ -67,8 +72,7 @@ def train_cmd(
 ) -> None:
     """Fine-tune with LoRA, DoRA or full training; resumes exactly, keeps the best adapter."""
     from mlxtune import train as core
-    from mlxtune.render.train import TrainRenderer, print_plan, print_train_result
-    from mlxtune.train.launch import strip_launch_args
+    from mlxtune.render.train import TrainRenderer
 
     if hostfile is not None and not launch:
         raise UsageError("--hostfile: only with --launch N (the ranks it starts)")
@@ -101,29 +105,53 @@ def train_cmd(
         **flags,
     )
     if launch:
-        import tempfile
-
-        # Checked once here, not N times in N ranks' output.
-        if resume is not None:
-            core.check_resume(resume)
-        problems = core.config_problems(cfg, launch)
-        if problems:
-            raise ConfigError(problems)
-
-        with tempfile.TemporaryDirectory(prefix="mlxtune-ranks-") as tmp:
-            launched = core.launch(
-                strip_launch_args(sys.argv[2:]),
-                launch,
-                backend=backend,
-                hostfile=hostfile,
-                status_dir=Path(tmp),
-            )
-        core.check_launch(launched)
-        if not json_:
-            console.print(f"[green]ok[/green] {launch} ranks completed")
+        _launch_ranks(cfg, launch, resume=resume, backend=backend, hostfile=hostfile, json_=json_)
         return
     with TrainRenderer(console, json_=json_) as render:
         result = core.train(cfg, resume=resume, dry_run=dry_run, callback=render)
+    _render_outcome(result, dry_run=dry_run, json_=json_)
+
+
+def _launch_ranks(
+    cfg: Config,
+    launch: int,
+    *,
+    resume: Path | None,
+    backend: str,
+    hostfile: Path | None,
+    json_: bool,
+) -> None:
+    """Start `launch` ranks of this same command under mlx.launch and wait for them all; the
+    config is checked once here, not N times in N ranks' output."""
+    import tempfile
+
+    from mlxtune import train as core
+    from mlxtune.train.launch import strip_launch_args
+
+    if resume is not None:
+        core.check_resume(resume)
+    problems = core.config_problems(cfg, launch)
+    if problems:
+        raise ConfigError(problems)
+
+    with tempfile.TemporaryDirectory(prefix="mlxtune-ranks-") as tmp:
+        launched = core.launch(
+            strip_launch_args(sys.argv[2:]),
+            launch,
+            backend=backend,
+            hostfile=hostfile,
+            status_dir=Path(tmp),
+        )
+    core.check_launch(launched)
+    if not json_:
+        console.print(f"[green]ok[/green] {launch} ranks completed")
+
+
+def _render_outcome(result: TrainResult, *, dry_run: bool, json_: bool) -> None:
+    """Rank 0 says how it ended: already completed, the plan (exit 2 on problems), or the
+    summary (progress lines were the renderer's, as events came)."""
+    from mlxtune.render.train import print_plan, print_train_result
+
     if result.rank:
         return  # rank 0 renders
     if result.plan is None:

@@ -34,7 +34,13 @@ def _ratio(fig: Figure) -> str:
     if r is None:
         return "-"
     good = r >= 0.95 if fig.higher_is_better else r <= 1.05
-    return f"[{'green' if good else 'yellow'}]{r:.2f}x[/]"
+    spread = fig.ratios
+    per_repeat = (
+        f" [dim]({spread['min']:.2f}–{spread['max']:.2f})[/dim]"
+        if spread and spread["n"] > 1
+        else ""
+    )
+    return f"[{'green' if good else 'yellow'}]{r:.2f}x[/]{per_repeat}"
 
 
 def bench_table(result: BenchResult) -> Table:
@@ -44,7 +50,7 @@ def bench_table(result: BenchResult) -> Table:
         caption=(
             f"{env['cpu']} · {env['device']} · mlx {env['versions']['mlx']} · "
             f"mlx-lm {env['versions']['mlx_lm']} · load {env['loadavg_start'][0]:.1f}"
-            " · median (min–max)"
+            " · median (min–max); ratio of medians (min–max of the per-repeat ratios)"
         ),
     )
     for col in ("what", "case", "metric", "mlxtune"):
@@ -53,10 +59,15 @@ def bench_table(result: BenchResult) -> Table:
     if has_baseline:
         table.add_column(result.baseline, justify="right")
         table.add_column("ratio", justify="right")
+    has_seed = any(f.seed is not None for f in result.figures)
+    if has_seed:
+        table.add_column("seed", justify="right")
     for fig in result.figures:
         row = [fig.section, fig.case, f"{fig.metric} ({fig.unit})", _spread(fig.mlxtune)]
         if has_baseline:
             row += [_spread(fig.baseline), _ratio(fig)]
+        if has_seed:
+            row.append(_num(fig.seed))
         table.add_row(*row)
     return table
 

@@ -50,6 +50,7 @@ def create_app(cfg: Config, models: dict[str, LoadedModel] | None = None) -> Fas
         models,
         max_queue=cfg.serve.max_queue,
         max_batch_size=cfg.serve.max_batch_size,
+        prompt_cache_size=cfg.serve.prompt_cache_size,
         on_step=metrics.on_step,
     )
     app = FastAPI(

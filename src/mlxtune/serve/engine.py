@@ -81,18 +81,25 @@ class Failure:
     message: str
 
 
+PROMPT_KEY = "model"  # each slot keeps its own prompt cache, so one key serves
 SHUTTING_DOWN = Failure(503, "shutting_down", "server is shutting down")
 GENERATION_FAILED = Failure(500, "generation_failed", "generation failed (see the server log)")
 WORKER_DIED = Failure(503, "worker_died", "the generation worker stopped; the server is exiting")
 
 
 class _Slot:
-    """One model and its BatchGenerator (created on first use)."""
+    """One model, its BatchGenerator (created on first use) and its prompt cache: the KV of
+    recent prompts and answers, so a request sharing a prefix with one of them (a system
+    prompt, the chat template's opening, an earlier turn) prefills only the rest."""
 
-    def __init__(self, loaded: LoadedModel, max_batch_size: int, stream: Any) -> None:
+    def __init__(
+        self, loaded: LoadedModel, max_batch_size: int, stream: Any, prompt_cache_size: int
+    ) -> None:
         from mlx_lm.generate import BatchGenerator
+        from mlx_lm.models.cache import LRUPromptCache
 
         self.loaded = loaded
+        self.prompt_cache = LRUPromptCache(prompt_cache_size) if prompt_cache_size else None
         self.max_batch_size = max_batch_size
         self.gen = BatchGenerator(
             loaded.model,
@@ -120,11 +127,14 @@ class Engine:
         *,
         max_queue: int,
         max_batch_size: int,
+        prompt_cache_size: int = 0,
         on_step: Callable[[int, int], None] | None = None,
     ) -> None:
         self.models = models
         self.max_queue = max_queue
         self.max_batch_size = max_batch_size
+        self.prompt_cache_size = prompt_cache_size  # KV entries kept per model; 0: none
+        self.reused_prompt_tokens = 0  # prompt tokens whose KV came from the prompt cache
         self.on_step = on_step  # (active sequences, queued requests) after each step
         self.on_death: Callable[[str], None] | None = None  # the worker thread died
         self._waiting: dict[str, collections.deque[GenRequest]] = {
@@ -268,7 +278,9 @@ class Engine:
                     try:
                         loaded = req.loaded or self.models[req.model]
                         if id(loaded) not in slots:
-                            slots[id(loaded)] = _Slot(loaded, self.max_batch_size, stream)
+                            slots[id(loaded)] = _Slot(
+                                loaded, self.max_batch_size, stream, self.prompt_cache_size
+                            )
                         self._insert(slots[id(loaded)], req)
                     except Exception:  # this request only (a bad sampler, a prompt mlx refuses)
                         log.exception("generation failed for a %s request", req.model)
@@ -314,9 +326,20 @@ class Engine:
             slot.gen.close()
 
     def _insert(self, slot: _Slot, req: GenRequest) -> None:
+        cache, rest = None, req.prompt
+        if slot.prompt_cache is not None:
+            from mlx_lm.models.cache import trim_prompt_cache
+
+            cache, rest = slot.prompt_cache.fetch_nearest_cache(PROMPT_KEY, req.prompt)
+            if cache is not None and not rest:  # the whole prompt is cached: the last token's
+                trim_prompt_cache(cache, 1)  # logits are not, so it is fed again
+                rest = req.prompt[-1:]
+            self.reused_prompt_tokens += len(req.prompt) - len(rest)
         (uid,) = slot.gen.insert(
-            [req.prompt],
+            [rest],
             max_tokens=[req.max_tokens],
+            caches=[cache] if cache is not None else None,
+            all_tokens=[req.prompt[: len(req.prompt) - len(rest)]],
             samplers=[make_sampler(req.sampling)],
             logits_processors=[make_processors(req.sampling) + req.logits_processors],
         )
@@ -366,6 +389,8 @@ class Engine:
             if finish is not None:
                 slot.active.pop(r.uid)
                 req.emit("done", finish)
+                if slot.prompt_cache is not None and r.prompt_cache is not None:
+                    slot.prompt_cache.insert_cache(PROMPT_KEY, r.all_tokens[:], r.prompt_cache)
         if remove:
             slot.gen.remove(remove)
 

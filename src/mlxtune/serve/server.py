@@ -86,7 +86,10 @@ def serve(cfg: Config, on_ready: Callable[[str, list[str]], None] | None = None)
 def _bind(host: str, port: int) -> tuple[socket.socket, str]:
     """A listening-ready socket on host:port (0 = any free port) and its URL."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio turns Nagle off (TCP_NODELAY) only on connections
+    # of a socket that says it is TCP, and with Nagle on every response's body waited ~40 ms
+    # for the client's delayed ACK of its headers.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

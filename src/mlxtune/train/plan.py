@@ -119,6 +119,19 @@ def _run_dir_problems(cfg: Config, resume: Path | None, dry_run: bool) -> tuple[
     return run, problems
 
 
+def check_before_loading(
+    cfg: Config, world_size: int, *, resume: Path | None, dry_run: bool
+) -> tuple[RunDir, list[str]]:
+    """The run directory and every problem visible without the model: raised at once (no
+    model loaded for nothing), or kept for the dry run's plan."""
+    problems = config_problems(cfg, world_size)
+    run, run_problems = _run_dir_problems(cfg, resume, dry_run)
+    problems += run_problems
+    if problems and not dry_run:
+        raise ConfigError(problems)
+    return run, problems
+
+
 def _data_problems(
     cfg: Config, train: list[Example], valid: list[Example], world: int, n_layers: int
 ) -> list[str]:
@@ -273,11 +286,7 @@ def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> Plan
     rank, world_size = world.rank(), world.size()
 
     # 1. Everything checkable without the model, before anything is loaded.
-    problems = config_problems(cfg, world_size)
-    run, run_problems = _run_dir_problems(cfg, resume, dry_run)
-    problems += run_problems
-    if problems and not dry_run:
-        raise ConfigError(problems)
+    run, problems = check_before_loading(cfg, world_size, resume=resume, dry_run=dry_run)
     train_read = read_records(cfg.data.dir / "train.jsonl") if not _missing(cfg, "train") else []
     valid_read = read_records(cfg.data.dir / "valid.jsonl") if not _missing(cfg, "valid") else []
     train_rows, valid_rows = [r for _, r in train_read], [r for _, r in valid_read]
@@ -299,6 +308,41 @@ def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> Plan
 
     # 3. Batches and schedule.
     batches = Batches(train_ex, t.batch_size, seed=t.seed, rank=rank, world=world_size)
+    return plan_batches(
+        cfg,
+        model,
+        batches,
+        valid_ex,
+        run=run,
+        template=template,
+        world_size=world_size,
+        train_examples=len(train_rows),
+        truncated=len(truncated),
+        problems=problems,
+        warnings=warnings,
+        tokenizer=tokenizer,
+    )
+
+
+def plan_batches(
+    cfg: Config,
+    model: Any,
+    batches: Batches,
+    valid_examples: list[Example],
+    *,
+    run: RunDir,
+    template: str,
+    world_size: int,
+    train_examples: int,
+    truncated: int,
+    problems: list[str],
+    warnings: list[str] | None = None,
+    tokenizer: Any = None,
+    step_type: Any = None,
+) -> PlannedRun:
+    """The schedule over `batches`, the plan that reports it and the optimizer sized to it:
+    one for text and vision models, so both plans say the same things (the lora line too)."""
+    t = cfg.train
     n_batches = max(1, len(batches))
     steps = total_steps(t, n_batches)
     tokens_epoch, trained_epoch = batches.tokens_per_epoch() if len(batches) else (0, 0)
@@ -307,9 +351,9 @@ def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> Plan
         world_size=world_size,
         trainable_params=_count(model.trainable_parameters()),
         total_params=_count(model.parameters()),
-        train_examples=len(train_rows),
-        valid_examples=len(valid_rows),
-        truncated=len(truncated),
+        train_examples=train_examples,
+        valid_examples=len(valid_examples),
+        truncated=truncated,
         batches_per_epoch=len(batches),
         tokens_per_epoch=tokens_epoch,
         trained_tokens_per_epoch=trained_epoch,
@@ -317,7 +361,7 @@ def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> Plan
         epochs=steps * t.grad_accumulation_steps / n_batches,
         problems=problems,
         lora=lora_summary(t),
-        warnings=warnings,
+        warnings=warnings or [],
     )
     optimizer = make_optimizer(t, steps)
     optimizer.init(model.trainable_parameters())
@@ -328,7 +372,8 @@ def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> Plan
         optimizer=optimizer,
         template=template,
         train_batches=batches,
-        valid_examples=valid_ex,
+        valid_examples=valid_examples,
+        step_type=step_type,
         tokenizer=tokenizer,
     )
 

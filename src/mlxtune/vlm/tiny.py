@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxtune.io import atomic_dir
-from mlxtune.tiny_model import EOS, SPECIAL_TOKENS, train_tokenizer
+from mlxtune.tiny_model import EOS, chat_tokenizer
 
 IMAGE_TOKEN = "<|image_pad|>"
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", IMAGE_TOKEN, "<|video_pad|>"]
@@ -105,13 +105,8 @@ def build_tiny_vlm(out: Path, texts: list[str], seed: int) -> tuple[int, int]:
     from mlx.utils import tree_flatten
     from mlx_vlm.models import qwen2_vl
     from mlx_vlm.utils import update_module_configs
-    from transformers import PreTrainedTokenizerFast
 
-    tok = train_tokenizer(texts, VOCAB_SIZE, extra_special=VISION_TOKENS)
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, pad_token=SPECIAL_TOKENS[0], model_max_length=2048
-    )
-    hf_tok.chat_template = VLM_CHAT_TEMPLATE
+    hf_tok = chat_tokenizer(texts, VOCAB_SIZE, VLM_CHAT_TEMPLATE, extra_special=VISION_TOKENS)
     config = vlm_config(hf_tok)
     mx.random.seed(seed)
     # Configured as mlx-vlm's loader configures it, so the saved names are the loaded ones.

@@ -22,14 +22,10 @@ from mlxtune.train.data import Batches, Example, collate
 from mlxtune.train.loop import TrainStep
 from mlxtune.train.plan import (
     PlannedRun,
-    TrainPlan,
-    _count,
     _data_problems,
-    _run_dir_problems,
-    config_problems,
+    check_before_loading,
     lora_parameters,
-    make_optimizer,
-    total_steps,
+    plan_batches,
 )
 from mlxtune.vlm.data import resolve_record_images, with_image_parts
 from mlxtune.vlm.load import text_tokenizer
@@ -193,11 +189,7 @@ def plan_vlm(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> 
     """`train.plan.plan` for a vision-language model: the same checks, then images."""
     t = cfg.train
     rank, world_size = world.rank(), world.size()
-    problems = config_problems(cfg, world_size)
-    run, run_problems = _run_dir_problems(cfg, resume, dry_run)
-    problems += run_problems
-    if problems and not dry_run:
-        raise ConfigError(problems)
+    run, problems = check_before_loading(cfg, world_size, resume=resume, dry_run=dry_run)
     model, processor, template = setup_vlm(cfg)
     image_id = int(model.config.image_token_id)
     kw: dict[str, Any] = {"mask_prompt": t.mask_prompt, "max_seq_length": t.max_seq_length}
@@ -214,33 +206,16 @@ def plan_vlm(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> 
     if problems and not dry_run:
         raise ConfigError(problems)
     batches = VisionBatches(train_ex, t.batch_size, seed=t.seed, rank=rank, world=world_size)
-    n_batches = max(1, len(batches))
-    steps = total_steps(t, n_batches)
-    tokens_epoch, trained_epoch = batches.tokens_per_epoch() if len(batches) else (0, 0)
-    the_plan = TrainPlan(
-        method=t.method,
-        world_size=world_size,
-        trainable_params=_count(model.trainable_parameters()),
-        total_params=_count(model.parameters()),
-        train_examples=len(train_ex),
-        valid_examples=len(valid_ex),
-        truncated=truncated,
-        batches_per_epoch=len(batches),
-        tokens_per_epoch=tokens_epoch,
-        trained_tokens_per_epoch=trained_epoch,
-        steps=steps,
-        epochs=steps * t.grad_accumulation_steps / n_batches,
-        problems=problems,
-    )
-    optimizer = make_optimizer(t, steps)
-    optimizer.init(model.trainable_parameters())
-    return PlannedRun(
-        plan=the_plan,
+    return plan_batches(
+        cfg,
+        model,
+        batches,
+        valid_ex,
         run=run,
-        model=model,
-        optimizer=optimizer,
         template=template,
-        train_batches=batches,
-        valid_examples=valid_ex,
+        world_size=world_size,
+        train_examples=len(train_ex),
+        truncated=truncated,
+        problems=problems,
         step_type=VisionTrainStep,
     )
