@@ -328,8 +328,11 @@ def test_bench_embed_reports_every_figure_beside_the_targets(
         ("c=4", "n503"),
         ("server", "peak_memory_gb"),
         ("server", "max_rss_mb"),
+        ("burst 32, queue 2", "refusal_max_ms"),
     ]:
         assert (case, metric) in metrics, (case, metric)
+    burst = result.figure("embed", "burst 32, queue 2", "n503")
+    assert burst is not None and burst.mlxtune[0] > 0  # the small queue really refused some
     seq = result.figure("embed", "sequential", "success_pct")
     assert seq is not None and seq.mlxtune == [100.0]
     rows = target_rows(result)

@@ -118,6 +118,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "p95_ms": ("ms", False),
     "success_pct": ("%", True),
     "qps": ("req/s", True),
+    "refusal_max_ms": ("ms", False),
     "throughput_ratio": ("x", True),
     "format_compliance": ("share", True),
     "requests_per_s": ("req/s", True),
