@@ -262,6 +262,7 @@ class _Loop:
         grad = None
         micro = state.step * accum
         nxt = self._prepare(micro) if state.step < total else None
+        in_flight: Any = None  # the previous step's loss, still computing
         while state.step < total:
             w = self.window  # a new one after each report
             tic = time.perf_counter()
@@ -275,16 +276,27 @@ class _Loop:
                 w.losses.append(loss)
                 w.trained.append(toks)
                 w.tokens += real
-            mx.eval(self.trainer.state, w.losses, w.trained)
             state.step += 1
             w.steps += 1
+            report = state.step % a.steps_per_report == 0 or state.step == total
+            validate = state.step % a.steps_per_eval == 0 or state.step == total
+            save = state.step % a.save_every == 0
+            if report or validate or save:
+                mx.eval(self.trainer.state, w.losses, w.trained)
+                in_flight = None
+            else:
+                # No host sync on this step: wait only for the previous one, so one step is
+                # queued behind the running one and the graph for the next builds meanwhile.
+                if in_flight is not None:
+                    mx.eval(in_flight)
+                in_flight = loss
             w.time_s += time.perf_counter() - tic
 
-            if state.step % a.steps_per_report == 0 or state.step == total:
+            if report:
                 self._report()
-            if state.step % a.steps_per_eval == 0 or state.step == total:
+            if validate:
                 self._validate()
-            if state.step % a.save_every == 0 or self.stopped_early:
+            if save or self.stopped_early:
                 self._checkpoint()
             if self.stopped_early:
                 self.callback.on_early_stop(EarlyStopped(state.step, state.best_step))
