@@ -17,7 +17,7 @@ from mlxtune.config import Config, TrainConfig
 from mlxtune.errors import ConfigError
 from mlxtune.formats import read_records
 from mlxtune.rundir import RunDir
-from mlxtune.train.data import Batches, Example, pack, tokenize
+from mlxtune.train.data import Batches, Example, pack, pad_multiple, tokenize
 
 
 @dataclass
@@ -307,7 +307,9 @@ def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> Plan
         raise ConfigError(problems)
 
     # 3. Batches and schedule.
-    batches = Batches(train_ex, t.batch_size, seed=t.seed, rank=rank, world=world_size)
+    batches = Batches(
+        train_ex, t.batch_size, seed=t.seed, rank=rank, world=world_size, pad_to=pad_multiple()
+    )
     return plan_batches(
         cfg,
         model,
