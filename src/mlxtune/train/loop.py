@@ -4,8 +4,9 @@ like mlx-lm's `tuner.trainer.train` and reporting through the typed events in `e
 mlx-lm's `train()` cannot resume optimizer state, step and data order, keep the best adapter or
 stop early, so the loop lives here. Compared with mlx-lm's loop this one (a) does not clear the
 allocator cache every step (mlx-lm's default `clear_cache_threshold=0` frees and re-allocates
-every buffer each step), (b) pads to a multiple of 8 instead of 32 (+1), and (c) builds the
-next batch while the current step runs (`mx.async_eval`).
+every buffer each step), (b) pads to a multiple of 8 instead of 32 (+1) on the CPU, (c) builds
+the next batch while the current step runs (`mx.async_eval`), and (d) syncs with the host only
+at report, validation and save steps (otherwise it waits for the previous step, not this one).
 """
 
 from __future__ import annotations
