@@ -20,8 +20,9 @@ LIFECYCLE = ["prepare", "validate-format", "train", "evaluate", "serve", "bench"
 def test_help_lists_every_command() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    # Names from the Commands panel's first column: the root description names verbs too.
-    listed = set(re.findall(r"^│ ([a-z][a-z-]+) ", result.output, flags=re.MULTILINE))
+    # Names from the Commands section's first column: the root description names verbs too.
+    commands = result.output.split("\nCommands:\n", 1)[1]
+    listed = set(re.findall(r"^  ([a-z][a-z-]+) ", commands, flags=re.MULTILINE))
     assert {*LIFECYCLE, "config", "doctor", "tiny-model", "report", "export", "runs"} <= listed
 
 
@@ -54,6 +55,44 @@ def test_startup_imports_nothing_heavy() -> None:
         [sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, check=True
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_help_imports_no_markdown_rich_or_openblas() -> None:
+    """`--help` of the app and of every command (walked from the app) stays cheap: no Rich
+    console, no markdown parser (Typer's rich help), no ctypes/OpenBLAS load, no mlx. The root
+    help imports no pydantic either (a verb's help does: Typer builds its parameter coercion
+    with pydantic TypeAdapters)."""
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from mlxtune.cli import app\n"
+        "import typer.main\n"
+        "def walk(cmd, path):\n"
+        "    yield path\n"
+        "    for name, sub in getattr(cmd, 'commands', {}).items():\n"
+        "        yield from walk(sub, [*path, name])\n"
+        "def loaded(args):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        app([*args, '--help'], prog_name='mlxtune')\n"
+        "    return sorted(sys.modules)\n"
+        "root = loaded([])\n"
+        "paths = list(walk(typer.main.get_command(app), []))[1:]\n"
+        "for path in paths:\n"
+        "    loaded(path)\n"
+        "print(json.dumps({'root': root, 'all': sorted(sys.modules), 'n': len(paths)}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, check=True
+    )
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["n"] >= 14  # every verb and group command was asked for its help
+
+    def heavy(modules: list[str], roots: set[str]) -> list[str]:
+        return [m for m in modules if m.split(".")[0] in roots or m in roots]
+
+    always = {"markdown_it", "rich", "typer.rich_utils", "pygments", "ctypes", "mlx", "mlx_lm"}
+    always |= {"datasets", "transformers", "yaml", "jinja2"}
+    assert heavy(seen["all"], always) == []
+    assert heavy(seen["root"], {"pydantic", "pydantic_core"}) == []
 
 
 def test_known_error_is_one_line_without_traceback(tmp_path) -> None:

@@ -7,19 +7,36 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from mlxtune.errors import MlxtuneError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from mlxtune.config import Config
 
-console = Console()
-err_console = Console(stderr=True)
+
+class _LazyConsole:
+    """A rich Console made on first use: importing rich.console costs ~50 ms that `--help`
+    never needs."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+console = cast("Console", _LazyConsole())
+err_console = cast("Console", _LazyConsole(stderr=True))
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,6 +71,8 @@ def handles_errors(fn: F) -> F:
         except MlxtuneError as e:
             if os.environ.get("MLXTUNE_DEBUG"):
                 raise
+            from rich.markup import escape
+
             for line in str(e).splitlines() or [type(e).__name__]:
                 err_console.print(
                     f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True
@@ -72,6 +91,8 @@ def resolve(config: Path | None, sets: list[str] | None, **flags: Any) -> Config
 
     dotted = {k.replace("__", "."): v for k, v in flags.items()}
     cfg = load_config(config, sets, dotted, _flag_names(flags))
+    from rich.markup import escape
+
     for notice in cfg.notices:
         err_console.print(
             f"[yellow]note:[/yellow] {escape(notice)}", highlight=False, soft_wrap=True

@@ -13,7 +13,9 @@ from rich.markup import escape
 from mlxtune.cli.common import ConfigOpt, SetOpt, console, err_console, handles_errors, resolve
 from mlxtune.errors import UsageError
 
-app = typer.Typer(help="Show, check and create config files.", no_args_is_help=True)
+app = typer.Typer(
+    help="Show, check and create config files.", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 @app.command("show")

@@ -53,7 +53,7 @@ def evaluate_cmd(
         str | None, typer.Option("--model", help="Model name to ask --endpoint for.")
     ] = None,
     max_examples: Annotated[int | None, typer.Option(help="Score at most N examples.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Report directory (default <run>/eval).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory (default RUN/eval).")] = None,
     allow_template_mismatch: Annotated[
         bool | None,
         typer.Option("--allow-template-mismatch", help="Go on when the run used another template."),

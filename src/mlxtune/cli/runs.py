@@ -20,6 +20,7 @@ from mlxtune.cli.common import (
 app = typer.Typer(
     help="The run registry: list, show, compare, promote and roll back runs.",
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help, as the root app's (start-up)
 )
 
 AliasOpt = Annotated[
