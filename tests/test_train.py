@@ -451,3 +451,63 @@ def test_launch_args_are_stripped_from_the_rank_command() -> None:
 
     args = ["-c", "x.yaml", "--launch", "2", "--backend=ring", "--hostfile", "h.json", "--json"]
     assert strip_launch_args(args) == ["-c", "x.yaml", "--json"]
+
+
+@pytest.mark.e2e
+def test_gpu_padding_feeds_no_more_shapes_than_mlx_lm(
+    tiny_model: Path, domain_data: Path, tmp_path: Path
+) -> None:
+    """On a GPU each distinct batch shape is another trace of the compiled step and, on a cold
+    kernel cache, more kernels to compile. With the GPU padding, the shapes this loop feeds the
+    model (training steps and every validation batch) are no more than mlx-lm's padding rule
+    gives for the same batches. mlx-lm drops a short last validation batch; we validate it,
+    filled to the batch size, so its width is counted on both sides."""
+    import mlx.core as mx
+
+    from mlxtune.config import load_config
+    from mlxtune.train.data import GPU_PAD_TO
+    from mlxtune.train.loop import LoopArgs, TrainStep, train_loop
+    from mlxtune.train.plan import plan
+
+    steps = 12
+    cfg = load_config(
+        _config(tmp_path, tiny_model, domain_data, iters=steps, steps_per_eval=6, val_batches=-1)
+    )
+    t, world = cfg.train, mx.distributed.init()
+    planned = plan(cfg, world, resume=None, dry_run=False)
+    examples, valid = planned.train_batches.examples, planned.valid_examples
+    batches = Batches(examples, t.batch_size, seed=t.seed, pad_to=GPU_PAD_TO)  # CPU pads to 8
+    seen: set[tuple[str, tuple[int, ...]]] = set()
+
+    class Recording(TrainStep):
+        kind = "train"
+
+        def evaluate(self, *args: object, **kwargs: object) -> float:
+            self.kind = "valid"
+            try:
+                return super().evaluate(*args, **kwargs)  # type: ignore[arg-type]
+            finally:
+                self.kind = "train"
+
+        def to_device(self, batch: tuple) -> tuple:
+            seen.add((self.kind, batch[0].shape))
+            return super().to_device(batch)
+
+    args = LoopArgs.from_config(t, steps, len(valid), None)
+    train_loop(
+        planned.model, planned.optimizer, batches, valid, args, world=world, step_type=Recording
+    )
+
+    def mlx_lm_width(rows: list[Example]) -> int:  # tuner.trainer.iterate_batches' padding
+        longest = max(len(e.tokens) for e in rows)
+        return min(1 + 32 * -(-longest // 32), t.max_seq_length) - 1
+
+    visited = {tuple(batches.indices(m)) for m in range(steps)}
+    order = sorted(range(len(valid)), key=lambda i: len(valid[i].tokens))
+    starts = range(0, len(order), args.val_batch_size)
+    bound = len({mlx_lm_width([examples[i] for i in g]) for g in visited}) + len(
+        {mlx_lm_width([valid[i] for i in order[s : s + args.val_batch_size]]) for s in starts}
+    )
+    assert {kind for kind, _ in seen} == {"train", "valid"}
+    assert len(seen) <= bound, (sorted(seen), bound)
+    assert {shape[0] for _, shape in seen} == {t.batch_size}  # the short batch was filled

@@ -297,16 +297,38 @@ def render(
     Tool-call arguments given as JSON strings (OpenAI's wire form) are passed as objects, as
     mlx-lm's server does, so training and serving render a call alike. `template_kwargs`
     (e.g. enable_thinking) go over the ones `resolve_template` installed from the config."""
+    return render_many(
+        tokenizer,
+        [messages],
+        add_generation_prompt=add_generation_prompt,
+        tools=tools,
+        template_kwargs=template_kwargs,
+    )[0]
+
+
+def render_many(
+    tokenizer: Any,
+    conversations: list[Messages],
+    *,
+    add_generation_prompt: bool = False,
+    tools: list[dict[str, Any]] | None = None,
+    template_kwargs: dict[str, Any] | None = None,
+) -> list[str]:
+    """`render` of conversations that share tools and flags, in one apply_chat_template call:
+    transformers renders a batch one conversation at a time, so the text is the same, but its
+    per-call set-up is paid once (a third of rendering time on 100k short rows)."""
+    if not conversations:
+        return []
     hf = _hf(tokenizer)
     kwargs = {**getattr(hf, TEMPLATE_KWARGS_ATTR, {}), **(template_kwargs or {})}
-    text = hf.apply_chat_template(
-        [_with_argument_objects(m) for m in messages],
+    texts = hf.apply_chat_template(
+        [[_with_argument_objects(m) for m in messages] for messages in conversations],
         tools=tools or None,
         tokenize=False,
         add_generation_prompt=add_generation_prompt,
         **kwargs,
     )
-    return str(text)
+    return [str(text) for text in texts]
 
 
 def _with_argument_objects(message: dict[str, Any]) -> dict[str, Any]:
@@ -327,6 +349,26 @@ def _with_argument_objects(message: dict[str, Any]) -> dict[str, Any]:
 def encode(tokenizer: Any, text: str) -> list[int]:
     # The template already holds any special tokens; don't let the tokenizer add a second BOS.
     return list(_hf(tokenizer).encode(text, add_special_tokens=False))
+
+
+ENCODE_BATCH = 4096  # texts per tokenizer call: one Rust batch each, memory bounded
+
+
+def encode_many(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """`encode` of many texts: batched calls for a fast (Rust) tokenizer, the same ids."""
+    hf = _hf(tokenizer)
+    if getattr(hf, "backend_tokenizer", None) is None:
+        return [encode(tokenizer, text) for text in texts]
+    out: list[list[int]] = []
+    for i in range(0, len(texts), ENCODE_BATCH):
+        batch = hf(
+            texts[i : i + ENCODE_BATCH],
+            add_special_tokens=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        out.extend(list(ids) for ids in batch["input_ids"])
+    return out
 
 
 def encode_prompt(
@@ -355,54 +397,88 @@ def encode_for_training(
     Every assistant turn is trained, every system/user turn (and each assistant header) is
     masked; mlx-lm masks only one prefix. Plain text records train on every token.
     """
-    if "text" in record and "messages" not in record:
-        tokens = encode(tokenizer, record["text"])
-        eos = getattr(_hf(tokenizer), "eos_token_id", None)
-        if eos is not None and (not tokens or tokens[-1] != eos):
-            tokens.append(eos)
-        return tokens, [True] * len(tokens)
-    messages, tools = record["messages"], record.get("tools")
-    tokens = encode(tokenizer, render(tokenizer, messages, tools=tools))
-    if not mask_prompt:
-        return tokens, [True] * len(tokens)
-    mask = [False] * len(tokens)
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":  # tool calls are assistant turns: trained
+    return encode_for_training_many(tokenizer, [record], mask_prompt=mask_prompt)[0]
+
+
+def encode_for_training_many(
+    tokenizer: Any, records: list[dict[str, Any]], *, mask_prompt: bool = True
+) -> list[tuple[list[int], list[bool]]]:
+    """`encode_for_training` of many records: every text they need is rendered in batches
+    (`render_many`) and tokenized in batches (`encode_many`). An assistant turn's span runs
+    from the length of the prompt before it (with the assistant header) to the length of the
+    conversation up to it; for the last turn that is the whole record, rendered once."""
+    # (messages, add_generation_prompt, tools) for every text, rendered grouped by flags+tools
+    jobs: list[tuple[Messages, bool, list[dict[str, Any]] | None]] = []
+    plans: list[tuple[int, list[tuple[int, int]]] | str] = []  # (whole, [(head, upto)]) | text
+    for record in records:
+        if "text" in record and "messages" not in record:
+            plans.append(str(record["text"]))
             continue
-        head = render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
-        start = len(encode(tokenizer, head))
-        end = len(encode(tokenizer, render(tokenizer, messages[: i + 1], tools=tools)))
-        for j in range(start, min(end, len(tokens))):
-            mask[j] = True
-    return tokens, mask
+        messages, tools = record["messages"], record.get("tools")
+        whole = len(jobs)
+        jobs.append((messages, False, tools))
+        spans = []
+        if mask_prompt:
+            for i, message in enumerate(messages):
+                if message["role"] != "assistant":  # tool calls are assistant turns: trained
+                    continue
+                jobs.append((messages[:i], True, tools))
+                head = len(jobs) - 1
+                if i == len(messages) - 1:
+                    spans.append((head, whole))
+                else:
+                    jobs.append((messages[: i + 1], False, tools))
+                    spans.append((head, len(jobs) - 1))
+        plans.append((whole, spans))
+    ids = encode_many(tokenizer, _render_jobs(tokenizer, jobs))
+    texts = [plan for plan in plans if isinstance(plan, str)]
+    text_ids = iter(encode_many(tokenizer, texts))
+    eos = getattr(_hf(tokenizer), "eos_token_id", None)
+    out: list[tuple[list[int], list[bool]]] = []
+    for plan in plans:
+        if isinstance(plan, str):
+            tokens = next(text_ids)
+            if eos is not None and (not tokens or tokens[-1] != eos):
+                tokens.append(eos)
+            out.append((tokens, [True] * len(tokens)))
+            continue
+        whole, spans = plan
+        tokens = ids[whole]
+        if not mask_prompt:
+            out.append((tokens, [True] * len(tokens)))
+            continue
+        mask = [False] * len(tokens)
+        for head, upto in spans:
+            for j in range(len(ids[head]), min(len(ids[upto]), len(tokens))):
+                mask[j] = True
+        out.append((tokens, mask))
+    return out
 
 
-def training_text(tokenizer: Any, record: dict[str, Any]) -> str:
-    """The text `encode_for_training` tokenizes for a record (before any EOS it appends)."""
-    if "text" in record and "messages" not in record:
-        return str(record["text"])
-    return render(tokenizer, record["messages"], tools=record.get("tools"))
+def _render_jobs(
+    tokenizer: Any, jobs: list[tuple[Messages, bool, list[dict[str, Any]] | None]]
+) -> list[str]:
+    """Texts of (messages, add_generation_prompt, tools) jobs, in order; one `render_many`
+    call per distinct (add_generation_prompt, tools)."""
+    groups: dict[tuple[bool, str], list[int]] = {}
+    for k, (_, generation, tools) in enumerate(jobs):
+        key = (generation, json.dumps(tools, sort_keys=True) if tools else "")
+        groups.setdefault(key, []).append(k)
+    texts = [""] * len(jobs)
+    for members in groups.values():
+        _, generation, tools = jobs[members[0]]
+        rendered = render_many(
+            tokenizer,
+            [jobs[k][0] for k in members],
+            add_generation_prompt=generation,
+            tools=tools,
+        )
+        for k, text in zip(members, rendered, strict=True):
+            texts[k] = text
+    return texts
 
 
 def training_lengths(tokenizer: Any, records: list[dict[str, Any]] | Any) -> list[int]:
-    """`len(encode_for_training(tokenizer, r)[0])` for many records, encoded in one batch."""
-    records = list(records)
-    if not records:
-        return []
-    hf = _hf(tokenizer)
-    texts = [training_text(tokenizer, r) for r in records]
-    backend = getattr(hf, "backend_tokenizer", None)
-    ids: list[list[int]]
-    if backend is not None:  # the Rust tokenizer, batched, without transformers' wrapping
-        ids = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
-    else:
-        ids = [encode(tokenizer, t) for t in texts]
-    eos = getattr(hf, "eos_token_id", None)
-    out = []
-    for record, tokens in zip(records, ids, strict=True):
-        n = len(tokens)
-        is_text = "text" in record and "messages" not in record
-        if is_text and eos is not None and (not tokens or tokens[-1] != eos):
-            n += 1
-        out.append(n)
-    return out
+    """`len(encode_for_training(tokenizer, r)[0])` for many records, in batches."""
+    encoded = encode_for_training_many(tokenizer, list(records), mask_prompt=False)
+    return [len(tokens) for tokens, _ in encoded]

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mlxtune.formats import encode_for_training
+from mlxtune.formats import encode_for_training_many
 
 PAD_TO = 8  # pad lengths to a multiple of 8 on the CPU: little wasted compute
 # On a GPU every new batch width retraces the compiled step and, on a cold kernel cache, JITs
@@ -39,8 +39,8 @@ def tokenize(
     indexes of the rows that were truncated."""
     out: list[Example] = []
     truncated: list[int] = []
-    for i, row in enumerate(rows):
-        tokens, mask = encode_for_training(tokenizer, row, mask_prompt=mask_prompt)
+    encoded = encode_for_training_many(tokenizer, rows, mask_prompt=mask_prompt)
+    for i, (tokens, mask) in enumerate(encoded):
         if len(tokens) > max_seq_length + 1:
             truncated.append(i)
             tokens, mask = tokens[: max_seq_length + 1], mask[: max_seq_length + 1]

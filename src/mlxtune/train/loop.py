@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxtune.config import TrainConfig
-from mlxtune.train.data import Batches, Example, collate
+from mlxtune.train.data import PAD_TO, Batches, Example, collate
 from mlxtune.train.events import (
     CheckpointReached,
     EarlyStopped,
@@ -77,12 +77,19 @@ class LoopOutcome:
     peak_memory_gb: float
 
 
+_MASKED_ROW = Example([0, 0], [False, False])  # fills a short validation batch; adds no loss
+
+
 class TrainStep:
     """The compiled training step (gradient accumulation, all-reduce, clipping, update) and the
     validation loss, over one model and optimizer. A subclass may change how a batch reaches
     the model (`logits`, `collate`, `to_device`) and whether the step compiles."""
 
     compiled = True
+    # Validation batches pad like the training batches (train_loop sets it from them): on a GPU
+    # every new shape is a new trace and, on a cold kernel cache, new kernels to compile.
+    pad_to = PAD_TO
+    fills_short_batches = True  # a step whose rows carry more than tokens (VLM) says False
 
     def __init__(self, model: Any, optimizer: Any, args: LoopArgs, world: Any) -> None:
         import mlx.core as mx
@@ -131,7 +138,7 @@ class TrainStep:
         return model(inputs)
 
     def collate(self, batch: list[Example]) -> Any:
-        return collate(batch)
+        return collate(batch, self.pad_to)
 
     def to_device(self, batch: tuple[Any, Any, Any, int]) -> tuple[Any, Any, Any, int]:
         """A `Batches.arrays` batch (numpy) as mx arrays for `step`."""
@@ -141,7 +148,8 @@ class TrainStep:
         return mx.array(inputs), mx.array(targets), mx.array(mask), real
 
     def evaluate(self, valid: list[Example], batch_size: int, max_batches: int) -> float:
-        """Mean validation loss per trained token, over every rank."""
+        """Mean validation loss per trained token, over every rank. A short last batch is
+        filled with fully masked rows, so every batch has one shape and the loss is the same."""
         import mlx.core as mx
 
         self.model.eval()
@@ -152,10 +160,13 @@ class TrainStep:
             groups = groups[:max_batches]
         total, ntok = mx.array(0.0), mx.array(0.0)
         for g in groups:
+            if self.fills_short_batches:
+                g = [*g, *[-1] * (batch_size - len(g))]
             mine = g[rank::size]
-            if not mine:
+            if all(i < 0 for i in mine):
                 continue
-            inputs, targets, mask, _ = self.to_device(self.collate([valid[i] for i in mine]))
+            batch = [valid[i] if i >= 0 else _MASKED_ROW for i in mine]
+            inputs, targets, mask, _ = self.to_device(self.collate(batch))
             loss, toks = self.loss_fn(self.model, inputs, targets, mask)
             total = total + loss * toks
             ntok = ntok + toks
@@ -183,6 +194,7 @@ def train_loop(
     already loaded) to `args.total_steps`, or until early stopping. `step_type` replaces the
     text step (vision-language models bring their own: `vlm.train.VisionTrainStep`)."""
     trainer = (step_type or TrainStep)(model, optimizer, args, world)
+    trainer.pad_to = train_batches.pad_to
     return _Loop(
         model,
         optimizer,
