@@ -296,7 +296,19 @@ def test_domain_dataset_split_by_question_and_by_fact(tmp_path: Path, tiny_model
     train_facts = {r["fact"] for r in read_jsonl(result.out_dir / "train.jsonl")}
     # held-out questions are paraphrases of trained facts
     assert sum(r["fact"] in train_facts for r in test) >= 0.9 * len(test)
-    assert validate_format(cfg).ok
+    # validate-format takes the lengths prepare measured while file and tokenizer are unchanged
+    sidecar = result.out_dir / "token_lengths.json"
+    cached = validate_format(cfg)
+    assert cached.ok and sidecar.is_file()
+    sidecar.rename(tmp_path / "lengths.json")
+    measured = validate_format(cfg)
+    assert [f.token_lengths for f in cached.files] == [f.token_lengths for f in measured.files]
+    (tmp_path / "lengths.json").rename(sidecar)
+    train_file = result.out_dir / "train.jsonl"
+    rows = read_jsonl(train_file)
+    rows[0]["messages"][-1]["content"] = "far too long " * 200  # edited after prepare
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert validate_format(cfg).counts() == {"length": 1}
     # same seed, same files
     again = prepare(
         cfg.model_copy(

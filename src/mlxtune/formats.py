@@ -284,6 +284,19 @@ def template_fingerprint(template: str) -> str:
 TEMPLATE_KWARGS_ATTR = "mlxtune_chat_template_kwargs"
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str | None:
+    """What decides a record's training tokens: the fast tokenizer's full definition, the
+    chat template and its kwargs. None for a tokenizer without a Rust backend (not cached)."""
+    hf = _hf(tokenizer)
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    h = hashlib.sha256(backend.to_str().encode())
+    h.update(str(getattr(hf, "chat_template", "")).encode())
+    h.update(json.dumps(getattr(hf, TEMPLATE_KWARGS_ATTR, {}), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
 def render(
     tokenizer: Any,
     messages: Messages,

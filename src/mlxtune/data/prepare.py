@@ -165,7 +165,7 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
     _add_optional_sections(manifest, funnel, ledger)
 
     say(f"writing {out_dir}")
-    _write(out_dir, funnel.split_rows, manifest, force)
+    _write(out_dir, funnel.split_rows, manifest, force, tokenizer)
     return PrepareResult(
         out_dir=out_dir,
         manifest=manifest,
@@ -610,7 +610,11 @@ def _split(items: list[_Item], cfg: Config) -> dict[int, str]:
 
 
 def _write(
-    out_dir: Path, split_rows: dict[str, list[_Item]], manifest: dict[str, Any], force: bool
+    out_dir: Path,
+    split_rows: dict[str, list[_Item]],
+    manifest: dict[str, Any],
+    force: bool,
+    tokenizer: Any,
 ) -> None:
     """Write into a temp directory beside out_dir, then swap it into place."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -621,6 +625,8 @@ def _write(
             atomic_write_jsonl(path, (it.record for it in rows))
             manifest["files"][f"{split}.jsonl"] = {"rows": len(rows), "sha256": sha256_file(path)}
         atomic_write_json(tmp / "manifest.json", manifest)
+        lengths = {f"{s}.jsonl": [it.tokens for it in rows] for s, rows in split_rows.items()}
+        rec.write_lengths(tmp, tokenizer, lengths)
         os.chmod(tmp, 0o755)
         _check_out_dir(out_dir, force)
         old = None

@@ -14,9 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from mlxtune import formats
 from mlxtune.errors import UsageError
+from mlxtune.io import atomic_write_json, sha256_file
 from mlxtune.stats import percentile
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from mlxtune.config import ModelConfig
 
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
@@ -263,6 +266,40 @@ def load_tokenizer(model_cfg: ModelConfig) -> tuple[Any, str, str]:
     own = getattr(tokenizer, "chat_template", None)
     template = formats.resolve_template(tokenizer, model_cfg)
     return tokenizer, template, "tokenizer" if own and template == own else "config"
+
+
+LENGTHS_FILE = "token_lengths.json"
+
+
+def write_lengths(directory: Path, tokenizer: Any, files: dict[str, list[int]]) -> None:
+    """Beside prepared splits: each file's sha256 and its rows' token lengths, so
+    validate-format need not render and tokenize rows prepare has just measured."""
+    fingerprint = formats.tokenizer_fingerprint(tokenizer)
+    if fingerprint is None:
+        return
+    entries = {
+        name: {"sha256": sha256_file(directory / name), "lengths": lengths}
+        for name, lengths in files.items()
+    }
+    atomic_write_json(directory / LENGTHS_FILE, {"tokenizer": fingerprint, "files": entries})
+
+
+def cached_lengths(path: Path, fingerprint: str | None) -> list[int] | None:
+    """The token lengths `write_lengths` recorded for `path`, if the file and the tokenizer
+    (and template) are byte for byte the ones measured; else None."""
+    from mlxtune.io import sha256_file
+
+    sidecar = path.parent / LENGTHS_FILE
+    if fingerprint is None or not sidecar.is_file():
+        return None
+    try:
+        data = json.loads(sidecar.read_text())
+        entry = data["files"][path.name]
+        if data["tokenizer"] != fingerprint or entry["sha256"] != sha256_file(path):
+            return None
+        return [int(n) for n in entry["lengths"]]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def length_stats(values: Sequence[int]) -> dict[str, int]:

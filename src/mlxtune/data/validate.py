@@ -325,8 +325,9 @@ def _check_rows(parsed: list[_Parsed], problems: _Problems) -> list[_Row]:
 def _check_lengths(
     tokenizer: Any, rows: list[_Row], max_len: int, problems: _Problems
 ) -> list[int]:
-    """Token lengths with the real tokenizer and template, against max_seq_length."""
-    lengths = formats.training_lengths(tokenizer, [r.record for r in rows])
+    """Token lengths with the real tokenizer and template (or the lengths prepare measured
+    for a file, if file, tokenizer and template are unchanged), against max_seq_length."""
+    lengths = _lengths(tokenizer, rows)
     for row, n in zip(rows, lengths, strict=True):
         if n > max_len:
             problems.add(
@@ -451,6 +452,19 @@ def _check_answers(rows: list[_Row], output_schema: dict[str, Any], problems: _P
             problems.add(
                 row.where, f"messages[{last}].content", f"answer {problem}", "output_schema"
             )
+
+
+def _lengths(tokenizer: Any, rows: list[_Row]) -> list[int]:
+    fingerprint = formats.tokenizer_fingerprint(tokenizer)
+    known: dict[str, list[int]] = {}
+    for path in dict.fromkeys(r.where.path for r in rows):
+        cached = rec.cached_lengths(Path(path), fingerprint)
+        if cached is not None and len(cached) == sum(r.where.path == path for r in rows):
+            known[path] = cached  # every row of the file is here, in file order
+    todo = [r.record for r in rows if r.where.path not in known]
+    measured = iter(formats.training_lengths(tokenizer, todo))
+    taken = {path: iter(lengths) for path, lengths in known.items()}
+    return [next(taken[r.where.path]) if r.where.path in taken else next(measured) for r in rows]
 
 
 def prompt_mismatches(tokenizer: Any, record: dict[str, Any]) -> list[str]:
