@@ -7,7 +7,8 @@ targets: 100,000 rows, validate-format under 15 s, prepare under 25 s).
 Rows: 8 categories, 2% exact duplicates, 2% duplicates after case/punctuation folding, 0.2%
 longer than 256 tokens (the prepare figures in docs/benchmarks.md use the same mix). Each
 command runs as a child process (start-up included); wall and CPU (user+sys) are printed with
-the load average.
+the load average. `validate-format` runs twice: on the prepared directory (it takes the token
+lengths prepare measured, token_lengths.json) and "cold" on copies of the files without them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -91,13 +93,21 @@ def main() -> None:
         f"prepare: {{sources: [{{path: {source}}}]}}\n"
         "train: {max_seq_length: 256}\n"
     )
+    # validate-format of the prepared dir uses the lengths prepare measured
+    # (token_lengths.json); "cold" checks copies of the same files without it
+    cold = work / "cold"
     commands = {
         "prepare": [*py, "prepare", "-c", str(config), "--force"],
         "validate-format": [*py, "validate-format", "-c", str(config)],
+        "validate (cold)": [*py, "validate-format", "-c", str(config), str(cold)],
     }
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
-    for _ in range(args.repeat):  # interleaved: prepare, validate, prepare, validate, ...
+    for _ in range(args.repeat):  # interleaved: prepare, validate, cold, prepare, ...
         for name, cmd in commands.items():
+            if name == "validate (cold)":
+                cold.mkdir(exist_ok=True)
+                for split in ("train", "valid", "test"):
+                    shutil.copy(work / "prepared" / f"{split}.jsonl", cold)
             wall, cpu, _ = timed(cmd)
             times[name].append((wall, cpu))
     splits = [work / "prepared" / f"{s}.jsonl" for s in ("train", "valid", "test")]
