@@ -38,6 +38,14 @@ class _LazyConsole:
 console = cast("Console", _LazyConsole())
 err_console = cast("Console", _LazyConsole(stderr=True))
 
+
+def escape(text: str) -> str:
+    """rich.markup.escape, imported on first use (rich stays off `--help`)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOpt = Annotated[
@@ -71,8 +79,6 @@ def handles_errors(fn: F) -> F:
         except MlxtuneError as e:
             if os.environ.get("MLXTUNE_DEBUG"):
                 raise
-            from rich.markup import escape
-
             for line in str(e).splitlines() or [type(e).__name__]:
                 err_console.print(
                     f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True
@@ -91,8 +97,6 @@ def resolve(config: Path | None, sets: list[str] | None, **flags: Any) -> Config
 
     dotted = {k.replace("__", "."): v for k, v in flags.items()}
     cfg = load_config(config, sets, dotted, _flag_names(flags))
-    from rich.markup import escape
-
     for notice in cfg.notices:
         err_console.print(
             f"[yellow]note:[/yellow] {escape(notice)}", highlight=False, soft_wrap=True

@@ -8,9 +8,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from mlxtune.cli.common import ConfigOpt, SetOpt, console, err_console, handles_errors, resolve
+from mlxtune.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    console,
+    err_console,
+    escape,
+    handles_errors,
+    resolve,
+)
 from mlxtune.errors import UsageError
 
 app = typer.Typer(

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
 from mlxtune.cli import mlx_lm_flags as mlx
 from mlxtune.cli.common import (
@@ -16,6 +15,7 @@ from mlxtune.cli.common import (
     SetOpt,
     console,
     err_console,
+    escape,
     handles_errors,
     resolve,
 )

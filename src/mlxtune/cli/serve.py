@@ -5,10 +5,17 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from mlxtune.cli import mlx_lm_flags as mlx
-from mlxtune.cli.common import ConfigOpt, SetOpt, console, err_console, handles_errors, resolve
+from mlxtune.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    console,
+    err_console,
+    escape,
+    handles_errors,
+    resolve,
+)
 from mlxtune.errors import UsageError
 
 
