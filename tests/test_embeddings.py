@@ -329,6 +329,7 @@ def test_bench_embed_reports_every_figure_beside_the_targets(
         ("server", "peak_memory_gb"),
         ("server", "max_rss_mb"),
         ("burst 32, queue 2", "refusal_max_ms"),
+        ("burst 32, queue 2", "refusal_server_max_ms"),
     ]:
         assert (case, metric) in metrics, (case, metric)
     burst = result.figure("embed", "burst 32, queue 2", "n503")
