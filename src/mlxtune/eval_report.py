@@ -122,6 +122,13 @@ class Timing:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def gate_outcome(thresholds: list[Threshold], guards: list[Guard]) -> tuple[bool, bool]:
+    """(passed, adapter_equals_base): every threshold and guard held; the first guard is the
+    adapter-differs-from-base check, so its failure means the adapter changed nothing."""
+    passed = all(t.passed for t in thresholds) and all(g.passed for g in guards)
+    return passed, (not guards[0].passed if guards else False)
+
+
 @dataclass
 class EvalReport:
     """One evaluation: scores overall and per category, the gate, timing and provenance."""

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 from mlxtune import formats
 from mlxtune.config import Config
 from mlxtune.errors import ConfigError, DataError, MlxtuneError, UsageError
-from mlxtune.eval_report import EvalReport, Guard, MetricBlock, Threshold, Timing
+from mlxtune.eval_report import (
+    EvalReport,
+    Guard,
+    MetricBlock,
+    Threshold,
+    Timing,
+    gate_outcome,
+)
 from mlxtune.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from mlxtune.metrics import (
     FORMAT_METRICS,
@@ -516,6 +523,7 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
         for c in categories
     }
     guards = _apply_gate(rows, thresholds, overall, per_category, has_base, warnings)
+    passed, adapter_equals_base = gate_outcome(thresholds, guards)
     report = EvalReport(
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         run=run.name if run else None,
@@ -535,8 +543,8 @@ def evaluate(cfg: Config, *, progress: Progress | None = None) -> EvaluateResult
         per_category=per_category,
         thresholds=thresholds,
         guards=guards,
-        passed=all(t.passed for t in thresholds) and all(g.passed for g in guards),
-        adapter_equals_base=not guards[0].passed if guards else False,
+        passed=passed,
+        adapter_equals_base=adapter_equals_base,
         warnings=warnings,
         timing=Timing(
             mode=mode,
@@ -606,6 +614,7 @@ def evaluate_retrieval(cfg: Config, *, progress: Progress | None = None) -> Eval
     overall = metric_block(result.overall)
     per_category = {c: metric_block(b) for c, b in result.per_category.items()}
     guards = _apply_gate(rows, thresholds, overall, per_category, has_base, warnings)
+    passed, adapter_equals_base = gate_outcome(thresholds, guards)
     report = EvalReport(
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         run=run.name,
@@ -619,8 +628,8 @@ def evaluate_retrieval(cfg: Config, *, progress: Progress | None = None) -> Eval
         per_category=per_category,
         thresholds=thresholds,
         guards=guards,
-        passed=all(t.passed for t in thresholds) and all(g.passed for g in guards),
-        adapter_equals_base=not guards[0].passed if guards else False,
+        passed=passed,
+        adapter_equals_base=adapter_equals_base,
         warnings=warnings,
         timing=Timing(
             mode=f"retrieval {task.mode} ({len(task.candidates)} candidates)",
