@@ -71,6 +71,19 @@ def render(data: dict[str, Any], source: str) -> str:
         "Median of the repeats, (min–max) when more than one; ratio = mlxtune / baseline on the"
         " medians, (min–max) of the per-repeat ratios (the sides are interleaved)."
     )
+    if data.get("targets"):
+        lines += [
+            "",
+            "| target | median | per repeat (min–max) | goal | met |",
+            "|---|---:|---:|---|---|",
+        ]
+        for t in data["targets"]:
+            unit = "x" if t["unit"] == "x" else f" {t['unit']}"
+            per = f"{num(t['min'])}–{num(t['max'])}" if t["n"] > 1 else "-"
+            met = "**yes**" if t["met"] else "no"
+            lines.append(
+                f"| {t['target']} | {num(t['median'])}{unit} | {per} | {t['goal']} | {met} |"
+            )
     lines.extend(f"- note: {n}" for n in data.get("notes", []))
     return "\n".join(lines) + "\n"
 

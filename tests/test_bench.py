@@ -428,3 +428,74 @@ def test_structured_bench_mixes_constrained_and_free(tiny_model: Path, tmp_path:
     for case in ("all free", "half constrained"):
         ok = result.figure("structured", f"c=4 {case}", "ok")
         assert ok is not None and ok.mlxtune == [4.0]
+
+
+def _result(rec: B.Recorder, settings: dict[str, object] | None = None) -> B.BenchResult:
+    return B.BenchResult(["train"], "mlx-lm", 3, list(rec.figures.values()), {}, settings or {})
+
+
+def test_speed_targets_judge_the_median_ratio_and_the_direction() -> None:
+    from mlxtune.bench.targets import target_rows
+
+    rec = B.Recorder()
+    for ours, theirs in ((13.0, 10.0), (14.0, 10.0), (12.0, 10.0)):  # it/s: 1.3x median
+        rec.add("train", "lora", "mlxtune", {"it_per_s": ours, "wall_s": 10.0})
+        rec.add("train", "lora", "mlx-lm", {"it_per_s": theirs, "wall_s": 11.0})
+    rows = {r["target"]: r for r in target_rows(_result(rec))}
+    it = rows["train it/s"]
+    assert it["met"] and it["median"] == pytest.approx(1.3) and it["min"] == pytest.approx(1.2)
+    wall = rows["train whole command, wall"]  # 10 s vs 11 s: faster, but not 1.3x faster
+    assert wall["median"] == pytest.approx(10 / 11) and not wall["met"]
+    assert "train trained tokens/s" not in rows  # not measured, not judged
+
+
+def test_data_targets_only_judged_at_their_row_count() -> None:
+    from mlxtune.bench.targets import DATA_TARGET_ROWS, target_rows
+
+    rec = B.Recorder()
+    rec.add("data", "prepare", "mlxtune", {"wall_s": 30.0})
+    rec.add("data", "validate-format", "mlxtune", {"wall_s": 9.0})
+    assert target_rows(_result(rec, {"bench": {"data_rows": 2000}})) == []
+    rows = target_rows(_result(rec, {"bench": {"data_rows": DATA_TARGET_ROWS}}))
+    assert [(r["target"], r["met"]) for r in rows] == [
+        ("validate-format, prepared", True),
+        ("prepare", False),
+    ]
+
+
+def test_startup_bench_walks_every_command_of_the_live_app() -> None:
+    from mlxtune.bench.startup import help_commands
+
+    paths = help_commands()
+    assert paths[""] == [] and paths["train"] == ["train"]
+    assert paths["runs list"] == ["runs", "list"]
+    assert len(paths) > 20
+
+
+def test_synthetic_rows_are_repeatable_and_hold_the_planted_duplicates() -> None:
+    from mlxtune.bench.datacheck import synthetic_rows
+
+    rows = synthetic_rows(2000)
+    assert rows == synthetic_rows(2000) and rows != synthetic_rows(2000, seed=1)
+    exact = len(rows) - len({json.dumps(r, sort_keys=True) for r in rows})
+    assert 20 <= exact <= 60  # ~2% planted
+
+
+@pytest.mark.e2e
+def test_bench_data_and_startup_sections_measure_real_commands(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    cfg = load_config(
+        None,
+        [f"model.path={tiny_model}", "bench.data_rows=300", "bench.startup_runs=1"],
+    )
+    result = B.bench(cfg, what="data", repeat=1)
+    cases = {(f.case, f.metric) for f in result.figures}
+    assert ("prepare", "wall_s") in cases and ("validate-format (cold)", "cpu_s") in cases
+    assert any("prepared rows" in n for n in result.notes)
+    from mlxtune.bench.startup import ROOT_CASE, bench_startup_once
+
+    rec = B.Recorder()
+    assert bench_startup_once(cfg, "mlx-lm", rec, lambda _m: None) is None
+    fig = rec.figures[("startup", ROOT_CASE, "wall_ms")]
+    assert fig.baseline and fig.baseline[0] > 0

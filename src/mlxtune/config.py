@@ -564,7 +564,8 @@ class EmbedConfig(Section):
 
 
 BENCH_SECTIONS = ("train", "generate", "serve")  # what `all` times
-_BENCH_ORDER = ("train", "generate", "embed", "structured", "serve")  # embed, structured: if named
+# embed, structured, startup and data only when named
+_BENCH_ORDER = ("startup", "data", "train", "generate", "embed", "structured", "serve")
 
 
 def bench_sections(what: str | list[str]) -> list[str]:
@@ -574,8 +575,8 @@ def bench_sections(what: str | list[str]) -> list[str]:
     names = [p.strip() for p in parts if p.strip()]
     if not names or any(n not in (*_BENCH_ORDER, "all") for n in names):
         raise ValueError(
-            "expected train, generate, serve, embed, structured, all or a comma list of them, "
-            f"got {what!r}"
+            "expected train, generate, serve, embed, structured, startup, data, all or a comma "
+            f"list of them, got {what!r}"
         )
     chosen = set(names) | (set(BENCH_SECTIONS) if "all" in names else set())
     return [s for s in _BENCH_ORDER if s in chosen]
@@ -588,9 +589,10 @@ SERVE_MODES: tuple[ServeMode, ...] = ("stream", "non-stream")
 class BenchConfig(Section):
     what: str = Field(
         "all",
-        description="What to time: train, generate, serve, embed, structured, a comma list of "
-        "them, or all (train, generate and serve; embed, the embeddings load test, and "
-        "structured, constrained vs free serve load, only when named).",
+        description="What to time: train, generate, serve, embed, structured, startup, data, a "
+        "comma list of them, or all (train, generate and serve; embed, the embeddings load "
+        "test, structured, constrained vs free serve load, startup, every command's --help, "
+        "and data, prepare and validate-format on synthetic rows, only when named).",
     )
     repeat: int = Field(1, gt=0, description="Repeat each measurement; min/median/max reported.")
     baseline: Literal["none", "mlx-lm"] = Field(
@@ -630,6 +632,12 @@ class BenchConfig(Section):
         100, ge=0, description="serve: requests in the sustained run (with seed_levels)."
     )
     time_limit_s: float = Field(300, gt=0, description="Stop any load phase after this long.")
+    startup_runs: int = Field(
+        3, gt=0, description="startup: runs of each command's --help per repeat (median kept)."
+    )
+    data_rows: int = Field(
+        100_000, gt=0, description="data: synthetic rows `prepare` and `validate-format` check."
+    )
 
     @field_validator("what", mode="before")
     @classmethod

@@ -111,6 +111,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "peak_memory_gb": ("GB", False),
     "max_rss_mb": ("MB", False),
     "wall_s": ("s", False),
+    "wall_ms": ("ms", False),
+    "cpu_s": ("s", False),
     # embed (seed 002's load test)
     "load_s": ("s", False),
     "mean_ms": ("ms", False),
@@ -145,6 +147,8 @@ class BenchResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        from mlxtune.bench.targets import target_rows
+
         return {
             "schema_version": SCHEMA_VERSION,
             "what": self.what,
@@ -153,6 +157,7 @@ class BenchResult:
             "settings": self.settings,
             "environment": self.environment,
             "figures": [f.to_dict() for f in self.figures],
+            "targets": target_rows(self),
             "notes": self.notes,
         }
 

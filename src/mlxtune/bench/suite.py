@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxtune.bench.core import SECTIONS, BenchResult, Progress, Recorder, environment, targets
+from mlxtune.bench.datacheck import bench_data
 from mlxtune.bench.embed import bench_embed_direct_once, bench_embed_once, direct_baseline_name
 from mlxtune.bench.generate import bench_generate
 from mlxtune.bench.serve import SEED_NOTE, bench_serve_once, serve_adapter, with_bench_adapter
+from mlxtune.bench.startup import bench_startup_once
 from mlxtune.bench.structured import bench_structured
 from mlxtune.bench.train import bench_train_once, check_data
 from mlxtune.config import bench_sections
@@ -95,6 +97,17 @@ def bench(
             except MlxtuneError as e:  # `all` still times what it can
                 sections.remove("train")
                 notes.append(f"train skipped: {e}")
+        if "startup" in sections:
+            slowest = set()
+            for r in range(repeat):
+                for target in sides:
+                    say(f"startup [{target}] repeat {r + 1}/{repeat}")
+                    slowest.add(bench_startup_once(cfg, target, rec, say))
+            notes.append(
+                f"startup: slowest verb --help: {', '.join(sorted(filter(None, slowest)))}"
+            )
+        if "data" in sections:
+            notes.append(bench_data(cfg, work, rec, repeat, say))
         if "train" in sections:
             for r in range(repeat):
                 for target in sides:

@@ -17,7 +17,8 @@ def bench_cmd(
     what: Annotated[
         str | None,
         typer.Option(
-            "--what", help="train, generate, serve, embed, structured, a comma list, or all."
+            "--what",
+            help="train, generate, serve, embed, structured, startup, data, a comma list, or all.",
         ),
     ] = None,
     baseline: Annotated[

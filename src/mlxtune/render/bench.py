@@ -84,5 +84,19 @@ def print_bench(console: Console, result: BenchResult) -> None:
             verdict = "-" if met is None else "[green]yes[/]" if met else "[red]no[/]"
             table.add_row(label, _num(value), target, verdict)
         console.print(table)
+    from mlxtune.bench.targets import target_rows as speed_targets
+
+    if rows := speed_targets(result):
+        table = Table(title="issue 18's speed targets (ratio = mlxtune / mlx-lm)")
+        for col in ("target", "median", "per repeat", "goal", "met"):
+            table.add_column(col, justify="left" if col == "target" else "right")
+        for row in rows:
+            spread = f"{_num(row['min'])}–{_num(row['max'])}" if row["n"] > 1 else "-"
+            unit = "x" if row["unit"] == "x" else f" {row['unit']}"
+            verdict = "[green]yes[/]" if row["met"] else "[red]no[/]"
+            table.add_row(
+                row["target"], f"{_num(row['median'])}{unit}", spread, row["goal"], verdict
+            )
+        console.print(table)
     for note in result.notes:
         console.print(f"[yellow]note[/yellow] {escape(note)}", highlight=False)

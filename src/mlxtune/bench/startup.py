@@ -1,0 +1,103 @@
+"""bench `startup`: how long `mlxtune --help` and every verb's `--help` take as whole commands
+(issue 18: under 0.15 s), beside raw mlx-lm's own `--help` where it has one.
+
+Each command runs `bench.startup_runs` times per repeat in a fresh process with the user's
+environment (no BLAS preload: a user typing `mlxtune --help` has none); the median is kept."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlxtune.bench.core import Progress, Recorder, Target
+from mlxtune.errors import MlxtuneError
+
+if TYPE_CHECKING:
+    from mlxtune.config import Config
+
+ROOT_CASE = "--help"
+SLOWEST_CASE = "slowest verb --help"
+# mlx-lm's counterparts: its command dispatcher, and its LoRA trainer beside `mlxtune train`.
+BASELINE_ARGS = {ROOT_CASE: [], "train --help": ["lora"]}
+
+
+def console_script(name: str, module: str) -> list[str]:
+    """The installed console script beside this interpreter (what a user types), else
+    `python -m module`."""
+    script = Path(sys.executable).with_name(name)
+    return [str(script)] if script.is_file() else [sys.executable, "-m", module]
+
+
+def help_commands() -> dict[str, list[str]]:
+    """Every command path of the CLI, from the live app: "" for the root, "train", "runs list"."""
+    import typer
+
+    from mlxtune.cli import app
+
+    root = typer.main.get_command(app)
+    paths: dict[str, list[str]] = {"": []}
+
+    def walk(cmd: Any, prefix: list[str]) -> None:  # Typer's own (vendored) click types
+        if not hasattr(cmd, "list_commands"):
+            return
+        ctx = typer.Context(cmd)
+        for name in cmd.list_commands(ctx):
+            sub = cmd.get_command(ctx, name)
+            if sub is None or sub.hidden:
+                continue
+            paths[" ".join([*prefix, name])] = [*prefix, name]
+            walk(sub, [*prefix, name])
+
+    walk(root, [])
+    return paths
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    src = str(Path(__file__).resolve().parents[2])  # this checkout's mlxtune
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def time_help(cmd: list[str], runs: int) -> float:
+    """Median wall seconds of `cmd --help` over `runs` fresh processes."""
+    env = _env()
+    walls = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [*cmd, "--help"], env=env, stdin=subprocess.DEVNULL, capture_output=True, check=False
+        )
+        walls.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
+            raise MlxtuneError(f"{' '.join(cmd)} --help exited {proc.returncode}: {tail}")
+    return statistics.median(walls)
+
+
+def bench_startup_once(cfg: Config, target: Target, rec: Recorder, say: Progress) -> str | None:
+    """One repeat of one side. mlxtune: the root and every command; returns the slowest command's
+    name. mlx-lm: its two counterparts."""
+    runs = cfg.bench.startup_runs
+    if target == "mlx-lm":
+        base = console_script("mlx_lm", "mlx_lm")
+        for case, args in BASELINE_ARGS.items():
+            say(f"startup [mlx-lm] {case}")
+            rec.add("startup", case, target, {"wall_ms": 1000 * time_help([*base, *args], runs)})
+        return None
+    base = console_script("mlxtune", "mlxtune")
+    walls = {}
+    for name, args in help_commands().items():
+        say(f"startup [mlxtune] {name or 'root'} --help")
+        walls[name] = time_help([*base, *args], runs)
+    rec.add("startup", ROOT_CASE, target, {"wall_ms": 1000 * walls.pop("")})
+    if "train" in walls:
+        rec.add("startup", "train --help", target, {"wall_ms": 1000 * walls["train"]})
+    slowest = max(walls, key=walls.__getitem__)
+    rec.add("startup", SLOWEST_CASE, target, {"wall_ms": 1000 * walls[slowest]})
+    return slowest
