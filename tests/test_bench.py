@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import itertools
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def test_aggregate_train_drops_warmup_and_weights_by_time() -> None:
     out = B.aggregate_train(reports, warmup=2, every=2)
     assert out["it_per_s"] == pytest.approx(4 / 3)
     assert out["tokens_per_s"] == pytest.approx((100 + 800) / 3)
+    assert out["timed_tokens"] == 900
     assert out["peak_memory_gb"] == 1.5
     with pytest.raises(MlxtuneError, match="after warm-up"):
         B.aggregate_train(reports[:1], warmup=2, every=2)
@@ -61,9 +63,11 @@ def test_parsers_read_mlx_lm_and_mlxtune_output() -> None:
         'MLXTUNE_BENCH {"step": 20, "it_per_s": 2.0, "tokens_per_s": 9.0, "peak_memory_gb": 0.1}',
         "noise",
     ]
-    got = B.parse_lora_output(lines)
+    got = B.parse_lora_output(lines, rows_per_step=0)
     assert got[0] == {"step": 10, "it_per_s": 1.234, "tokens_per_s": 456.7, "peak_memory_gb": 1.234}
     assert got[1]["step"] == 20
+    # mlx-lm counts one padding target per row: 4 rows x 2 it/s come off its 9 tok/s
+    assert B.parse_lora_output(lines, rows_per_step=4)[1]["tokens_per_s"] == pytest.approx(1.0)
     events = [
         '{"event": "val", "step": 1, "val_loss": 3.0}',
         '{"event": "train", "step": 5, "train_loss": 2.0, "lr": 1e-5, "it_per_s": 3.0,'
@@ -241,23 +245,35 @@ def test_bench_cli_writes_json(tiny_model: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_train_bench_runs_both_sides_on_the_same_steps(tiny_model: Path, domain_data: Path) -> None:
+def test_train_bench_runs_both_sides_on_the_same_steps(
+    tiny_model: Path, domain_data: Path, tmp_path: Path
+) -> None:
+    # 8 rows in batches of 2: the timed steps 5-8 are the second epoch whole on both sides
+    # (different batches, the same rows), so both must count the same trained tokens.
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = (domain_data / "train.jsonl").read_text().splitlines()[:8]
+    (data / "train.jsonl").write_text("\n".join(rows) + "\n")
+    shutil.copy(domain_data / "valid.jsonl", data / "valid.jsonl")
     cfg = load_config(
         None,
         [
             f"model.path={tiny_model}",
-            f"data.dir={domain_data}",
+            f"data.dir={data}",
             "train.max_seq_length=128",
             "train.batch_size=2",
-            "bench.warmup_steps=1",
-            "bench.train_steps=2",
+            "bench.warmup_steps=4",
+            "bench.train_steps=4",
         ],
     )
     result = B.bench(cfg, what="train", baseline="mlx-lm", repeat=1)
-    for metric in ("it_per_s", "tokens_per_s", "peak_memory_gb", "max_rss_mb"):
+    for metric in ("it_per_s", "tokens_per_s", "peak_memory_gb", "max_rss_mb", "wall_s"):
         fig = result.figure("train", "lora", metric)
         assert fig is not None and fig.baseline and fig.baseline[0] > 0, metric
         assert len(fig.mlxtune) == 1 and fig.mlxtune[0] > 0 and fig.ratio > 0, metric
+    tokens = result.figure("train", "lora", "timed_tokens")
+    assert tokens is not None and tokens.mlxtune[0] > 0
+    assert tokens.mlxtune[0] == pytest.approx(tokens.baseline[0], abs=1)
 
 
 def test_train_bench_without_data_is_one_line_error(tmp_path: Path) -> None:

@@ -96,6 +96,7 @@ class Figure:
 METRICS: dict[str, tuple[str, bool]] = {
     "it_per_s": ("it/s", True),
     "tokens_per_s": ("tok/s", True),
+    "timed_tokens": ("tok", True),  # trained tokens in the timed steps: ratio 1.00 = same work
     "prompt_tps": ("tok/s", True),
     "generation_tps": ("tok/s", True),
     "ttft_ms": ("ms", False),

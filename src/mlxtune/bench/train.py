@@ -28,15 +28,21 @@ def train_schedule(warmup: int, steps: int) -> tuple[int, int]:
 
 
 def aggregate_train(reports: list[dict[str, float]], warmup: int, every: int) -> dict[str, float]:
-    """Time-weighted it/s and tokens/s over the intervals after warm-up; peak memory overall.
-    Each report is {"step", "it_per_s", "tokens_per_s", "peak_memory_gb"?} for `every` steps."""
+    """Time-weighted it/s and tokens/s over the intervals after warm-up, the trained tokens
+    those intervals held (equal on both sides when the timed steps are whole epochs), and peak
+    memory overall. Each report is {"step", "it_per_s", "tokens_per_s", "peak_memory_gb"?}
+    for `every` steps."""
     timed = [r for r in reports if r["step"] > warmup and r.get("it_per_s")]
     if not timed:
         raise MlxtuneError("bench: training reported no intervals after warm-up")
     seconds = [every / r["it_per_s"] for r in timed]
     total_s = sum(seconds)
     tokens = sum(r["tokens_per_s"] * s for r, s in zip(timed, seconds, strict=True))
-    out = {"it_per_s": every * len(timed) / total_s, "tokens_per_s": tokens / total_s}
+    out = {
+        "it_per_s": every * len(timed) / total_s,
+        "tokens_per_s": tokens / total_s,
+        "timed_tokens": round(tokens),
+    }
     peaks = [r["peak_memory_gb"] for r in reports if r.get("peak_memory_gb") is not None]
     if peaks:
         out["peak_memory_gb"] = max(peaks)
@@ -70,7 +76,11 @@ _OLD_REPORT = re.compile(
 )
 
 
-def parse_lora_output(lines: list[str]) -> list[dict[str, float]]:
+def parse_lora_output(lines: list[str], rows_per_step: int) -> list[dict[str, float]]:
+    """mlx-lm's per-interval reports, its token count made ours: mlx-lm 0.32's loss mask
+    (`steps <= lengths`) also takes each row's first padding position as a target, so its
+    count holds one token per row that no answer contains; `rows_per_step` of them per step are
+    taken off (exact while no row is cut at max_seq_length, which leaves no such position)."""
     reports = []
     for line in lines:
         if line.startswith("MLXTUNE_BENCH "):
@@ -84,6 +94,8 @@ def parse_lora_output(lines: list[str]) -> list[dict[str, float]]:
                     "peak_memory_gb": float(m[4]),
                 }
             )
+    for r in reports:
+        r["tokens_per_s"] = max(0.0, r["tokens_per_s"] - rows_per_step * r["it_per_s"])
     return reports
 
 
@@ -209,7 +221,10 @@ def bench_train_once(
         run = run_child(train_command(cfg, target, out), timeout=b.time_limit_s)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    reports = parse_lora_output(run.lines) if target == "mlx-lm" else parse_train_json(run.lines)
+    if target == "mlx-lm":
+        reports = parse_lora_output(run.lines, rows_per_step=cfg.train.batch_size)
+    else:
+        reports = parse_train_json(run.lines)
     if run.timed_out:
         raise MlxtuneError(f"bench train ({target}): over bench.time_limit_s={b.time_limit_s:g}s")
     if run.returncode != 0 or not reports:
