@@ -23,8 +23,8 @@ done
   --set model.path="$OUT/models/${PRESET_LIST%% *}" --set data.dir="$OUT/data" >/dev/null
 
 # The small preset (25M parameters) decodes ~6x slower than tiny: a lighter serve load keeps it
-# to a few minutes a repeat, and one epoch of training (3 + 61 steps) where tiny times two.
-SMALL_SETS=(--set bench.train_steps=61 --set bench.gen_tokens=32
+# to a few minutes a repeat, and one epoch of training timed (5 + 60 steps) where tiny times two.
+SMALL_SETS=(--set bench.train_steps=60 --set bench.gen_tokens=32
   --set "bench.prompt_lengths=[128]" --set "bench.concurrency=[1,8]"
   --set bench.requests_per_client=2 --set bench.requests_per_level=8)
 
