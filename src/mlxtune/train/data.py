@@ -6,12 +6,15 @@ batches an uninterrupted run would have seen, with no iterator state to save.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlxtune.formats import encode_for_training_many
+from mlxtune.formats import encode_for_training_many, tokenizer_fingerprint
+from mlxtune.io import atomic_open, sha256_file
 
 PAD_TO = 8  # pad lengths to a multiple of 8 on the CPU: little wasted compute
 # On a GPU every new batch width retraces the compiled step and, on a cold kernel cache, JITs
@@ -33,19 +36,87 @@ class Example:
 
 
 def tokenize(
-    rows: list[dict[str, Any]], tokenizer: Any, *, mask_prompt: bool, max_seq_length: int
+    rows: list[dict[str, Any]],
+    tokenizer: Any,
+    *,
+    mask_prompt: bool,
+    max_seq_length: int,
+    source: Path | None = None,
 ) -> tuple[list[Example], list[int]]:
     """Examples (truncated to max_seq_length + 1 tokens: inputs and shifted targets) and the
-    indexes of the rows that were truncated."""
+    indexes of the rows that were truncated. With `source` (the file `rows` were read from)
+    the encoding is cached beside it (`TokenCache`), so the next run on the same file,
+    tokenizer, template and mask skips rendering and tokenizing."""
     out: list[Example] = []
     truncated: list[int] = []
-    encoded = encode_for_training_many(tokenizer, rows, mask_prompt=mask_prompt)
+    cache = TokenCache.for_file(source, tokenizer, mask_prompt) if source else None
+    encoded = cache.read(len(rows)) if cache else None
+    if encoded is None:
+        encoded = encode_for_training_many(tokenizer, rows, mask_prompt=mask_prompt)
+        if cache:
+            cache.write(encoded)
     for i, (tokens, mask) in enumerate(encoded):
         if len(tokens) > max_seq_length + 1:
             truncated.append(i)
             tokens, mask = tokens[: max_seq_length + 1], mask[: max_seq_length + 1]
         out.append(Example(tokens, mask))
     return out, truncated
+
+
+CACHE_DIR = ".mlxtune-cache"  # in data.dir, beside the split files it caches
+_CACHE_FORMAT = 1  # bump when encode_for_training's output changes for the same inputs
+
+
+@dataclass(frozen=True)
+class TokenCache:
+    """One split file's training encoding (every row's tokens and loss mask, untruncated) in
+    `data.dir/.mlxtune-cache/<file>.<key>.npz`. The key is the file's sha256, the tokenizer +
+    chat template fingerprint (`formats.tokenizer_fingerprint`, the one token_lengths.json
+    uses), mask_prompt and the format: any change is a new key, so a stale cache is never read.
+    A directory we cannot write is no error: the run tokenizes, as without a cache."""
+
+    path: Path
+
+    @classmethod
+    def for_file(cls, source: Path, tokenizer: Any, mask_prompt: bool) -> TokenCache | None:
+        import hashlib
+
+        fingerprint = tokenizer_fingerprint(tokenizer)
+        if fingerprint is None or not source.is_file():
+            return None
+        key = hashlib.sha256(
+            f"{sha256_file(source)}:{fingerprint}:{mask_prompt}:{_CACHE_FORMAT}".encode()
+        ).hexdigest()[:20]
+        return cls(source.parent / CACHE_DIR / f"{source.name}.{key}.npz")
+
+    def read(self, n_rows: int) -> list[tuple[list[int], list[bool]]] | None:
+        if not self.path.is_file():
+            return None
+        try:
+            with np.load(self.path) as z:
+                tokens, mask, ends = z["tokens"], z["mask"], z["ends"]
+        except (OSError, ValueError, KeyError):
+            return None
+        if len(ends) != n_rows:
+            return None
+        starts = [0, *ends[:-1].tolist()]
+        return [
+            (tokens[a:b].tolist(), mask[a:b].tolist())
+            for a, b in zip(starts, ends.tolist(), strict=True)
+        ]
+
+    def write(self, encoded: list[tuple[list[int], list[bool]]]) -> None:
+        lengths = [len(t) for t, _ in encoded]
+        total = sum(lengths)
+        tokens = np.fromiter((x for t, _ in encoded for x in t), np.int32, total)
+        mask = np.fromiter((x for _, m in encoded for x in m), np.bool_, total)
+        ends = np.cumsum(lengths, dtype=np.int64)
+        with contextlib.suppress(OSError):
+            stale = self.path.parent.glob(self.path.name.rsplit(".", 2)[0] + ".*.npz")
+            for old in stale:  # earlier encodings of this file name
+                old.unlink(missing_ok=True)
+            with atomic_open(self.path, "wb") as f:
+                np.savez(f, tokens=tokens, mask=mask, ends=ends)
 
 
 def pack(examples: list[Example], max_seq_length: int) -> list[Example]:

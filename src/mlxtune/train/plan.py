@@ -294,10 +294,18 @@ def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> Plan
     # 2. Model and tokens.
     model, tokenizer, template = setup_model(cfg)
     train_ex, truncated = tokenize(
-        train_rows, tokenizer, mask_prompt=t.mask_prompt, max_seq_length=t.max_seq_length
+        train_rows,
+        tokenizer,
+        mask_prompt=t.mask_prompt,
+        max_seq_length=t.max_seq_length,
+        source=cfg.data.dir / "train.jsonl",
     )
     valid_ex, _ = tokenize(
-        valid_rows, tokenizer, mask_prompt=t.mask_prompt, max_seq_length=t.max_seq_length
+        valid_rows,
+        tokenizer,
+        mask_prompt=t.mask_prompt,
+        max_seq_length=t.max_seq_length,
+        source=cfg.data.dir / "valid.jsonl",
     )
     if t.packing:
         train_ex = pack(train_ex, t.max_seq_length)
