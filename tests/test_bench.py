@@ -110,6 +110,9 @@ def test_bad_arguments_are_one_line_errors() -> None:
 def test_run_child_bounds_time_and_reads_rss() -> None:
     run = B.run_child([sys.executable, "-c", "print('hi')"], timeout=30)
     assert run.returncode == 0 and run.lines == ["hi"] and not run.timed_out
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    busy = B.run_child([sys.executable, "-c", spin], timeout=30)
+    assert busy.cpu_s is not None and 0.3 <= busy.cpu_s < busy.wall_s + 0.5  # the child's CPU
     slow = B.run_child([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
     assert slow.timed_out and slow.wall_s < 10
 
@@ -267,7 +270,7 @@ def test_train_bench_runs_both_sides_on_the_same_steps(
         ],
     )
     result = B.bench(cfg, what="train", baseline="mlx-lm", repeat=1)
-    for metric in ("it_per_s", "tokens_per_s", "peak_memory_gb", "max_rss_mb", "wall_s"):
+    for metric in ("it_per_s", "tokens_per_s", "peak_memory_gb", "max_rss_mb", "wall_s", "cpu_s"):
         fig = result.figure("train", "lora", metric)
         assert fig is not None and fig.baseline and fig.baseline[0] > 0, metric
         assert len(fig.mlxtune) == 1 and fig.mlxtune[0] > 0 and fig.ratio > 0, metric

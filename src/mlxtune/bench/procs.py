@@ -91,6 +91,7 @@ class ChildRun:
     max_rss_mb: float | None
     wall_s: float
     timed_out: bool
+    cpu_s: float | None = None  # user + system CPU, the child's threads and children included
 
 
 def run_child(
@@ -104,6 +105,9 @@ def run_child(
     Its max RSS is VmHWM sampled from /proc while it runs: getrusage/wait4 would report at least
     this (large) process's size, since a forked child keeps the parent's high-water mark."""
     t0 = time.perf_counter()
+    # CPU from the children this process reaped meanwhile: on a loaded machine it moves far
+    # less than wall time (bench runs one child at a time, so that is this one)
+    cpu0 = _children_cpu()
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -149,7 +153,16 @@ def run_child(
             proc.wait()
     sampler.join()
     rss = max(hwm) if hwm else None
-    return ChildRun(proc.returncode, lines, rss, time.perf_counter() - t0, timed_out.is_set())
+    wall = time.perf_counter() - t0
+    cpu = _children_cpu() - cpu0
+    return ChildRun(proc.returncode, lines, rss, wall, timed_out.is_set(), cpu_s=cpu)
+
+
+def _children_cpu() -> float:
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 class Server:

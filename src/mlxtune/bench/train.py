@@ -234,4 +234,5 @@ def bench_train_once(
     figures: dict[str, float | None] = dict(aggregate_train(reports, b.warmup_steps, every))
     figures["max_rss_mb"] = run.max_rss_mb
     figures["wall_s"] = run.wall_s  # the whole command: start-up, data, checks, loop, save
+    figures["cpu_s"] = run.cpu_s  # the same command's CPU: steadier than wall on a busy machine
     return figures
