@@ -80,7 +80,7 @@ def parse_lora_output(lines: list[str], rows_per_step: int) -> list[dict[str, fl
     """mlx-lm's per-interval reports, its token count made ours: mlx-lm 0.32's loss mask
     (`steps <= lengths`) also takes each row's first padding position as a target, so its
     count holds one token per row that no answer contains; `rows_per_step` of them per step are
-    taken off (exact while no row is cut at max_seq_length, which leaves no such position)."""
+    taken off (exact while every row is shorter than max_seq_length: one that long has none)."""
     reports = []
     for line in lines:
         if line.startswith("MLXTUNE_BENCH "):
