@@ -454,6 +454,13 @@ class ServeConfig(Section):
         "skips LoRA's extra matmuls (faster), at one copy of those layers per adapter; false "
         "shares the base's weights (N adapters cost one base). Quantized bases stay unfused.",
     )
+    blas_threads: int = Field(
+        0,
+        ge=0,
+        description="OpenBLAS threads for the server's matmuls (Linux CPU); 0: env "
+        "OPENBLAS_NUM_THREADS if set, else one fewer than the CPUs (at least 1), leaving a core "
+        "to HTTP, tokenizing and streaming, which otherwise stall every split matmul.",
+    )
     max_tokens_cap: int = Field(1024, gt=0, description="Largest max_tokens a request may ask.")
     default_max_tokens: int = Field(256, gt=0, description="max_tokens when a request omits it.")
     max_prompt_tokens: int = Field(4096, gt=0, description="Longest prompt accepted.")

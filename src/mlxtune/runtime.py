@@ -96,6 +96,19 @@ def preload_openblas_before_mlx() -> None:
         sys.meta_path.insert(0, _PreloadBeforeMlx())
 
 
+def blas_threads(n: int | None = None) -> int | None:
+    """OpenBLAS's thread count, after setting it to `n` when given; None when no OpenBLAS
+    was loaded (macOS, MLXTUNE_OPENBLAS=0) and nothing was changed."""
+    if _loaded is None:
+        return None
+    import ctypes
+
+    lib = ctypes.CDLL(_loaded)  # already loaded: the same library, not a second copy
+    if n is not None:
+        lib.openblas_set_num_threads(n)
+    return int(lib.openblas_get_num_threads())
+
+
 def blas_status() -> str:
     return _status
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.sse import EventSourceResponse, format_sse_event
+from fastapi.sse import EventSourceResponse
 
 from mlxtune.serve import wire
 from mlxtune.serve.constrain import requested_format
@@ -24,6 +24,7 @@ from mlxtune.serve.guard import AUTHED
 from mlxtune.serve.openai_fields import check_extras
 from mlxtune.serve.routing import pick_variant
 from mlxtune.serve.state import ServeState, get_state
+from mlxtune.serve.streaming import mail_for, sse_bytes, take_ready
 from mlxtune.serve.wire import ApiError, Body, ChatBody, CompletionBody
 from mlxtune.structured import ResponseFormat
 
@@ -261,11 +262,11 @@ def _submit(
     vocab = state.models[name].model.args.vocab_size if body.logit_bias else 0
     if body.logit_bias and any(int(t) >= vocab for t in body.logit_bias):
         raise ApiError(400, f"logit_bias: token ids must be below {vocab}", param="logit_bias")
-    loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    post = mail_for(asyncio.get_running_loop()).post
 
     def emit(kind: str, payload: Any) -> None:  # called on the engine's thread (or this one)
-        loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
+        post(events, (kind, payload))
 
     req = GenRequest(
         model=name, prompt=prompt, max_tokens=max_tokens, sampling=body.sampling(logprobs),
@@ -401,48 +402,59 @@ async def _cancel_on_disconnect(request: Request, state: ServeState, req: GenReq
     state.engine.cancel(req)
 
 
-def _event(payload: Any) -> bytes:
-    return format_sse_event(data_str=payload if isinstance(payload, str) else json.dumps(payload))
-
-
 async def _sse(state: ServeState, job: _Job) -> AsyncIterator[bytes]:
     """OpenAI chunks as server-sent events: pieces, a last chunk with usage, `[DONE]`."""
     req, chat = job.req, job.chat
 
     def piece(text: str | None, finish: str | None = None, **extra: Any) -> bytes:
-        return _event(wire.chunk(job.rid, job.created, req.model, text, finish, chat=chat, **extra))
+        chunk = wire.chunk(job.rid, job.created, req.model, text, finish, chat=chat, **extra)
+        return sse_bytes(chunk)
 
     status, finish_reason = 499, "cancelled"
     logprobs: list[dict[str, Any]] = []
     try:
         if chat:
             yield piece("", role=True)
-        while True:
-            kind, payload = await job.events.get()
-            if kind == "logprobs":
-                logprobs = payload
-                continue
-            if kind == "text":
-                yield piece(payload, logprobs=logprobs)
+        ended = False
+        while not ended:
+            # Whatever is ready goes out as one write: the text that piled up as one chunk.
+            out, text = [], ""
+            for kind, payload in await take_ready(job.events):
+                if kind == "logprobs":
+                    logprobs += payload
+                    continue
+                if kind == "text":
+                    text += payload
+                    continue
+                if text:
+                    out.append(piece(text, logprobs=logprobs))
+                    text, logprobs = "", []
+                ended = True
+                if kind == "done":
+                    finish_reason = payload
+                    if payload != "cancelled":
+                        if job.tools:  # not streamed as it came: the answer, then its calls
+                            answer, calls = _answer(state, job)
+                            if calls:
+                                finish_reason = "tool_calls"
+                            out.append(
+                                piece(answer or None, tool_calls=calls, logprobs=req.logprobs)
+                            )
+                        out.append(piece(None, finish_reason, usage=job.usage()))
+                        if job.include_usage:
+                            out.append(piece(None, usage=job.usage(), no_choices=True))
+                        out.append(sse_bytes("[DONE]"))
+                        status = 200
+                else:  # a Failure: an error event, then the stream ends
+                    error = wire.error_body(payload.message, "server_error", code=payload.code)
+                    out.append(sse_bytes(error))
+                    status, finish_reason = payload.status, "error"
+                break
+            if text:
+                out.append(piece(text, logprobs=logprobs))
                 logprobs = []
-                continue
-            if kind == "done":
-                finish_reason = payload
-                if payload != "cancelled":
-                    if job.tools:  # not streamed as it came: the answer, then its calls
-                        text, calls = _answer(state, job)
-                        if calls:
-                            finish_reason = "tool_calls"
-                        yield piece(text or None, tool_calls=calls, logprobs=req.logprobs)
-                    yield piece(None, finish_reason, usage=job.usage())
-                    if job.include_usage:
-                        yield piece(None, usage=job.usage(), no_choices=True)
-                    yield _event("[DONE]")
-                    status = 200
-            else:  # a Failure: an error event, then the stream ends
-                yield _event(wire.error_body(payload.message, "server_error", code=payload.code))
-                status, finish_reason = payload.status, "error"
-            break
+            if out:
+                yield b"".join(out)
     finally:
         if status != 200:
             state.engine.cancel(req)
