@@ -155,3 +155,15 @@ def test_stream_sends_the_text_that_piled_up_as_one_chunk(tiny_model: Path, tmp_
         json.loads(usage)["choices"] == [] and json.loads(usage)["usage"]["completion_tokens"] == 3
     )
     assert done == "[DONE]"
+
+
+def test_bench_notes_each_servers_blas_threads() -> None:
+    from mlxtune.bench.serve import blas_note
+    from mlxtune.config import Config
+    from mlxtune.runtime import blas_threads
+
+    note = blas_note(Config.model_validate({"serve": {"blas_threads": 3}}))
+    if blas_threads() is None:
+        assert "no OpenBLAS" in note
+    else:
+        assert f"mlxtune 3 (serve.blas_threads), mlx_lm.server {blas_threads()}" in note

@@ -242,6 +242,22 @@ def server_command(cfg: Config, target: Target, port: int, work: Path) -> list[s
     return [*cli_command(), "serve", "-c", str(cfg_file), "--port", str(port)]
 
 
+def blas_note(cfg: Config) -> str:
+    """Which OpenBLAS thread count each server ran with, since the sides differ by default."""
+    from mlxtune.runtime import blas_threads, preload_openblas
+    from mlxtune.serve.server import resolve_blas_threads
+
+    preload_openblas()  # what the server children load (subprocess_env)
+    library = blas_threads()
+    if library is None:
+        return "serve: no OpenBLAS loaded; both servers use MLX's own BLAS"
+    ours = resolve_blas_threads(cfg.serve.blas_threads)
+    return (
+        f"serve: OpenBLAS threads: mlxtune {ours} (serve.blas_threads), mlx_lm.server {library} "
+        "(the library's default here)"
+    )
+
+
 def serve_prompts(n: int = 16) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": f"Question {i}: " + filler(i)[:160]}] for i in range(n)]
 

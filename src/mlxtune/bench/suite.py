@@ -13,7 +13,13 @@ from mlxtune.bench.core import SECTIONS, BenchResult, Progress, Recorder, enviro
 from mlxtune.bench.datacheck import bench_data
 from mlxtune.bench.embed import bench_embed_direct_once, bench_embed_once, direct_baseline_name
 from mlxtune.bench.generate import bench_generate
-from mlxtune.bench.serve import SEED_NOTE, bench_serve_once, serve_adapter, with_bench_adapter
+from mlxtune.bench.serve import (
+    SEED_NOTE,
+    bench_serve_once,
+    blas_note,
+    serve_adapter,
+    with_bench_adapter,
+)
 from mlxtune.bench.startup import bench_startup_once
 from mlxtune.bench.structured import bench_structured
 from mlxtune.bench.train import bench_train_once, check_data
@@ -136,6 +142,7 @@ def bench(
                 notes.append(f"serve: the sides answered the first request differently: {answers}")
             if cfg.bench.seed_levels:
                 notes.append(SEED_NOTE)
+            notes.append(blas_note(served))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     env["loadavg_end"] = list(os.getloadavg())
