@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import cli_env, run_cli
 from mlxtune import __version__
-from mlxtune.cli import app
+from mlxtune.cli import VERBS, app
 
 runner = CliRunner()
 LIFECYCLE = ["prepare", "validate-format", "train", "evaluate", "serve", "bench"]
@@ -59,9 +59,9 @@ def test_startup_imports_nothing_heavy() -> None:
 
 def test_help_imports_no_markdown_rich_or_openblas() -> None:
     """`--help` of the app and of every command (walked from the app) stays cheap: no Rich
-    console, no markdown parser (Typer's rich help), no ctypes/OpenBLAS load, no mlx. The root
-    help imports no pydantic either (a verb's help does: Typer builds its parameter coercion
-    with pydantic TypeAdapters)."""
+    console, no markdown parser (Typer's rich help), no ctypes/OpenBLAS load, no mlx, no
+    pydantic (Typer's parameter coercion builds pydantic TypeAdapters; an unset flag must not
+    need one), no yaml. The root help imports no verb's module either (cli/lazy.py)."""
     code = (
         "import contextlib, io, json, sys\n"
         "from mlxtune.cli import app\n"
@@ -90,9 +90,11 @@ def test_help_imports_no_markdown_rich_or_openblas() -> None:
         return [m for m in modules if m.split(".")[0] in roots or m in roots]
 
     always = {"markdown_it", "rich", "typer.rich_utils", "pygments", "ctypes", "mlx", "mlx_lm"}
-    always |= {"datasets", "transformers", "yaml", "jinja2"}
+    always |= {"datasets", "transformers", "yaml", "jinja2", "pydantic", "pydantic_core"}
     assert heavy(seen["all"], always) == []
-    assert heavy(seen["root"], {"pydantic", "pydantic_core"}) == []
+    verb_modules = {f"mlxtune.cli.{v.target.split(':')[0].rsplit('.', 1)[1]}" for v in VERBS}
+    assert sorted(verb_modules & set(seen["root"])) == []
+    assert verb_modules <= set(seen["all"])  # the walk did import them
 
 
 def test_known_error_is_one_line_without_traceback(tmp_path) -> None:
