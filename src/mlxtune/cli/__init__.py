@@ -14,7 +14,6 @@ from typing import Annotated
 import typer
 
 from mlxtune import __version__
-from mlxtune.cli.common import console
 from mlxtune.cli.lazy import Verb, VerbGroup
 
 # The verbs in the order `--help` and docs/cli.md list them (Typer lists commands before
@@ -110,6 +109,8 @@ app = typer.Typer(
 
 def version_callback(value: bool) -> None:
     if value:
+        from mlxtune.cli.common import console  # the root help imports no verb's helpers
+
         console.print(f"mlxtune {__version__}")
         raise typer.Exit()
 
