@@ -5,7 +5,7 @@ one-line summary; it imports the verb's module and builds its click command with
 builders only when that verb is run, asked for its help, or walked (docs, completion). A
 sub-app's group (`runs`, `config`) builds only the subcommand named, the same way. The verb
 modules stay the single source of each command's flags and help; the root's summaries are
-kept equal to what the built commands say by tests/test_cli.py.
+kept equal to what the built commands say by tests/test_cli_lazy.py.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ class _Commands(MutableMapping[str, Any]):
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._built:
-            build, _stub = self._pending.pop(name)  # KeyError: no such command
-            self._built[name] = build()
+            build, _stub = self._pending[name]  # KeyError: no such command
+            self._built[name] = build()  # a verb that fails to import stays pending
+            del self._pending[name]
         return self._built[name]
 
     def __setitem__(self, name: str, command: Any) -> None:
@@ -60,6 +61,8 @@ class _Commands(MutableMapping[str, Any]):
         self._built[name] = command
 
     def __delitem__(self, name: str) -> None:
+        if name not in self._order:
+            raise KeyError(name)
         self._order.remove(name)
         self._pending.pop(name, None)
         self._built.pop(name, None)
