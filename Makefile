@@ -45,7 +45,7 @@ format: install
 bench: install   ## quick benchmark suite on the tiny and small presets, beside raw mlx-lm
 	bash scripts/bench.sh
 
-docs: install   ## regenerate docs/cli.md (Typer's docs command) and docs/config.schema.json
+docs: install   ## regenerate docs/cli.md (Typer's docs command), docs/config.schema.json and src/mlxtune/cli_help.json
 	$(BIN)/python scripts/gen_cli_docs.py
 
 clean:

@@ -1,6 +1,7 @@
-"""Regenerate docs/cli.md with Typer's own docs command and docs/config.schema.json from the
-config model, so neither reference drifts (tests/test_cli.py and tests/test_config.py check
-both against what the code says now)."""
+"""Regenerate docs/cli.md with Typer's own docs command, docs/config.schema.json from the
+config model and src/mlxtune/cli_help.json (the `--help` texts the `mlxtune` command prints
+without importing Typer) from the live app, so none of them drifts (tests/test_cli.py,
+tests/test_config.py and tests/test_cli_help_cache.py check them against the code)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 from mlxtune.config import json_schema
+from mlxtune.console import write_help_cache
 
 REPO = Path(__file__).resolve().parent.parent
 # The same command `make docs` documents and the drift test runs: Typer's docs generator.
@@ -24,6 +26,7 @@ def main() -> None:
     )
     schema = json.dumps(json_schema(), indent=2) + "\n"
     (REPO / "docs" / "config.schema.json").write_text(schema)
+    write_help_cache()
 
 
 if __name__ == "__main__":

@@ -483,9 +483,9 @@ def test_data_targets_only_judged_at_their_row_count() -> None:
 
 
 def test_startup_bench_walks_every_command_of_the_live_app() -> None:
-    from mlxtune.bench.startup import help_commands
+    from mlxtune.console import command_paths
 
-    paths = help_commands()
+    paths = command_paths()
     assert paths[""] == [] and paths["train"] == ["train"]
     assert paths["runs list"] == ["runs", "list"]
     assert len(paths) > 20

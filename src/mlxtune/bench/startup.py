@@ -2,7 +2,9 @@
 (issue 18: under 0.15 s), beside raw mlx-lm's own `--help` where it has one.
 
 Each command runs `bench.startup_runs` times per repeat in a fresh process with the user's
-environment (no BLAS preload: a user typing `mlxtune --help` has none); the median is kept."""
+environment (no BLAS preload: a user typing `mlxtune --help` has none), after one untimed run
+that leaves Python's bytecode cache written as any second run on a user's machine finds it;
+the median is kept."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlxtune.bench.core import Progress, Recorder, Target
+from mlxtune.console import command_paths
 from mlxtune.errors import MlxtuneError
 
 if TYPE_CHECKING:
@@ -33,42 +36,20 @@ def console_script(name: str, module: str) -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", module]
 
 
-def help_commands() -> dict[str, list[str]]:
-    """Every command path of the CLI, from the live app: "" for the root, "train", "runs list"."""
-    import typer
-
-    from mlxtune.cli import app
-
-    root = typer.main.get_command(app)
-    paths: dict[str, list[str]] = {"": []}
-
-    def walk(cmd: Any, prefix: list[str]) -> None:  # Typer's own (vendored) click types
-        if not hasattr(cmd, "list_commands"):
-            return
-        ctx = typer.Context(cmd)
-        for name in cmd.list_commands(ctx):
-            sub = cmd.get_command(ctx, name)
-            if sub is None or sub.hidden:
-                continue
-            paths[" ".join([*prefix, name])] = [*prefix, name]
-            walk(sub, [*prefix, name])
-
-    walk(root, [])
-    return paths
-
-
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    # a sandbox's PYTHONDONTWRITEBYTECODE would recompile every module on every run
+    dropped = ("LD_PRELOAD", "PYTHONDONTWRITEBYTECODE")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     src = str(Path(__file__).resolve().parents[2])  # this checkout's mlxtune
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     return env
 
 
 def time_help(cmd: list[str], runs: int) -> float:
-    """Median wall seconds of `cmd --help` over `runs` fresh processes."""
+    """Median wall seconds of `cmd --help` over `runs` fresh processes, after one untimed run."""
     env = _env()
     walls = []
-    for _ in range(runs):
+    for _ in range(runs + 1):
         t0 = time.perf_counter()
         proc = subprocess.run(
             [*cmd, "--help"], env=env, stdin=subprocess.DEVNULL, capture_output=True, check=False
@@ -77,7 +58,7 @@ def time_help(cmd: list[str], runs: int) -> float:
         if proc.returncode != 0:
             tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
             raise MlxtuneError(f"{' '.join(cmd)} --help exited {proc.returncode}: {tail}")
-    return statistics.median(walls)
+    return statistics.median(walls[1:])
 
 
 def bench_startup_once(cfg: Config, target: Target, rec: Recorder, say: Progress) -> str | None:
@@ -92,7 +73,7 @@ def bench_startup_once(cfg: Config, target: Target, rec: Recorder, say: Progress
         return None
     base = console_script("mlxtune", "mlxtune")
     walls = {}
-    for name, args in help_commands().items():
+    for name, args in command_paths().items():
         say(f"startup [mlxtune] {name or 'root'} --help")
         walls[name] = time_help([*base, *args], runs)
     rec.add("startup", ROOT_CASE, target, {"wall_ms": 1000 * walls.pop("")})
