@@ -81,9 +81,11 @@ class _Rows:
     """The current call's row -> adapter map, shared by every MultiLoRALinear of one model
     (set by `MixedModel.__call__`; only the engine's worker thread calls the model)."""
 
-    def __init__(self) -> None:
+    def __init__(self, scales: list[float]) -> None:
+        self.scales = [0.0, *scales]  # by index: LoRA's scale, one per adapter (same every layer)
         self.uniform: int | None = BASE_INDEX  # every row uses this adapter; None: mixed
         self.indices: Any = None  # mx.array (batch,) of adapter indices when mixed
+        self.row_scales: Any = None  # mx.array (batch, 1, 1): each row's scale when mixed
         self.mixed_calls = 0  # forward passes whose rows used more than one adapter
 
     def set(self, rows: list[int]) -> None:
@@ -94,6 +96,7 @@ class _Rows:
             self.uniform, self.indices = first, None
         else:
             self.uniform, self.indices = None, mx.array(rows, dtype=mx.uint32)
+            self.row_scales = mx.array([self.scales[r] for r in rows])[:, None, None]
             self.mixed_calls += 1
 
 
@@ -106,9 +109,7 @@ def multi_lora_linear() -> type:
     class MultiLoRALinear(nn.Module):
         """`linear(x) + scale[k] * (x @ A[k]) @ B[k]` with k the row's adapter (0: none)."""
 
-        def __init__(
-            self, linear: Any, a: list[Any], b: list[Any], scales: list[float], rows: _Rows
-        ) -> None:
+        def __init__(self, linear: Any, a: list[Any], b: list[Any], rows: _Rows) -> None:
             super().__init__()
             self.linear = linear
             self.lora_a = a  # one (in, r) per adapter, as loaded: the uniform path's operands
@@ -116,9 +117,7 @@ def multi_lora_linear() -> type:
             # index 0 (the base) is a zero pair: a mixed batch's base rows add exactly 0
             self.stacked_a = mx.stack([mx.zeros_like(a[0]), *a])
             self.stacked_b = mx.stack([mx.zeros_like(b[0]), *b])
-            self.stacked_scale = mx.array([0.0, *scales], dtype=mx.float32)
             # plain attributes, outside the module tree (not parameters)
-            object.__setattr__(self, "_scales", scales)
             object.__setattr__(self, "_rows", rows)
 
         def __call__(self, x: Any) -> Any:
@@ -128,12 +127,11 @@ def multi_lora_linear() -> type:
                 return y
             if k is not None:  # mlx-lm's LoRALinear, operation for operation
                 z = (x @ self.lora_a[k - 1]) @ self.lora_b[k - 1]
-                return y + (self._scales[k - 1] * z).astype(x.dtype)
+                return y + (self._rows.scales[k] * z).astype(x.dtype)
             idx = self._rows.indices
             h = mx.gather_mm(x, self.stacked_a, rhs_indices=idx)
             z = mx.gather_mm(h, self.stacked_b, rhs_indices=idx)
-            scale = self.stacked_scale[idx].reshape(-1, *([1] * (z.ndim - 1)))
-            return y + (scale * z).astype(x.dtype)
+            return y + (self._rows.row_scales * z).astype(x.dtype)
 
     return MultiLoRALinear
 
@@ -250,10 +248,9 @@ def build_mixed(base: Any, adapters: dict[str, AdapterLoRA]) -> MixedModel:
     loras = list(adapters.values())
     if len({lora.signature() for lora in loras}) != 1:
         raise ValueError("adapters mixed in one batch must adapt the same layers at one rank")
-    rows = _Rows()
+    rows = _Rows([lora.scale for lora in loras])
     inner = _clone_tree(base)
     modules = dict(inner.named_modules())
-    scales = [lora.scale for lora in loras]
     layer = multi_lora_linear()
     wrapped = [
         (
@@ -262,7 +259,6 @@ def build_mixed(base: Any, adapters: dict[str, AdapterLoRA]) -> MixedModel:
                 modules[key],
                 [lora.pairs[key][0] for lora in loras],
                 [lora.pairs[key][1] for lora in loras],
-                scales,
                 rows,
             ),
         )
