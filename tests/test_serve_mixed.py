@@ -3,6 +3,8 @@ each request what raw mlx-lm generates with that request's adapter alone, token 
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,25 @@ def test_one_adapter_is_served_as_before(tiny_model: Path, adapters: dict[str, P
     assert not any(isinstance(m, LoRALinear) for _, m in models["a1"].model.named_modules())
     off = load_models(_config(tiny_model, adapters, mix_adapters=False))
     assert all(m.mixed is None for m in off.values())
+
+
+def test_only_plain_lora_over_this_base_mixes(
+    tiny_model: Path, adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    from mlx_lm import load
+
+    from mlxtune.serve.multi_lora import group_adapters, read_lora
+
+    base = load(str(tiny_model))[0]
+    odd = {}
+    for name, change in (("qlora", {"base_quantization": {"bits": 4, "group_size": 64}}),
+                         ("dora", {"fine_tune_type": "dora"})):  # fmt: skip
+        odd[name] = shutil.copytree(adapters["a1"], tmp_path / name)
+        config = json.loads((odd[name] / "adapter_config.json").read_text())
+        (odd[name] / "adapter_config.json").write_text(json.dumps({**config, **change}))
+        assert read_lora(odd[name], base) is None, name
+    groups = group_adapters(base, {**odd, **adapters})
+    assert [sorted(g) for g in groups] == [["a1", "a2", "a3"]]  # r4: another rank, alone
 
 
 def _submit(engine: Any, model: str, prompt: list[int], n: int, first: threading.Event) -> Any:

@@ -196,13 +196,16 @@ class AdapterLoRA:
 
 def read_lora(path: Path, base: Any) -> AdapterLoRA | None:
     """The adapter's LoRA pairs when it is a plain LoRA over the base's (quantized) Linear
-    layers; None for anything else (DoRA, full fine-tunes, LoRA on embeddings or experts)."""
+    layers as served; None for anything else (DoRA, full fine-tunes, QLoRA runs, LoRA on
+    embeddings or experts)."""
     import mlx.core as mx
     import mlx.nn as nn
 
+    from mlxtune.modeling import base_quantization
+
     config = json.loads((path / "adapter_config.json").read_text())
-    if config.get("fine_tune_type", "lora") != "lora":
-        return None
+    if config.get("fine_tune_type", "lora") != "lora" or base_quantization(path) is not None:
+        return None  # not LoRA, or LoRA trained over a base quantized at load (QLoRA), not this one
     scale = config.get("lora_parameters", {}).get("scale")
     if not isinstance(scale, int | float):
         return None
