@@ -126,8 +126,12 @@ def mix_and_fuse(
     members: dict[str, MixMember] = {}
     if cfg.serve.mix_adapters:
         adapters = {n: Path(m.adapter) for n, m in models.items() if m.adapter}
-        for i, group in enumerate(group_adapters(models[base_name].model, adapters)):
-            mixed = build_mixed(models[base_name].model, group)
+        try:
+            groups = group_adapters(models[base_name].model, adapters)
+            mixed_models = [build_mixed(models[base_name].model, group) for group in groups]
+        except Exception as e:  # files that loaded a moment ago; a bug in mixing, say so
+            raise MlxtuneError(f"serve.mix_adapters: cannot mix the adapters: {e}") from e
+        for i, (group, mixed) in enumerate(zip(groups, mixed_models, strict=True)):
             members.update((n, MixMember(mixed, mixed.index(n))) for n in group)
             if i == 0:
                 members[base_name] = MixMember(mixed, BASE_INDEX)
