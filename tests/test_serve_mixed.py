@@ -42,6 +42,7 @@ def adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 def test_mixed_rows_get_their_own_adapter(tiny_model: Path, adapters: dict[str, Path]) -> None:
     """One forward pass over rows of different adapters equals each adapter's own LoRA model."""
     import mlx.core as mx
+    from mlx_lm.generate import _merge_caches  # how BatchGenerator batches rows' caches
 
     from mlxtune.serve.models import load_models
 
@@ -54,8 +55,6 @@ def test_mixed_rows_get_their_own_adapter(tiny_model: Path, adapters: dict[str, 
     prompt = chat_prompt_ids(tiny_model)[:12]
     names = ["a2", "base", "a1", "a3", "a1"]
     cache = [mixed.model.cache_for(models[n].mixed.index) for n in names]  # type: ignore[union-attr]
-    from mlx_lm.generate import _merge_caches
-
     logits = mixed.model(mx.array([prompt] * len(names)), cache=_merge_caches(cache))
     for row, name in enumerate(names):
         alone = models[name].model(mx.array([prompt]))[0]  # unfused LoRA (or the base)
