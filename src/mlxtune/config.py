@@ -461,6 +461,12 @@ class ServeConfig(Section):
         "OPENBLAS_NUM_THREADS if set, else one fewer than the CPUs (at least 1), leaving a core "
         "to HTTP, tokenizing and streaming, which otherwise stall every split matmul.",
     )
+    mix_adapters: bool = Field(
+        True,
+        description="Decode requests for different LoRA adapters of the base (same layers and "
+        "rank, two or more) in one batch, LoRA applied per row, instead of one batch per adapter; "
+        "those adapters then share the base's weights, unfused. One adapter is served as before.",
+    )
     max_tokens_cap: int = Field(1024, gt=0, description="Largest max_tokens a request may ask.")
     default_max_tokens: int = Field(256, gt=0, description="max_tokens when a request omits it.")
     max_prompt_tokens: int = Field(4096, gt=0, description="Longest prompt accepted.")

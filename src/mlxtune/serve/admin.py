@@ -66,7 +66,7 @@ def reload_adapters(state: ServeState) -> list[str]:
     """Load every adapter whose resolved file changed, then swap them all in; returns their
     names. Nothing is swapped unless every new one loaded."""
     from mlxtune.io import sha256_file
-    from mlxtune.serve.models import load_adapter, resolve_adapters
+    from mlxtune.serve.models import load_adapter, mix_and_fuse, resolve_adapters
 
     cfg = state.cfg
     base = state.models[cfg.serve.base_name].model
@@ -77,9 +77,14 @@ def reload_adapters(state: ServeState) -> list[str]:
             path / "adapters.safetensors"
         ):
             continue
-        fresh[name] = load_adapter(cfg, name, path, base)
-    for name, loaded in fresh.items():
-        state.engine.swap(name, loaded)
-        if state.embed:  # /v1/embeddings pools the same adapter's hidden states
+        fresh[name] = load_adapter(cfg, name, path, base, fuse=not cfg.serve.mix_adapters)
+    if not fresh:
+        return []
+    # a reloaded adapter changes its mixed batch: every member moves to the new one
+    current = dict(state.models)
+    for name, loaded in mix_and_fuse(cfg, {**current, **fresh}, fresh).items():
+        if loaded is not current[name]:
+            state.engine.swap(name, loaded)
+        if state.embed and name in fresh:  # /v1/embeddings pools the adapter's hidden states
             state.embed.swap(name, loaded, cfg)
     return list(fresh)

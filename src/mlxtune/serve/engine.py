@@ -1,5 +1,6 @@
 """The model worker behind `mlxtune serve`: one thread owns every model and runs continuous
-batching with mlx-lm's BatchGenerator, one generator per model so adapters never mix.
+batching with mlx-lm's BatchGenerator, one generator per model, or one per group of adapters
+of the base mixed in one batch (`serve.mix_adapters`, serve/multi_lora.py).
 
 Requests come in through `Engine.submit` (any thread); events (text pieces, the finish, a
 `Failure`) go back through each request's `emit` callback, which the web layer points at its
@@ -16,10 +17,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlxtune.errors import MlxtuneError
 from mlxtune.serve.sampling import Sampling, make_processors, make_sampler, token_logprob
+
+if TYPE_CHECKING:
+    from mlxtune.serve.multi_lora import MixMember
 
 log = logging.getLogger("mlxtune.serve")
 
@@ -37,6 +41,12 @@ class LoadedModel:
     fingerprint: str | None = None  # sha256 of adapters.safetensors
     alias: str | None = None  # the registry alias it was served by ("current"), if any
     processor: Any = None  # a vision-language model's: it answers through mlxtune.vlm.serve
+    mixed: MixMember | None = None  # decodes in its group's mixed batch (serve.mix_adapters)
+
+
+def batch_key(loaded: LoadedModel) -> int:
+    """Requests whose models share a key decode in one batch: a mixed group's, or the model's."""
+    return id(loaded.mixed.model) if loaded.mixed is not None else id(loaded)
 
 
 @dataclass(eq=False)  # compared by identity: the engine finds a request in its queues
@@ -81,16 +91,16 @@ class Failure:
     message: str
 
 
-PROMPT_KEY = "model"  # each slot keeps its own prompt cache, so one key serves
+PROMPT_KEY = "model"  # each slot keeps its own prompt cache: one key, or a mixed slot's index
 SHUTTING_DOWN = Failure(503, "shutting_down", "server is shutting down")
 GENERATION_FAILED = Failure(500, "generation_failed", "generation failed (see the server log)")
 WORKER_DIED = Failure(503, "worker_died", "the generation worker stopped; the server is exiting")
 
 
 class _Slot:
-    """One model, its BatchGenerator (created on first use) and its prompt cache: the KV of
-    recent prompts and answers, so a request sharing a prefix with one of them (a system
-    prompt, the chat template's opening, an earlier turn) prefills only the rest."""
+    """One model (or one mixed group), its BatchGenerator (created on first use) and its prompt
+    cache: the KV of recent prompts and answers, so a request sharing a prefix with one of them
+    (a system prompt, the chat template's opening, an earlier turn) prefills only the rest."""
 
     def __init__(
         self, loaded: LoadedModel, max_batch_size: int, stream: Any, prompt_cache_size: int
@@ -99,12 +109,16 @@ class _Slot:
         from mlx_lm.models.cache import LRUPromptCache
 
         self.loaded = loaded
+        self.mixed = loaded.mixed.model if loaded.mixed is not None else None
         self.prompt_cache = LRUPromptCache(prompt_cache_size) if prompt_cache_size else None
         self.max_batch_size = max_batch_size
+        # A mixed batch decodes every member's requests: as many rows as their own batches had.
+        rows = max_batch_size * (1 if self.mixed is None else len(self.mixed.members) + 1)
+        model: Any = self.mixed if self.mixed is not None else loaded.model
         self.gen = BatchGenerator(
-            loaded.model,
+            model,
             stop_tokens=[[t] for t in loaded.tokenizer.eos_token_ids],
-            completion_batch_size=max_batch_size,
+            completion_batch_size=rows,
             prefill_batch_size=min(8, max_batch_size),
             stream=stream,
         )
@@ -112,6 +126,19 @@ class _Slot:
 
     def decode_one(self, token: int) -> str:
         return str(self.loaded.tokenizer.decode([token]))
+
+    def prompt_key(self, req: GenRequest) -> Any:
+        """A mixed slot's prompt cache is keyed by adapter: KV made with one is not another's."""
+        if self.mixed is None or req.loaded is None or req.loaded.mixed is None:
+            return PROMPT_KEY
+        return req.loaded.mixed.index
+
+    def caches(self, req: GenRequest, cache: list[Any] | None) -> list[list[Any]] | None:
+        """The `caches` argument of BatchGenerator.insert for one request; a mixed slot's cache
+        list carries the row's adapter (multi_lora.AdapterRows)."""
+        if self.mixed is None or req.loaded is None or req.loaded.mixed is None:
+            return [cache] if cache is not None else None
+        return [self.mixed.cache_for(req.loaded.mixed.index, cache)]
 
 
 class Engine:
@@ -277,16 +304,17 @@ class Engine:
                 else:
                     try:
                         loaded = req.loaded or self.models[req.model]
-                        if id(loaded) not in slots:
-                            slots[id(loaded)] = _Slot(
+                        key = batch_key(loaded)
+                        if key not in slots:
+                            slots[key] = _Slot(
                                 loaded, self.max_batch_size, stream, self.prompt_cache_size
                             )
-                        self._insert(slots[id(loaded)], req)
+                        self._insert(slots[key], req)
                     except Exception:  # this request only (a bad sampler, a prompt mlx refuses)
                         log.exception("generation failed for a %s request", req.model)
                         req.emit("error", GENERATION_FAILED)
                 self._admitting.pop(0)
-            # One step per model with work, round robin: no adapter starves another.
+            # One step per batch with work, round robin: no adapter starves another.
             for key, slot in list(slots.items()):
                 if cut:
                     self._end_all(slots.pop(key), SHUTTING_DOWN)
@@ -299,7 +327,7 @@ class Engine:
             with self._lock:
                 for name in self._active:
                     self._active[name] = sum(
-                        len(s.active) for s in slots.values() if s.loaded.name == name
+                        r.model == name for s in slots.values() for r in s.active.values()
                     )
                 self._retire(slots)
             self.active_count = sum(len(s.active) for s in slots.values())
@@ -309,8 +337,10 @@ class Engine:
     def _retire(self, slots: dict[int, _Slot]) -> None:
         """Close the generators of models a reload replaced, once their last request is done
         (called with the lock held, so no request can be queued for them meanwhile)."""
-        current = {id(m) for m in self.models.values()}
-        queued = {id(r.loaded) for q in self._waiting.values() for r in q}
+        current = {batch_key(m) for m in self.models.values()}
+        queued = {
+            batch_key(r.loaded or self.models[r.model]) for q in self._waiting.values() for r in q
+        }
         for key in [k for k, s in slots.items() if k not in current and not s.active]:
             if key not in queued:
                 with contextlib.suppress(Exception):
@@ -330,7 +360,7 @@ class Engine:
         if slot.prompt_cache is not None:
             from mlx_lm.models.cache import trim_prompt_cache
 
-            cache, rest = slot.prompt_cache.fetch_nearest_cache(PROMPT_KEY, req.prompt)
+            cache, rest = slot.prompt_cache.fetch_nearest_cache(slot.prompt_key(req), req.prompt)
             if cache is not None and not rest:  # the whole prompt is cached: the last token's
                 trim_prompt_cache(cache, 1)  # logits are not, so it is fed again
                 rest = req.prompt[-1:]
@@ -338,13 +368,13 @@ class Engine:
         (uid,) = slot.gen.insert(
             [rest],
             max_tokens=[req.max_tokens],
-            caches=[cache] if cache is not None else None,
+            caches=slot.caches(req, cache),
             all_tokens=[req.prompt[: len(req.prompt) - len(rest)]],
             samplers=[make_sampler(req.sampling)],
             logits_processors=[make_processors(req.sampling) + req.logits_processors],
         )
         req.uid = uid
-        req.detok = slot.loaded.tokenizer.detokenizer
+        req.detok = (req.loaded or slot.loaded).tokenizer.detokenizer
         slot.active[uid] = req
 
     def _step(self, slot: _Slot) -> None:
@@ -390,7 +420,8 @@ class Engine:
                 slot.active.pop(r.uid)
                 req.emit("done", finish)
                 if slot.prompt_cache is not None and r.prompt_cache is not None:
-                    slot.prompt_cache.insert_cache(PROMPT_KEY, r.all_tokens[:], r.prompt_cache)
+                    key = slot.prompt_key(req)
+                    slot.prompt_cache.insert_cache(key, r.all_tokens[:], r.prompt_cache)
         if remove:
             slot.gen.remove(remove)
 

@@ -1,9 +1,12 @@
 """Which models serve answers with: `serve.adapters` resolved to run directories, and the base
 plus every adapter loaded at start (adapters share the base's frozen weights, or with
-`serve.fuse_adapters` have their LoRA folded into their own copy of the layers it adapts)."""
+`serve.fuse_adapters` have their LoRA folded into their own copy of the layers it adapts; with
+`serve.mix_adapters`, adapters that can share a batch decode in one with the base's requests)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,17 +108,54 @@ def load_models(cfg: Config) -> dict[str, LoadedModel]:
     mx.eval(base_model.parameters())
     models = {cfg.serve.base_name: LoadedModel(cfg.serve.base_name, base_model, base_tok)}
     for name, path in adapters.items():
-        models[name] = load_adapter(cfg, name, path, base_model)
-    return models
+        models[name] = load_adapter(cfg, name, path, base_model, fuse=not cfg.serve.mix_adapters)
+    return mix_and_fuse(cfg, models, adapters)
 
 
-def load_adapter(cfg: Config, name: str, path: Path, base_model: Any) -> LoadedModel:
+def mix_and_fuse(
+    cfg: Config, models: dict[str, LoadedModel], fresh: Iterable[str]
+) -> dict[str, LoadedModel]:
+    """Where each model decodes. With `serve.mix_adapters`, the base and the largest group of
+    two or more adapters that can share a batch (plain LoRA, same layers and rank) decode in one
+    mixed batch; another such group gets a mixed batch of its own. Adapters in `fresh` (loaded
+    unfused for this) that mix in no batch are then fused as `serve.fuse_adapters` says.
+    Returns every model, a new LoadedModel where its batch changed (for `Engine.swap`)."""
+    from mlxtune.serve.multi_lora import BASE_INDEX, MixMember, build_mixed, group_adapters
+
+    base_name = cfg.serve.base_name
+    members: dict[str, MixMember] = {}
+    if cfg.serve.mix_adapters:
+        adapters = {n: Path(m.adapter) for n, m in models.items() if m.adapter}
+        try:
+            groups = group_adapters(models[base_name].model, adapters)
+            mixed_models = [build_mixed(models[base_name].model, group) for group in groups]
+        except Exception as e:  # files that loaded a moment ago; a bug in mixing, say so
+            raise MlxtuneError(f"serve.mix_adapters: cannot mix the adapters: {e}") from e
+        for i, (group, mixed) in enumerate(zip(groups, mixed_models, strict=True)):
+            members.update((n, MixMember(mixed, mixed.index(n))) for n in group)
+            if i == 0:
+                members[base_name] = MixMember(mixed, BASE_INDEX)
+    out = {
+        name: m if m.mixed is None and name not in members else replace(m, mixed=members.get(name))
+        for name, m in models.items()
+    }
+    for name in fresh:
+        if out[name].mixed is None and cfg.serve.fuse_adapters:
+            fuse_lora(out[name].model)
+    return out
+
+
+def load_adapter(
+    cfg: Config, name: str, path: Path, base_model: Any, *, fuse: bool = True
+) -> LoadedModel:
+    """One adapter over the base's shared weights; folded in when `fuse` and
+    `serve.fuse_adapters` both say so."""
     from mlxtune.modeling import load_model
 
     try:
         model, tok, _ = load_model(cfg.model, path)
         share_base_weights(base_model, model, path)
-        if cfg.serve.fuse_adapters:
+        if fuse and cfg.serve.fuse_adapters:
             fuse_lora(model)
     except MlxtuneError as e:
         raise MlxtuneError(f"serve.adapters.{name}: {e}") from None
