@@ -144,7 +144,7 @@ def test_pipelined_training_lengths(tok: Any, monkeypatch: pytest.MonkeyPatch) -
     want = [len(formats.encode_for_training(tok, r)[0]) for r in records]
     monkeypatch.setattr(formats, "ENCODE_BATCH", 4)  # many batches in flight
     assert formats.training_lengths(tok, records) == want
-    counter = rec.BackgroundLengths(tok)
+    counter = formats.TrainingLengths(tok)
     with counter:
         for r in records:
             counter.add(r)

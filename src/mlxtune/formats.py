@@ -624,27 +624,77 @@ def _render_jobs(
 
 
 def training_lengths(tokenizer: Any, records: list[dict[str, Any]] | Any) -> list[int]:
-    """`len(encode_for_training(tokenizer, r)[0])` for many records, in batches: with a direct
-    Rust backend each batch is rendered while the one before is tokenized, and only lengths
-    are kept (no id lists or masks)."""
-    records = list(records)
-    hf = _hf(tokenizer)
-    backend = _direct_backend(hf)
-    if backend is None:
-        encoded = encode_for_training_many(tokenizer, records, mask_prompt=False)
-        return [len(tokens) for tokens, _ in encoded]
-    eos = getattr(hf, "eos_token_id", None)
-    chunks = _batches(records)
-    texts = (_whole_texts(tokenizer, chunk) for chunk in chunks)
-    lengths: list[int] = []
-    for chunk, encodings in zip(chunks, _encode_batches(backend, texts), strict=True):
-        for record, encoding in zip(chunk, encodings, strict=True):
+    """`len(encode_for_training(tokenizer, r)[0])` for many records, in batches."""
+    with TrainingLengths(tokenizer) as counter:
+        for record in records:
+            counter.add(record)
+        return counter.lengths()
+
+
+class TrainingLengths:
+    """`training_lengths` of records handed over one at a time, so the tokenizer works while
+    the caller goes on reading and checking rows: each batch is rendered here, on the
+    caller's thread, and tokenized by the Rust tokenizer in a worker thread (the call
+    releases the GIL), so two cores share the work even with TOKENIZERS_PARALLELISM=false.
+    Only lengths are kept (no id lists or masks). Without a direct Rust backend the records
+    are measured by `encode_for_training_many` when `lengths()` is asked."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._tokenizer = tokenizer
+        hf = _hf(tokenizer) if tokenizer is not None else None
+        self._backend = _direct_backend(hf) if hf is not None else None
+        self._eos = getattr(hf, "eos_token_id", None)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lengths")
+        self._batch: list[dict[str, Any]] = []
+        self._pending: deque[tuple[list[dict[str, Any]], Any]] = deque()
+        self._lengths: list[int] = []
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Measure `record` (its messages and tools must not change from here on)."""
+        self._batch.append(record)
+        if self._backend is not None and len(self._batch) >= ENCODE_BATCH:
+            self._submit()
+
+    def _submit(self) -> None:
+        backend, batch, self._batch = self._backend, self._batch, []
+        assert backend is not None
+        texts = _whole_texts(self._tokenizer, batch)
+        future = self._pool.submit(backend.encode_batch, texts, add_special_tokens=False)
+        self._pending.append((batch, future))
+        while self._pending and self._pending[0][1].done():  # hold few encodings at a time
+            self._take(*self._pending.popleft())
+
+    def _take(self, batch: list[dict[str, Any]], future: Any) -> None:
+        for record, encoding in zip(batch, future.result(), strict=True):
             n = len(encoding)
             # a plain-text record trains with EOS appended (encode_for_training_many)
-            if _is_text(record) and eos is not None and (n == 0 or encoding.ids[-1] != eos):
+            if (
+                _is_text(record)
+                and self._eos is not None
+                and (n == 0 or encoding.ids[-1] != self._eos)
+            ):
                 n += 1
-            lengths.append(n)
-    return lengths
+            self._lengths.append(n)
+
+    def lengths(self) -> list[int]:
+        """Every added record's length, in the order added."""
+        if self._backend is None:
+            encoded = encode_for_training_many(self._tokenizer, self._batch, mask_prompt=False)
+            self._lengths += [len(tokens) for tokens, _ in encoded]
+            self._batch = []
+        elif self._batch:
+            self._submit()
+        while self._pending:
+            self._take(*self._pending.popleft())
+        return list(self._lengths)
+
+    def __enter__(self) -> TrainingLengths:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _is_text(record: dict[str, Any]) -> bool:

@@ -138,7 +138,7 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
 
     ledger = ImageLedger()
     # token lengths are measured in a worker thread from the moment each row is read
-    with rec.BackgroundLengths(tokenizer) as measured:
+    with formats.TrainingLengths(tokenizer) as measured:
         items, sources_meta, kind = _read_all(cfg, say, ledger, measured)
         funnel = _Funnel(items)
         say("cleaning")
@@ -412,7 +412,7 @@ class _SourceContext:
 
 
 def _read_all(
-    cfg: Config, say: Progress, ledger: ImageLedger, measured: rec.BackgroundLengths
+    cfg: Config, say: Progress, ledger: ImageLedger, measured: formats.TrainingLengths
 ) -> tuple[list[_Item], list[dict[str, Any]], str]:
     """Every source's rows as canonical records, plus each source's manifest entry and the
     shape of them all (chat or text); each record goes to `measured` as it is made. Bad

@@ -19,7 +19,6 @@ from mlxtune.io import atomic_write_json, sha256_file
 from mlxtune.stats import percentile
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
     from pathlib import Path
 
     from mlxtune.config import ModelConfig
@@ -189,10 +188,16 @@ def majority_format(
 def clean_text(text: str) -> str:
     """NFKC, no zero-width characters, \\n line ends, no trailing spaces, at most one blank
     line in a row, trimmed. Inner spacing is kept: indentation in code answers matters."""
-    text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _TRAILING_SPACE.sub("\n", text)
-    return _BLANK_RUNS.sub("\n\n", text).strip()
+    if not text.isascii():  # both are no-ops on ASCII
+        text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH)
+    # each rule runs only where it can match (the regexes cost more than the scans)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if " \n" in text or "\t\n" in text:
+        text = _TRAILING_SPACE.sub("\n", text)
+    if "\n\n\n" in text:
+        text = _BLANK_RUNS.sub("\n\n", text)
+    return text.strip()
 
 
 def clean_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -442,44 +447,6 @@ def prompt_mismatches(tokenizer: Any, record: dict[str, Any]) -> list[str]:
             f"raw mlx-lm tokenizes this record to {len(raw)} tokens, mlxtune to {len(tokens)}"
         )
     return out
-
-
-class BackgroundLengths:
-    """`formats.training_lengths` of records handed over one at a time, measured in a worker
-    thread a batch at a time while the caller goes on reading and checking rows: the Rust
-    tokenizer releases the GIL, so on two cores most of its time hides behind that work.
-    Records must not change (their messages and tools) once added."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        """`tokenizer` may be None when nothing will be added."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._tokenizer = tokenizer
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lengths")
-        self._futures: list[Future[list[int]]] = []
-        self._batch: list[dict[str, Any]] = []
-
-    def add(self, record: dict[str, Any]) -> None:
-        self._batch.append(record)
-        if len(self._batch) >= formats.ENCODE_BATCH:
-            self._submit()
-
-    def _submit(self) -> None:
-        if self._batch:
-            future = self._pool.submit(formats.training_lengths, self._tokenizer, self._batch)
-            self._futures.append(future)
-            self._batch = []
-
-    def lengths(self) -> list[int]:
-        """Every added record's length, in the order added (waits for the worker)."""
-        self._submit()
-        return [n for future in self._futures for n in future.result()]
-
-    def __enter__(self) -> BackgroundLengths:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def length_stats(values: Sequence[int]) -> dict[str, int]:

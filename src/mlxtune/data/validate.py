@@ -209,7 +209,7 @@ def validate_format(
     if mixed:
         problems.add(mixed[0], "format", mixed[1], "format")
     measure = len(cached) < len(files)
-    with rec.BackgroundLengths(tokenizer.get() if measure else None) as measured:
+    with formats.TrainingLengths(tokenizer.get() if measure else None) as measured:
         # rows of files prepare did not measure are tokenized while the other checks run
         rows = _check_rows(
             parsed,
