@@ -94,11 +94,14 @@ def _emit(node: dict[str, Any], v: str, depth: int, out: list[str], consts: list
         tests = " or ".join(_TYPES[n].format(v=v) for n in names)
         out.append(f"{pad}if not ({tests}): return False")
     if "enum" in node:
-        consts.append(tuple(node["enum"]))
-        out.append(
-            f"{pad}if not any({v} == a and type({v}) is type(a) for a in C[{len(consts) - 1}]):"
-            " return False"
-        )
+        allowed = node["enum"]
+        if all(type(a) is str for a in allowed):  # the same test as below, as one set lookup
+            consts.append(frozenset(allowed))
+            test = f"type({v}) is str and {v} in C[{len(consts) - 1}]"
+        else:
+            consts.append(tuple(allowed))
+            test = f"any({v} == a and type({v}) is type(a) for a in C[{len(consts) - 1}])"
+        out.append(f"{pad}if not ({test}): return False")
     if "required" in node:
         keys = " and ".join(f"{k!r} in {v}" for k in node["required"]) or "True"
         out.append(f"{pad}if isinstance({v}, dict) and not ({keys}): return False")
