@@ -85,11 +85,13 @@ def data_commands(config: Path, cold: Path) -> dict[str, list[str]]:
     }
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """(wall, CPU = user + sys) seconds of a child run to completion. Exit 1 is allowed:
-    validate-format reports the planted too-long rows with it."""
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(wall, CPU = user + sys) seconds of a child run to completion (`env` over child_env's).
+    Exit 1 is allowed: validate-format reports the planted too-long rows with it."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env())
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env(env)
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     assert proc.stderr is not None

@@ -31,7 +31,7 @@ from mlxtune.io import atomic_write_json, atomic_write_jsonl, sha256_file
 from mlxtune.vlm.data import ImageLedger, flatten_image_parts, image_group, link_images
 
 if TYPE_CHECKING:
-    from mlxtune.config import Config, SourceConfig
+    from mlxtune.config import Config, ModelConfig, SourceConfig
     from mlxtune.data.augment import AugmentReport
     from mlxtune.data.quality import QualityReport
     from mlxtune.data.sources import Row
@@ -97,6 +97,7 @@ class _Item:
     record: dict[str, Any]
     where: rec.Located
     tokens: int = 0
+    question: str | None = None  # rec.question_key, once: splitting and the manifest ask
 
 
 @dataclass
@@ -136,13 +137,18 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
     tokenizer, template, origin = rec.load_tokenizer(cfg.model)
 
     ledger = ImageLedger()
-    items, sources_meta, kind = _read_all(cfg, say, ledger)
-    funnel = _Funnel(items)
-    say("cleaning")
-    _clean(funnel, cfg)
-    if pc.quality is not None:
-        _score_quality(funnel, cfg, say)
-    _count_tokens(funnel, cfg, tokenizer, say)
+    # token lengths are measured in a worker thread from the moment each row is read
+    with formats.TrainingLengths(tokenizer) as measured:
+        items, sources_meta, kind = _read_all(cfg, say, ledger, measured)
+        funnel = _Funnel(items)
+        say("cleaning")
+        _clean(funnel, cfg)
+        if pc.quality is not None:
+            _score_quality(funnel, cfg, say)
+        say(f"counting tokens of {len(funnel.items)} rows")
+        for item, n in zip(items, measured.lengths(), strict=True):
+            item.tokens = n
+    _drop_long(funnel, cfg)
     say("splitting")
     _split_funnel(funnel, cfg, out_dir)
     if pc.augment is not None:
@@ -165,7 +171,7 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
     _add_optional_sections(manifest, funnel, ledger)
 
     say(f"writing {out_dir}")
-    _write(out_dir, funnel.split_rows, manifest, force, tokenizer)
+    _write(out_dir, funnel.split_rows, manifest, force, (tokenizer, template, cfg.model))
     return PrepareResult(
         out_dir=out_dir,
         manifest=manifest,
@@ -223,15 +229,9 @@ def _score_quality(funnel: _Funnel, cfg: Config, say: Progress) -> None:
     funnel.apply("quality", lambda it: it.record["quality"] >= threshold)
 
 
-def _count_tokens(funnel: _Funnel, cfg: Config, tokenizer: Any, say: Progress) -> None:
-    """Token lengths with the real tokenizer and template; drop rows over max_seq_length
-    when asked. Nothing left is bad data."""
-    items = funnel.items
-    say(f"counting tokens of {len(items)} rows")
-    for item, n in zip(
-        items, formats.training_lengths(tokenizer, [i.record for i in items]), strict=True
-    ):
-        item.tokens = n
+def _drop_long(funnel: _Funnel, cfg: Config) -> None:
+    """Drop rows over max_seq_length (their lengths measured with the real tokenizer and
+    template) when asked. Nothing left is bad data."""
     max_len = cfg.train.max_seq_length
     if cfg.prepare.drop_long:
         funnel.apply("max_seq_length", lambda it: it.tokens <= max_len)
@@ -412,10 +412,11 @@ class _SourceContext:
 
 
 def _read_all(
-    cfg: Config, say: Progress, ledger: ImageLedger
+    cfg: Config, say: Progress, ledger: ImageLedger, measured: formats.TrainingLengths
 ) -> tuple[list[_Item], list[dict[str, Any]], str]:
     """Every source's rows as canonical records, plus each source's manifest entry and the
-    shape of them all (chat or text). Bad rows from every source are listed together."""
+    shape of them all (chat or text); each record goes to `measured` as it is made. Bad
+    rows from every source are listed together."""
     items: list[_Item] = []
     sources_meta = []
     problems: list[str] = []
@@ -440,6 +441,7 @@ def _read_all(
             item = _to_item(row, ctx, problems)
             if item is not None:
                 items.append(item)
+                measured.add(item.record)
                 kinds.append(("text" if "text" in item.record else "chat", item.where))
         sources_meta.append(_source_meta(src, kind, fmt, len(items) - n_before, rows))
     if problems:
@@ -561,7 +563,12 @@ def _first_of(key: Callable[[dict[str, Any]], str]) -> Callable[[_Item], bool]:
 
 def _group(item: _Item, group_by: str | None) -> str:
     if group_by is None:  # records with images group by image: one image, one split
-        return image_group(item.record) or rec.question_key(item.record)
+        group = image_group(item.record)
+        if group:
+            return group
+        if item.question is None:
+            item.question = rec.question_key(item.record)
+        return item.question
     value = item.record.get(group_by)
     if value is None:
         raise BadData(f"{item.where}: {group_by}: missing (prepare.group_by needs it)")
@@ -614,9 +621,10 @@ def _write(
     split_rows: dict[str, list[_Item]],
     manifest: dict[str, Any],
     force: bool,
-    tokenizer: Any,
+    measured_with: tuple[Any, str, ModelConfig],
 ) -> None:
-    """Write into a temp directory beside out_dir, then swap it into place."""
+    """Write into a temp directory beside out_dir, then swap it into place. `measured_with`:
+    the tokenizer, template and model settings the token lengths come from."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
@@ -626,7 +634,7 @@ def _write(
             manifest["files"][f"{split}.jsonl"] = {"rows": len(rows), "sha256": sha256_file(path)}
         atomic_write_json(tmp / "manifest.json", manifest)
         lengths = {f"{s}.jsonl": [it.tokens for it in rows] for s, rows in split_rows.items()}
-        rec.write_lengths(tmp, tokenizer, lengths)
+        rec.write_lengths(tmp, *measured_with, lengths)
         os.chmod(tmp, 0o755)
         _check_out_dir(out_dir, force)
         old = None

@@ -3,6 +3,7 @@ rule, so the two commands can never disagree about what a good row is."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import unicodedata
@@ -10,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mlxtune import formats
 from mlxtune.errors import UsageError
@@ -60,61 +61,84 @@ def _json_path(parts: Iterable[Any]) -> str:
 
 # A fast acceptance test compiled from the shipped schemas for the keywords they use.
 # Rows it accepts are valid; anything else (or a schema using other keywords) goes to
-# jsonschema, which also words the message. 100k rows: ~8 s -> ~0.5 s.
+# jsonschema, which also words the message. It is generated as one Python function (nested
+# lambdas cost ~35 us a row, this ~5): 100k rows ~8 s with jsonschema -> ~0.5 s.
 _SIMPLE_KEYWORDS = {
     "$schema", "title", "description", "type", "required", "properties", "items", "enum",
     "minItems", "minLength", "additionalProperties",
 }  # fmt: skip
-_TYPES: dict[str, Callable[[Any], bool]] = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "boolean": lambda v: isinstance(v, bool),
-    "null": lambda v: v is None,
+_TYPES = {
+    "object": "isinstance({v}, dict)",
+    "array": "isinstance({v}, list)",
+    "string": "isinstance({v}, str)",
+    "integer": "(isinstance({v}, int) and not isinstance({v}, bool))",
+    "number": "(isinstance({v}, (int, float)) and not isinstance({v}, bool))",
+    "boolean": "isinstance({v}, bool)",
+    "null": "{v} is None",
 }
 
 
-def _compile(node: dict[str, Any]) -> Callable[[Any], bool] | None:
+class _Unsupported(Exception):
+    """A schema keyword or value the generated test does not handle: use jsonschema."""
+
+
+def _emit(node: dict[str, Any], v: str, depth: int, out: list[str], consts: list[Any]) -> None:
+    """Lines checking the value named `v` against `node`; each failed check returns False."""
     if not set(node) <= _SIMPLE_KEYWORDS or node.get("additionalProperties", True) is not True:
-        return None
-    checks: list[Callable[[Any], bool]] = []
+        raise _Unsupported
+    pad = "    " * depth
     if "type" in node:
         names = node["type"] if isinstance(node["type"], list) else [node["type"]]
-        if not all(n in _TYPES for n in names):
-            return None
-        tests = [_TYPES[n] for n in names]
-        checks.append(lambda v: any(t(v) for t in tests))
+        if not names or not all(n in _TYPES for n in names):
+            raise _Unsupported
+        tests = " or ".join(_TYPES[n].format(v=v) for n in names)
+        out.append(f"{pad}if not ({tests}): return False")
     if "enum" in node:
         allowed = node["enum"]
-        checks.append(lambda v: any(v == a and type(v) is type(a) for a in allowed))
+        if all(type(a) is str for a in allowed):  # the same test as below, as one set lookup
+            consts.append(frozenset(allowed))
+            test = f"type({v}) is str and {v} in C[{len(consts) - 1}]"
+        else:
+            consts.append(tuple(allowed))
+            test = f"any({v} == a and type({v}) is type(a) for a in C[{len(consts) - 1}])"
+        out.append(f"{pad}if not ({test}): return False")
     if "required" in node:
-        required = list(node["required"])
-        checks.append(lambda v: not isinstance(v, dict) or all(k in v for k in required))
-    if "properties" in node:
-        props = {}
-        for key, sub in node["properties"].items():
-            compiled = _compile(sub)
-            if compiled is None:
-                return None
-            props[key] = compiled
-        checks.append(
-            lambda v: not isinstance(v, dict) or all(props[k](v[k]) for k in props if k in v)
-        )
-    if "items" in node:
-        item = _compile(node["items"])
-        if item is None:
-            return None
-        checks.append(lambda v: not isinstance(v, list) or all(item(x) for x in v))
+        keys = " and ".join(f"{k!r} in {v}" for k in node["required"]) or "True"
+        out.append(f"{pad}if isinstance({v}, dict) and not ({keys}): return False")
     if "minItems" in node:
-        least = node["minItems"]
-        checks.append(lambda v: not isinstance(v, list) or len(v) >= least)
-    if "minLength" in node:
-        shortest = node["minLength"]
-        # JSON Schema counts code points, as len() does
-        checks.append(lambda v: not isinstance(v, str) or len(v) >= shortest)
-    return lambda v: all(c(v) for c in checks)
+        out.append(
+            f"{pad}if isinstance({v}, list) and len({v}) < {int(node['minItems'])}: return False"
+        )
+    if "minLength" in node:  # JSON Schema counts code points, as len() does
+        out.append(
+            f"{pad}if isinstance({v}, str) and len({v}) < {int(node['minLength'])}: return False"
+        )
+    if "properties" in node:
+        out.append(f"{pad}if isinstance({v}, dict):")
+        out.append(f"{pad}    pass")
+        for key, sub in node["properties"].items():
+            child = f"v{depth + 1}"
+            out.append(f"{pad}    if {key!r} in {v}:")
+            out.append(f"{pad}        {child} = {v}[{key!r}]")
+            _emit(sub, child, depth + 2, out, consts)
+    if "items" in node:
+        child = f"v{depth + 1}"
+        out.append(f"{pad}if isinstance({v}, list):")
+        out.append(f"{pad}    for {child} in {v}:")
+        _emit(node["items"], child, depth + 2, out, consts)
+
+
+def _compile(schema_node: dict[str, Any]) -> Callable[[Any], bool] | None:
+    out = ["def accept(v1):"]
+    consts: list[Any] = []
+    try:
+        _emit(schema_node, "v1", 1, out, consts)
+    except _Unsupported:
+        return None
+    out.append("    return True")
+    scope: dict[str, Any] = {"C": consts}
+    exec("\n".join(out), scope)  # our own code, generated from the shipped schemas
+    return cast("Callable[[Any], bool]", scope["accept"])
 
 
 @cache
@@ -167,10 +191,16 @@ def majority_format(
 def clean_text(text: str) -> str:
     """NFKC, no zero-width characters, \\n line ends, no trailing spaces, at most one blank
     line in a row, trimmed. Inner spacing is kept: indentation in code answers matters."""
-    text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _TRAILING_SPACE.sub("\n", text)
-    return _BLANK_RUNS.sub("\n\n", text).strip()
+    if not text.isascii():  # both are no-ops on ASCII
+        text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH)
+    # each rule runs only where it can match (the regexes cost more than the scans)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if " \n" in text or "\t\n" in text:
+        text = _TRAILING_SPACE.sub("\n", text)
+    if "\n\n\n" in text:
+        text = _BLANK_RUNS.sub("\n\n", text)
+    return text.strip()
 
 
 def clean_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -182,8 +212,17 @@ def clean_record(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# ASCII text folds by one byte table (NFKC and casefold are lower() there; the non-word
+# characters, _ included, become spaces): 3x faster than the regex on 100k rows
+_ASCII_FOLD = bytes(
+    (ord(chr(c).lower()) if chr(c).isalnum() else 32) if c < 128 else c for c in range(256)
+)
+
+
 def fold(text: str) -> str:
     """Text for normalised comparison: case-folded, punctuation and spacing collapsed."""
+    if text.isascii():
+        return b" ".join(text.encode().translate(_ASCII_FOLD).split()).decode()
     return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
@@ -269,37 +308,148 @@ def load_tokenizer(model_cfg: ModelConfig) -> tuple[Any, str, str]:
 
 
 LENGTHS_FILE = "token_lengths.json"
+# weights never decide tokens or the template: the model fingerprint skips them
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".gguf", ".npz", ".npy", ".pt", ".pth", ".h5", ".onnx"}
+# the libraries that render and tokenize: a new version may render or split differently
+_RENDERING_DISTS = ("mlxtune", "mlx-lm", "transformers", "tokenizers", "jinja2")
 
 
-def write_lengths(directory: Path, tokenizer: Any, files: dict[str, list[int]]) -> None:
-    """Beside prepared splits: each file's sha256 and its rows' token lengths, so
-    validate-format need not render and tokenize rows prepare has just measured."""
+def model_fingerprint(model_cfg: ModelConfig) -> str | None:
+    """What decides a record's tokens and prompt, read without loading the tokenizer: every
+    file of the local model directory but its weights (tokenizer, template, configs), the
+    config's template settings and the versions of the libraries that render and tokenize.
+    None for a hub model (its files are not ours to hash)."""
+    from mlxtune.modeling import local_model_dir
+    from mlxtune.provenance import package_version
+
+    try:
+        local = local_model_dir(model_cfg.path)
+    except UsageError:
+        return None  # loading the tokenizer says what is wrong
+    if local is None:
+        return None
+    h = hashlib.sha256()
+    for f in sorted(local.iterdir()):
+        if f.is_file() and f.suffix not in _WEIGHT_SUFFIXES:
+            h.update(f"{f.name}\0{sha256_file(f)}\0".encode())
+    settings = model_cfg.model_dump(
+        include={"chat_template", "chat_template_kwargs", "override_chat_template"}
+    )
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for dist in _RENDERING_DISTS:
+        h.update(f"{dist}={package_version(dist)}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def write_lengths(
+    directory: Path,
+    tokenizer: Any,
+    template: str,
+    model_cfg: ModelConfig,
+    files: dict[str, list[int]],
+) -> None:
+    """Beside prepared splits: each file's sha256, its rows' token lengths and the prompt
+    check of its first conversation, under the tokenizer's fingerprint and the model
+    directory's (`model_fingerprint`), so validate-format need not render and tokenize rows
+    prepare has just measured, nor load the tokenizer when nothing changed."""
     fingerprint = formats.tokenizer_fingerprint(tokenizer)
     if fingerprint is None:
         return
-    entries = {
-        name: {"sha256": sha256_file(directory / name), "lengths": lengths}
-        for name, lengths in files.items()
-    }
-    atomic_write_json(directory / LENGTHS_FILE, {"tokenizer": fingerprint, "files": entries})
+    entries: dict[str, dict[str, Any]] = {}
+    for name, lengths in files.items():
+        entries[name] = {"sha256": sha256_file(directory / name), "lengths": lengths}
+        first = _first_conversation(directory / name)
+        if first is not None:
+            line, record = first
+            entries[name]["prompt"] = {
+                "line": line,
+                "problems": prompt_mismatches(tokenizer, record),
+            }
+    atomic_write_json(
+        directory / LENGTHS_FILE,
+        {
+            "tokenizer": fingerprint,
+            "model": model_fingerprint(model_cfg),
+            "template": formats.template_fingerprint(template),
+            "files": entries,
+        },
+    )
 
 
-def cached_lengths(path: Path, fingerprint: str | None) -> list[int] | None:
-    """The token lengths `write_lengths` recorded for `path`, if the file and the tokenizer
-    (and template) are byte for byte the ones measured; else None."""
-    from mlxtune.io import sha256_file
+def _first_conversation(path: Path) -> tuple[int, dict[str, Any]] | None:
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            record = json.loads(line)
+            if "messages" in record:
+                return number, record
+    return None
 
+
+@dataclass
+class CachedFile:
+    """What prepare measured for a file still byte for byte as it wrote it."""
+
+    lengths: list[int]
+    prompt_line: int | None  # line of its first conversation, checked against the template
+    prompt_problems: list[str]
+    template: str  # the template's fingerprint
+
+
+def cached_file(
+    path: Path, *, tokenizer: str | None = None, model: str | None = None
+) -> CachedFile | None:
+    """The entry `write_lengths` recorded for `path`, if the file is byte for byte the one
+    measured and either the loaded tokenizer's fingerprint (`tokenizer`) or the model
+    directory's (`model`) is the one it was measured with; else None."""
     sidecar = path.parent / LENGTHS_FILE
-    if fingerprint is None or not sidecar.is_file():
+    if (tokenizer is None and model is None) or not sidecar.is_file():
         return None
     try:
         data = json.loads(sidecar.read_text())
         entry = data["files"][path.name]
-        if data["tokenizer"] != fingerprint or entry["sha256"] != sha256_file(path):
+        same = (tokenizer is not None and data["tokenizer"] == tokenizer) or (
+            model is not None and data.get("model") == model
+        )
+        if not same or entry["sha256"] != sha256_file(path):
             return None
-        return [int(n) for n in entry["lengths"]]
+        prompt = entry.get("prompt") or {}
+        return CachedFile(
+            lengths=[int(n) for n in entry["lengths"]],
+            prompt_line=int(prompt["line"]) if "line" in prompt else None,
+            prompt_problems=[str(m) for m in prompt.get("problems", [])],
+            template=str(data.get("template", "")),
+        )
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def prompt_mismatches(tokenizer: Any, record: dict[str, Any]) -> list[str]:
+    """Render one record the way train does and the way evaluate/serve do; say where they
+    differ. Also compare with how raw mlx-lm tokenizes the same record."""
+    out = []
+    prompt, _ = formats.prompt_and_answer(record)
+    generation = formats.encode_prompt(tokenizer, prompt, tools=record.get("tools"))
+    tokens, mask = formats.encode_for_training(tokenizer, record, mask_prompt=True)
+    starts = [i for i in range(1, len(mask)) if mask[i] and not mask[i - 1]]
+    start = starts[-1] if starts else len(tokens)
+    trained_prompt = tokens[:start]
+    if trained_prompt != generation:
+        at = next(
+            (i for i, (a, b) in enumerate(zip(trained_prompt, generation, strict=False)) if a != b),
+            min(len(trained_prompt), len(generation)),
+        )
+        out.append(
+            f"training prompt ({len(trained_prompt)} tokens) differs from the generation "
+            f"prompt ({len(generation)} tokens) at token {at}"
+        )
+    raw = formats._hf(tokenizer).apply_chat_template(
+        record["messages"], tools=record.get("tools"), return_dict=False
+    )
+    if list(raw) != tokens:
+        out.append(
+            f"raw mlx-lm tokenizes this record to {len(raw)} tokens, mlxtune to {len(tokens)}"
+        )
+    return out
 
 
 def length_stats(values: Sequence[int]) -> dict[str, int]:

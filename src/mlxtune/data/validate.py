@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,7 @@ from mlxtune.metrics import schema_problem
 from mlxtune.vlm.data import flatten_image_parts, link_images
 
 if TYPE_CHECKING:
-    from mlxtune.config import Config, SourceConfig
+    from mlxtune.config import Config, ModelConfig, SourceConfig
 
 SPLITS = ("train", "valid", "test")
 
@@ -197,7 +199,8 @@ def validate_format(
     template; every step adds to one problem list instead of stopping at the first."""
     files = resolve_paths(cfg, paths)
     output_schema = cfg.evaluate.resolved_output_schema()
-    tokenizer, template, _ = rec.load_tokenizer(cfg.model)
+    tokenizer = _Tokenizer(cfg.model)
+    cached = _cached_files(files, tokenizer, need_tokenizer=show > 0)
     max_len = cfg.train.max_seq_length
     problems = _Problems()
 
@@ -205,18 +208,32 @@ def validate_format(
     major, mixed = rec.majority_format([(fmt, where) for _, fmt, where, _ in parsed])
     if mixed:
         problems.add(mixed[0], "format", mixed[1], "format")
-    rows = _check_rows(parsed, problems)
-    lengths = _check_lengths(tokenizer, rows, max_len, problems)
-    _check_duplicates(rows, problems)
-    _check_leakage(rows, problems)
+    measure = len(cached) < len(files)
+    with formats.TrainingLengths(tokenizer.get() if measure else None) as measured:
+        # rows of files prepare did not measure are tokenized while the other checks run
+        rows = _check_rows(
+            parsed,
+            problems,
+            lambda row: measured.add(row.record) if row.where.path not in cached else None,
+        )
+        across = _Problems()  # added after the length problems, the order they are listed in
+        _check_duplicates(rows, across)
+        _check_leakage(rows, across)
+        lengths = _lengths(tokenizer, rows, cached, measured.lengths() if measure else [])
+    _check_lengths(rows, lengths, max_len, problems)
+    problems.extend(across)
     reports = _file_reports(files, parsed, rows, lengths, cfg, problems)
-    _check_prompt(tokenizer, rows, problems)
-    fingerprint = formats.template_fingerprint(template)
+    _check_prompt(tokenizer, rows, cached, problems)
+    fingerprint = (
+        formats.template_fingerprint(tokenizer.template())
+        if tokenizer.loaded or not cached
+        else next(iter(cached.values())).template
+    )
     _check_manifests(files, fingerprint, problems)
     if output_schema is not None:
         _check_answers(rows, output_schema, problems)
 
-    examples = [preview(tokenizer, r.record, str(r.where)) for r in rows[:show]]
+    examples = [preview(tokenizer.get(), r.record, str(r.where)) for r in rows[:show]]
     # file order (train, valid, test), then line; problems about other files go last
     rank = {str(p): i for i, p in enumerate(files)}
     problems.sort(key=lambda p: (rank.get(p.path, len(files)), p.line or 0))
@@ -229,6 +246,48 @@ def validate_format(
         max_seq_length=max_len,
         batch_size=cfg.train.batch_size,
     )
+
+
+class _Tokenizer:
+    """The model's tokenizer and template, loaded on first use: prepared files that prepare
+    measured with the same model files need neither (importing mlx_lm and transformers to
+    load them is ~2 s)."""
+
+    def __init__(self, model_cfg: ModelConfig) -> None:
+        self._model_cfg = model_cfg
+        self._loaded: tuple[Any, str] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def get(self) -> Any:
+        if self._loaded is None:
+            tokenizer, template, _ = rec.load_tokenizer(self._model_cfg)
+            self._loaded = tokenizer, template
+        return self._loaded[0]
+
+    def template(self) -> str:
+        self.get()
+        assert self._loaded is not None
+        return self._loaded[1]
+
+
+def _cached_files(
+    files: list[Path], tokenizer: _Tokenizer, *, need_tokenizer: bool
+) -> dict[str, rec.CachedFile]:
+    """path -> what prepare measured, for each file still byte for byte as prepare wrote it
+    with the same model files (found without loading the tokenizer) or, once the tokenizer
+    is loaded anyway, the same tokenizer and template."""
+    model = rec.model_fingerprint(tokenizer._model_cfg)
+    found = {str(p): c for p in files if (c := rec.cached_file(p, model=model)) is not None}
+    if len(found) == len(files) and not need_tokenizer:
+        return found
+    fingerprint = formats.tokenizer_fingerprint(tokenizer.get())
+    for path in files:
+        if str(path) not in found and (c := rec.cached_file(path, tokenizer=fingerprint)):
+            found[str(path)] = c
+    return found
 
 
 def _read_rows(cfg: Config, files: list[Path], problems: _Problems) -> list[_Parsed]:
@@ -289,9 +348,11 @@ def _take(
     parsed.append((obj, fmt, where, split))
 
 
-def _check_rows(parsed: list[_Parsed], problems: _Problems) -> list[_Row]:
+def _check_rows(
+    parsed: list[_Parsed], problems: _Problems, take: Callable[[_Row], None]
+) -> list[_Row]:
     """Per row: schema, images, role order, empty turns, tools. Returns the rows later
-    checks can read (schema-valid, canonical, roles in order)."""
+    checks can read (schema-valid, canonical, roles in order), each also given to `take`."""
     rows: list[_Row] = []
     for obj, fmt, where, split in parsed:
         bad = rec.schema_problems(obj, fmt)
@@ -319,15 +380,13 @@ def _check_rows(parsed: list[_Parsed], problems: _Problems) -> list[_Row]:
         elif not str(record["text"]).strip():
             problems.add(where, "text", "empty text", "empty")
         rows.append(_Row(record, where, split))
+        take(rows[-1])
     return rows
 
 
-def _check_lengths(
-    tokenizer: Any, rows: list[_Row], max_len: int, problems: _Problems
-) -> list[int]:
-    """Token lengths with the real tokenizer and template (or the lengths prepare measured
-    for a file, if file, tokenizer and template are unchanged), against max_seq_length."""
-    lengths = _lengths(tokenizer, rows)
+def _check_lengths(rows: list[_Row], lengths: list[int], max_len: int, problems: _Problems) -> None:
+    """Token lengths (measured with the real tokenizer and template, or by prepare for a file,
+    tokenizer and template unchanged) against max_seq_length."""
     for row, n in zip(rows, lengths, strict=True):
         if n > max_len:
             problems.add(
@@ -336,7 +395,6 @@ def _check_lengths(
                 f"{n} tokens > train.max_seq_length {max_len} (mlx-lm would truncate it)",
                 "length",
             )
-    return lengths
 
 
 def _check_duplicates(rows: list[_Row], problems: _Problems) -> None:
@@ -412,13 +470,22 @@ def _file_reports(
     return reports
 
 
-def _check_prompt(tokenizer: Any, rows: list[_Row], problems: _Problems) -> None:
+def _check_prompt(
+    tokenizer: _Tokenizer, rows: list[_Row], cached: dict[str, rec.CachedFile], problems: _Problems
+) -> None:
     """One prompt: what training masks is what evaluate and serve generate from (the
-    template decides that, so the first chat row stands for all)."""
+    template decides that, so the first chat row stands for all; prepare checked the first
+    conversation of each file it wrote)."""
     chat = next((r for r in rows if "messages" in r.record), None)
-    if chat is not None:
-        for message in prompt_mismatches(tokenizer, chat.record):
-            problems.add(chat.where, "prompt", message, "prompt")
+    if chat is None:
+        return
+    known = cached.get(chat.where.path)
+    if known is not None and known.prompt_line == chat.where.line:
+        found = known.prompt_problems
+    else:
+        found = rec.prompt_mismatches(tokenizer.get(), chat.record)
+    for message in found:
+        problems.add(chat.where, "prompt", message, "prompt")
 
 
 def _check_manifests(files: list[Path], fingerprint: str, problems: _Problems) -> None:
@@ -454,45 +521,26 @@ def _check_answers(rows: list[_Row], output_schema: dict[str, Any], problems: _P
             )
 
 
-def _lengths(tokenizer: Any, rows: list[_Row]) -> list[int]:
-    fingerprint = formats.tokenizer_fingerprint(tokenizer)
-    known: dict[str, list[int]] = {}
-    for path in dict.fromkeys(r.where.path for r in rows):
-        cached = rec.cached_lengths(Path(path), fingerprint)
-        if cached is not None and len(cached) == sum(r.where.path == path for r in rows):
-            known[path] = cached  # every row of the file is here, in file order
-    todo = [r.record for r in rows if r.where.path not in known]
-    measured = iter(formats.training_lengths(tokenizer, todo))
-    taken = {path: iter(lengths) for path, lengths in known.items()}
-    return [next(taken[r.where.path]) if r.where.path in taken else next(measured) for r in rows]
-
-
-def prompt_mismatches(tokenizer: Any, record: dict[str, Any]) -> list[str]:
-    """Render one record the way train does and the way evaluate/serve do; say where they
-    differ. Also compare with how raw mlx-lm tokenizes the same record."""
+def _lengths(
+    tokenizer: _Tokenizer,
+    rows: list[_Row],
+    cached: dict[str, rec.CachedFile],
+    measured: list[int],
+) -> list[int]:
+    """Each row's length: prepare's for a cached file (when it holds as many rows as were
+    measured), else `measured` (the rows of the other files, in order)."""
+    counts = Counter(r.where.path for r in rows)
+    usable = {p: iter(c.lengths) for p, c in cached.items() if len(c.lengths) == counts[p]}
+    late = [r.record for r in rows if r.where.path in cached and r.where.path not in usable]
+    late_lengths = iter(formats.training_lengths(tokenizer.get(), late) if late else [])
+    fresh = iter(measured)
     out = []
-    prompt, _ = formats.prompt_and_answer(record)
-    generation = formats.encode_prompt(tokenizer, prompt, tools=record.get("tools"))
-    tokens, mask = formats.encode_for_training(tokenizer, record, mask_prompt=True)
-    starts = [i for i in range(1, len(mask)) if mask[i] and not mask[i - 1]]
-    start = starts[-1] if starts else len(tokens)
-    trained_prompt = tokens[:start]
-    if trained_prompt != generation:
-        at = next(
-            (i for i, (a, b) in enumerate(zip(trained_prompt, generation, strict=False)) if a != b),
-            min(len(trained_prompt), len(generation)),
-        )
-        out.append(
-            f"training prompt ({len(trained_prompt)} tokens) differs from the generation "
-            f"prompt ({len(generation)} tokens) at token {at}"
-        )
-    raw = formats._hf(tokenizer).apply_chat_template(
-        record["messages"], tools=record.get("tools"), return_dict=False
-    )
-    if list(raw) != tokens:
-        out.append(
-            f"raw mlx-lm tokenizes this record to {len(raw)} tokens, mlxtune to {len(tokens)}"
-        )
+    for row in rows:
+        path = row.where.path
+        if path in usable:
+            out.append(next(usable[path]))
+        else:
+            out.append(next(late_lengths if path in cached else fresh))
     return out
 
 
