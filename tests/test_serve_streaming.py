@@ -85,7 +85,7 @@ def test_sse_bytes_equals_fastapis_framing(payload: Any) -> None:
 
 
 def test_serve_sizes_blas_threads_from_config_env_or_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlxtune.serve.server import resolve_blas_threads
+    from mlxtune.runtime import resolve_blas_threads
 
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
     assert resolve_blas_threads(5) == 5  # the config wins

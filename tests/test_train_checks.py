@@ -90,3 +90,41 @@ def test_hostfile_needs_launch(tmp_path: Path) -> None:
     proc = run_cli("train", "--hostfile", str(hostfile), cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --hostfile: only with --launch N (the ranks it starts)"
+
+
+@pytest.mark.e2e
+def test_train_sets_the_blas_threads_it_is_given(
+    tiny_model: Path, domain_data: Path, tmp_path: Path
+) -> None:
+    """train.blas_threads reaches OpenBLAS before the first step (0: one fewer than the CPUs);
+    on 2 cores a 2-thread matmul waits for whichever half the batch builder preempted."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = _config(tmp_path, tiny_model, domain_data, iters=2)
+    probe = (
+        "import sys; from mlxtune.config import load_config; from mlxtune.train import train; "
+        "from mlxtune.runtime import blas_threads; "
+        f"train(load_config({str(cfg)!r}, sys.argv[1:]), dry_run=True); print(blas_threads())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).parents[1] / "src"), env.get("PYTHONPATH", "")]
+    )
+
+    def threads(*sets: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", probe, *sets],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        return out.stdout.strip().splitlines()[-1]
+
+    if threads("train.blas_threads=1") == "None":
+        pytest.skip("no OpenBLAS on this machine")
+    assert threads("train.blas_threads=1") == "1"
+    cpus = len(os.sched_getaffinity(0))
+    assert threads() == str(max(1, cpus - 1))

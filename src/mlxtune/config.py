@@ -323,6 +323,13 @@ class TrainConfig(Section):
     mask_prompt: bool = Field(True, description="Train on assistant turns only.")
     packing: bool = Field(False, description="Pack short examples into full sequences.")
     seed: int = Field(0, description="Seed for initialisation, dropout and data order.")
+    blas_threads: int = Field(
+        0,
+        ge=0,
+        description="OpenBLAS threads for training's matmuls (Linux CPU); 0: env "
+        "OPENBLAS_NUM_THREADS if set, else one fewer than the CPUs (at least 1), leaving a core "
+        "to build the next batch while this one computes.",
+    )
     steps_per_report: int = Field(10, gt=0, description="Steps between train-loss reports.")
     steps_per_eval: int = Field(50, gt=0, description="Steps between validation runs.")
     save_every: int = Field(100, gt=0, description="Steps between checkpoints.")

@@ -109,6 +109,20 @@ def blas_threads(n: int | None = None) -> int | None:
     return int(lib.openblas_get_num_threads())
 
 
+def resolve_blas_threads(setting: int) -> int:
+    """`serve.blas_threads` / `train.blas_threads`: as set, else OPENBLAS_NUM_THREADS, else one
+    fewer than the CPUs this process may use (at least 1). On 2 cores a 2-thread matmul waits,
+    every step, for whichever half the event loop, a tokenizer thread or the next batch being
+    built preempted."""
+    if setting:
+        return setting
+    env = os.environ.get("OPENBLAS_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) - 1)
+
+
 def blas_status() -> str:
     return _status
 

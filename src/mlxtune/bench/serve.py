@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from mlxtune.bench.core import Progress, Recorder, Target, filler
 from mlxtune.bench.procs import child_config_yaml, cli_command, cpu_seconds, running_server
@@ -242,19 +242,19 @@ def server_command(cfg: Config, target: Target, port: int, work: Path) -> list[s
     return [*cli_command(), "serve", "-c", str(cfg_file), "--port", str(port)]
 
 
-def blas_note(cfg: Config) -> str:
-    """Which OpenBLAS thread count each server ran with, since the sides differ by default."""
-    from mlxtune.runtime import blas_threads, preload_openblas
-    from mlxtune.serve.server import resolve_blas_threads
+def blas_note(cfg: Config, section: Literal["serve", "train"] = "serve") -> str:
+    """Which OpenBLAS thread count each side ran with, since the sides differ by default."""
+    from mlxtune.runtime import blas_threads, preload_openblas, resolve_blas_threads
 
     preload_openblas()  # what the server children load (subprocess_env)
     library = blas_threads()
     if library is None:
-        return "serve: no OpenBLAS loaded; both servers use MLX's own BLAS"
-    ours = resolve_blas_threads(cfg.serve.blas_threads)
+        return f"{section}: no OpenBLAS loaded; both sides use MLX's own BLAS"
+    ours = resolve_blas_threads(getattr(cfg, section).blas_threads)
+    theirs = "mlx_lm.server" if section == "serve" else "mlx_lm lora"
     return (
-        f"serve: OpenBLAS threads: mlxtune {ours} (serve.blas_threads), mlx_lm.server {library} "
-        "(the library's default here)"
+        f"{section}: OpenBLAS threads: mlxtune {ours} ({section}.blas_threads), {theirs} "
+        f"{library} (the library's default here)"
     )
 
 

@@ -115,6 +115,8 @@ def bench(
         if "data" in sections:
             notes.append(bench_data(cfg, work, rec, repeat, say))
         if "train" in sections:
+            if baseline != "none":
+                notes.append(blas_note(cfg, "train"))
             for r in range(repeat):
                 for target in sides:
                     say(f"train [{target}] repeat {r + 1}/{repeat}")

@@ -4,7 +4,6 @@ connection limits of `guard`) until SIGINT/SIGTERM or a dead worker, drain, and 
 from __future__ import annotations
 
 import math
-import os
 import signal
 import socket
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from mlxtune.errors import MlxtuneError
-from mlxtune.runtime import blas_threads
+from mlxtune.runtime import blas_threads, resolve_blas_threads
 from mlxtune.serve.app import create_app
 from mlxtune.serve.guard import guarded_protocol
 from mlxtune.serve.state import ServeState
@@ -84,19 +83,6 @@ def serve(cfg: Config, on_ready: Callable[[str, list[str]], None] | None = None)
             f"generation worker died ({state.engine.error}); exiting so a supervisor restarts it"
         )
     return ServeResult(url=url, models=list(state.models), requests=state.metrics.total_requests())
-
-
-def resolve_blas_threads(setting: int) -> int:
-    """`serve.blas_threads`: as set, else OPENBLAS_NUM_THREADS, else one fewer than the CPUs
-    this process may use (at least 1): on 2 cores a 2-thread matmul waits, every step, for
-    whichever half the event loop or a tokenizer thread preempted."""
-    if setting:
-        return setting
-    env = os.environ.get("OPENBLAS_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cpus or 1) - 1)
 
 
 def _bind(host: str, port: int) -> tuple[socket.socket, str]:

@@ -51,6 +51,10 @@ def train(
     Progress goes to `callback`; under `--launch` each rank also reports its outcome."""
     import mlx.core as mx
 
+    from mlxtune.runtime import blas_threads, resolve_blas_threads
+
+    blas_threads(resolve_blas_threads(cfg.train.blas_threads))  # process-wide, before any step
+
     if resume is not None:
         info = check_resume(resume)
         if info is not None:  # nothing to do, and nothing rewritten
