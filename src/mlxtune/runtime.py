@@ -110,10 +110,9 @@ def blas_threads(n: int | None = None) -> int | None:
 
 
 def resolve_blas_threads(setting: int) -> int:
-    """`serve.blas_threads` / `train.blas_threads`: as set, else OPENBLAS_NUM_THREADS, else one
-    fewer than the CPUs this process may use (at least 1). On 2 cores a 2-thread matmul waits,
-    every step, for whichever half the event loop, a tokenizer thread or the next batch being
-    built preempted."""
+    """`serve.blas_threads`: as set, else OPENBLAS_NUM_THREADS, else one fewer than the CPUs
+    this process may use (at least 1). On 2 cores a 2-thread matmul waits, every step, for
+    whichever half the event loop or a tokenizer thread preempted."""
     if setting:
         return setting
     env = os.environ.get("OPENBLAS_NUM_THREADS", "")

@@ -250,7 +250,8 @@ def blas_note(cfg: Config, section: Literal["serve", "train"] = "serve") -> str:
     library = blas_threads()
     if library is None:
         return f"{section}: no OpenBLAS loaded; both sides use MLX's own BLAS"
-    ours = resolve_blas_threads(getattr(cfg, section).blas_threads)
+    setting = getattr(cfg, section).blas_threads
+    ours = resolve_blas_threads(setting) if section == "serve" else (setting or library)
     theirs = "mlx_lm.server" if section == "serve" else "mlx_lm lora"
     return (
         f"{section}: OpenBLAS threads: mlxtune {ours} ({section}.blas_threads), {theirs} "

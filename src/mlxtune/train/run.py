@@ -51,9 +51,10 @@ def train(
     Progress goes to `callback`; under `--launch` each rank also reports its outcome."""
     import mlx.core as mx
 
-    from mlxtune.runtime import blas_threads, resolve_blas_threads
+    if cfg.train.blas_threads:  # process-wide, before any step; 0 leaves OpenBLAS as it is
+        from mlxtune.runtime import blas_threads
 
-    blas_threads(resolve_blas_threads(cfg.train.blas_threads))  # process-wide, before any step
+        blas_threads(cfg.train.blas_threads)
 
     if resume is not None:
         info = check_resume(resume)
