@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,14 +89,15 @@ def data_commands(config: Path, cold: Path) -> dict[str, list[str]]:
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """(wall, CPU = user + sys) seconds of a child run to completion (`env` over child_env's).
     Exit 1 is allowed: validate-format reports the planted too-long rows with it."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env(env)
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    assert proc.stderr is not None
-    err = proc.stderr.read().decode(errors="replace")
+    # stderr to a file, not a pipe: a child reporting more than a pipe holds would block
+    # forever while this waits for it
+    with tempfile.TemporaryFile() as err_file:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file, env=child_env(env))
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        err_file.seek(0)
+        err = err_file.read().decode(errors="replace")
     code = os.waitstatus_to_exitcode(status)
     if code not in (0, 1):
         raise MlxtuneError(f"{' '.join(cmd[2:4])} exited {code}: {tail(err.splitlines())}")
