@@ -182,6 +182,18 @@ class Batches:
         """(inputs, targets, loss mask, real tokens) as numpy, padded to a multiple of pad_to."""
         return collate([self.examples[i] for i in idx], self.pad_to)
 
+    def trained_by_width(self) -> dict[int, int]:
+        """The most trained positions any of this rank's batches holds, per padded width: the
+        loss takes that many positions at that width (`trained_positions`), so the compiled
+        step sees one shape per width, not one per count (each new shape is a new trace)."""
+        most: dict[int, int] = {}
+        for group in self.groups:
+            rows = [self.examples[i] for i in group[self.rank :: self.world]]
+            width = padded_width(max(len(e.tokens) for e in rows) - 1, self.pad_to)
+            trained = sum(sum(e.mask[1:]) for e in rows)
+            most[width] = max(most.get(width, 0), trained)
+        return most
+
     def tokens_per_epoch(self) -> tuple[int, int]:
         """(all tokens, trained tokens) in one pass over the batches."""
         used = [i for g in self.groups for i in g]
@@ -194,8 +206,7 @@ class Batches:
 def collate(
     batch: list[Example], pad_to: int = PAD_TO
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    longest = max(len(e.tokens) for e in batch) - 1
-    width = max(pad_to, pad_to * ((longest + pad_to - 1) // pad_to))
+    width = padded_width(max(len(e.tokens) for e in batch) - 1, pad_to)
     inputs = np.zeros((len(batch), width), np.int32)
     targets = np.zeros((len(batch), width), np.int32)
     mask = np.zeros((len(batch), width), np.float32)
@@ -207,3 +218,23 @@ def collate(
         mask[j, :n] = e.mask[1:]
         real += n
     return inputs, targets, mask, real
+
+
+def padded_width(length: int, pad_to: int) -> int:
+    return max(pad_to, pad_to * ((length + pad_to - 1) // pad_to))
+
+
+def trained_positions(
+    mask: np.ndarray, pad_to: int = PAD_TO, at_least: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indexes of the positions a batch's loss is taken at, their weights), padded with
+    index 0 and weight 0 to `at_least` (`Batches.trained_by_width`) and a multiple of `pad_to`,
+    so the step sees few distinct shapes."""
+    flat = mask.reshape(-1)
+    picked = np.flatnonzero(flat)
+    n = padded_width(max(len(picked), at_least), pad_to)
+    positions = np.zeros(n, np.int32)
+    weights = np.zeros(n, np.float32)
+    positions[: len(picked)] = picked
+    weights[: len(picked)] = flat[picked]
+    return positions, weights

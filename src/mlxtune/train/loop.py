@@ -5,8 +5,10 @@ mlx-lm's `train()` cannot resume optimizer state, step and data order, keep the 
 stop early, so the loop lives here. Compared with mlx-lm's loop this one (a) does not clear the
 allocator cache every step (mlx-lm's default `clear_cache_threshold=0` frees and re-allocates
 every buffer each step), (b) pads to a multiple of 8 instead of 32 (+1) on the CPU, (c) builds
-the next batch while the current step runs (`mx.async_eval`), and (d) syncs with the host only
-at report, validation and save steps (otherwise it waits for the previous step, not this one).
+the next batch while the current step runs (`mx.async_eval`), (d) syncs with the host only
+at report, validation and save steps (otherwise it waits for the previous step, not this one),
+and (e) projects to the vocabulary only at the positions the loss is taken (`output_head`):
+with the prompt masked that is about half of them, and the logits of the rest were discarded.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxtune.config import TrainConfig
-from mlxtune.train.data import PAD_TO, Batches, Example, collate
+from mlxtune.train.data import PAD_TO, Batches, Example, collate, trained_positions
 from mlxtune.train.events import (
     CheckpointReached,
     EarlyStopped,
@@ -86,6 +88,9 @@ class TrainStep:
     the model (`logits`, `collate`, `to_device`) and whether the step compiles."""
 
     compiled = True
+    # Vocabulary logits only where the loss is taken (see `output_head`); a subclass whose
+    # model is laid out otherwise (VLM) says False.
+    trained_positions_only = True
     # Validation batches pad like the training batches (train_loop sets it from them): on a GPU
     # every new shape is a new trace and, on a cold kernel cache, new kernels to compile.
     pad_to = PAD_TO
@@ -99,12 +104,16 @@ class TrainStep:
 
         self.model = model
         self.world = world
+        # Trained positions per batch width (`Batches.trained_by_width`; train_loop sets it).
+        self.trained_by_width: dict[int, int] = {}
         accum = args.grad_accumulation_steps
         clip = args.grad_clip
         world_size = world.size()
 
+        self.head = output_head(model) if self.trained_positions_only else None
+
         def loss_fn(model: Any, inputs: Any, targets: Any, mask: Any) -> tuple[Any, Any]:
-            logits = self.logits(model, inputs)
+            logits, targets = self.scored(model, inputs, targets)
             ce = nn.losses.cross_entropy(logits, targets) * mask
             ntoks = mask.sum()
             return ce.astype(mx.float32).sum() / ntoks, ntoks
@@ -137,15 +146,31 @@ class TrainStep:
     def logits(self, model: Any, inputs: Any) -> Any:
         return model(inputs)
 
+    def scored(self, model: Any, inputs: Any, targets: Any) -> tuple[Any, Any]:
+        """(logits, targets) where the loss is scored: every position, or with `self.head`
+        only the trained ones (`to_device` then passes targets as (positions, targets there))."""
+        if self.head is None:
+            return self.logits(model, inputs), targets
+        positions, picked = targets
+        hidden = model.model(inputs)
+        hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
+        return self.head(model, hidden), picked
+
     def collate(self, batch: list[Example]) -> Any:
         return collate(batch, self.pad_to)
 
     def to_device(self, batch: tuple[Any, Any, Any, int]) -> tuple[Any, Any, Any, int]:
-        """A `Batches.arrays` batch (numpy) as mx arrays for `step`."""
+        """A `Batches.arrays` batch (numpy) as mx arrays for `step`; with `self.head`, the
+        targets and mask of the trained positions only (`scored`)."""
         import mlx.core as mx
 
         inputs, targets, mask, real = batch
-        return mx.array(inputs), mx.array(targets), mx.array(mask), real
+        if self.head is None:
+            return mx.array(inputs), mx.array(targets), mx.array(mask), real
+        at_least = self.trained_by_width.get(inputs.shape[1], 0)
+        positions, weights = trained_positions(mask, self.pad_to, at_least)
+        picked = targets.reshape(-1)[positions]
+        return mx.array(inputs), (mx.array(positions), mx.array(picked)), mx.array(weights), real
 
     def evaluate(self, valid: list[Example], batch_size: int, max_batches: int) -> float:
         """Mean validation loss per trained token, over every rank. A short last batch is
@@ -195,6 +220,7 @@ def train_loop(
     text step (vision-language models bring their own: `vlm.train.VisionTrainStep`)."""
     trainer = (step_type or TrainStep)(model, optimizer, args, world)
     trainer.pad_to = train_batches.pad_to
+    trainer.trained_by_width = train_batches.trained_by_width()
     return _Loop(
         model,
         optimizer,
@@ -396,17 +422,53 @@ def measure(
     longest = max(
         range(len(batches)), key=lambda i: len(batches.examples[batches.groups[i][-1]].tokens)
     )
+    trainer.pad_to, trainer.trained_by_width = batches.pad_to, batches.trained_by_width()
     times = []
     for n, micro in enumerate([longest, 0, 1, 2]):
         idx = batches.groups[micro % len(batches)][batches.rank :: batches.world]
-        inputs, targets, mask, _ = batches.arrays(idx)
+        inputs, targets, mask, _ = trainer.to_device(batches.arrays(idx))
         tic = time.perf_counter()
-        out = trainer.step(mx.array(inputs), mx.array(targets), mx.array(mask), None, True)
+        out = trainer.step(inputs, targets, mask, None, True)
         mx.eval(trainer.state, out[0])
         if n >= 2:  # first two calls compile
             times.append(time.perf_counter() - tic)
     step_s = sum(times) / len(times) * args.grad_accumulation_steps
     return step_s, mx.get_peak_memory() / 1e9
+
+
+def output_head(model: Any) -> Any | None:
+    """`head(model, hidden)` with `model(x) == head(model, model.model(x))`, for mlx-lm's usual
+    causal LM layout (a backbone `model.model`, then `lm_head` or the tied embedding), so the
+    loss can project only the trained positions. None where a model adds more after its
+    backbone (logit soft-capping, scaling) or is laid out otherwise: a short probe checks, and
+    such a model keeps full logits rather than training a different loss."""
+    import mlx.core as mx
+
+    backbone = getattr(model, "model", None)
+    embed = getattr(backbone, "embed_tokens", None)
+    if backbone is None:
+        return None
+    if hasattr(model, "lm_head"):
+
+        def head(m: Any, hidden: Any) -> Any:
+            return m.lm_head(hidden)  # looked up per call: LoRA may wrap it later
+    elif hasattr(embed, "as_linear"):
+
+        def head(m: Any, hidden: Any) -> Any:
+            return m.model.embed_tokens.as_linear(hidden)
+    else:
+        return None
+    training = model.training
+    model.eval()  # no dropout in the probe
+    try:
+        probe = mx.array([[1, 2, 3, 4, 5, 6, 7, 8]])
+        full, split = model(probe), head(model, backbone(probe))
+        same = full.shape == split.shape and bool(mx.allclose(full, split, atol=1e-4).item())
+    except (TypeError, ValueError, AttributeError):
+        same = False
+    finally:
+        model.train(training)
+    return head if same else None
 
 
 def step_seed(seed: int, step: int) -> int:

@@ -136,6 +136,7 @@ class VisionTrainStep(TrainStep):
     positions on the host."""
 
     compiled = False
+    trained_positions_only = False  # mlx-vlm's model returns logits only
     fills_short_batches = False  # its rows carry pixels; text filler rows would have none
 
     def logits(self, model: Any, inputs: Any) -> Any:
