@@ -429,6 +429,10 @@ class EvaluateConfig(Section):
         return self
 
 
+# Chosen by measurement (docs/serve.md "Stream interval"); under 100 ms, below what a reader sees.
+STREAM_INTERVAL_MS = 50.0
+
+
 class ServeConfig(Section):
     host: str = Field("127.0.0.1", description="Bind address; loopback unless told otherwise.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
@@ -473,6 +477,14 @@ class ServeConfig(Section):
         description="Decode requests for different LoRA adapters of the base (same layers and "
         "rank, two or more) in one batch, LoRA applied per row, instead of one batch per adapter; "
         "those adapters then share the base's weights, unfused. One adapter is served as before.",
+    )
+    stream_interval_ms: float = Field(
+        STREAM_INTERVAL_MS,
+        ge=0,
+        le=1000,
+        description="A stream's text after its first chunk is held up to this long, so each "
+        "chunk carries several tokens (fewer events, writes and client parses under load); 0 "
+        "sends every token as it comes. The first chunk and the finish are never held.",
     )
     max_tokens_cap: int = Field(1024, gt=0, description="Largest max_tokens a request may ask.")
     default_max_tokens: int = Field(256, gt=0, description="max_tokens when a request omits it.")

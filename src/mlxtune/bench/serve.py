@@ -259,6 +259,17 @@ def blas_note(cfg: Config, section: Literal["serve", "train"] = "serve") -> str:
     )
 
 
+def stream_note(cfg: Config) -> str:
+    """How finely each side streamed: the interval changes chunks per answer, not the text."""
+    ms = cfg.serve.stream_interval_ms
+    ours = (
+        f"text held up to {ms:g} ms after the first chunk (serve.stream_interval_ms)"
+        if ms
+        else "a chunk per piece of text (serve.stream_interval_ms 0)"
+    )
+    return f"serve: streamed chunks: mlxtune {ours}; mlx_lm.server a chunk per token"
+
+
 def serve_prompts(n: int = 16) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": f"Question {i}: " + filler(i)[:160]}] for i in range(n)]
 

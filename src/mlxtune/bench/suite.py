@@ -18,6 +18,7 @@ from mlxtune.bench.serve import (
     bench_serve_once,
     blas_note,
     serve_adapter,
+    stream_note,
     with_bench_adapter,
 )
 from mlxtune.bench.startup import bench_startup_once
@@ -144,7 +145,7 @@ def bench(
                 notes.append(f"serve: the sides answered the first request differently: {answers}")
             if cfg.bench.seed_levels:
                 notes.append(SEED_NOTE)
-            notes.append(blas_note(served))
+            notes += [blas_note(served), stream_note(served)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     env["loadavg_end"] = list(os.getloadavg())

@@ -8,7 +8,7 @@ adapter that fails to load stops the server from starting.
   server.py   serve(cfg): bind, run uvicorn until a signal, drain -> ServeResult
   app.py      create_app(cfg, models=None): state, lifespan, error handlers, guards
   guard.py    the key (before the body), body size/time, header timeout and connection cap
-  routes.py   the endpoints, one small handler each, state through Depends(get_state)
+  routes.py   the endpoints, one small handler each, state through `state: State`
   wire.py     OpenAI request bodies and response shapes, pure functions
   engine.py   the model worker: continuous batching, one BatchGenerator per model
   models.py   serve.adapters -> run directories -> loaded models sharing the base weights

@@ -17,8 +17,7 @@ from fastapi import APIRouter, Request
 
 from mlxtune.errors import MlxtuneError
 from mlxtune.serve.guard import AUTHED
-from mlxtune.serve.routes import State
-from mlxtune.serve.state import ServeState
+from mlxtune.serve.state import ServeState, State
 from mlxtune.serve.wire import ApiError
 
 router = APIRouter()

@@ -15,9 +15,9 @@ import asyncio
 import base64
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
@@ -38,7 +38,7 @@ from mlxtune.serve.guard import send_error, since_received
 from mlxtune.serve.models import default_model_name
 from mlxtune.serve.openai_fields import check_extras
 from mlxtune.serve.routes import RETRY_AFTER_S
-from mlxtune.serve.state import ServeState, get_state
+from mlxtune.serve.state import ServeState, State
 from mlxtune.serve.wire import ApiError, Text, error_body
 
 if TYPE_CHECKING:
@@ -221,7 +221,6 @@ class EmbedAdmission:
 # ---------------------------------------------------------------------------------------------
 # The endpoint
 
-State = Annotated[ServeState, Depends(get_state)]
 # The API key is checked by guard.KeyGate before a route (or the body) is reached.
 router = APIRouter()
 # The body is read by hand (after the overload check); its schema still documents it.

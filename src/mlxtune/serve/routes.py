@@ -1,5 +1,5 @@
 """The HTTP endpoints: small handlers on one APIRouter. Server state arrives through
-`Depends(get_state)`, the API key is checked by `guard.KeyGate` before a handler (or the body
+`state: State`, the API key is checked by `guard.KeyGate` before a handler (or the body
 parser) runs, and every response body is built by `wire`."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse
 
@@ -23,14 +23,13 @@ from mlxtune.serve.engine import Failure, GenRequest, LoadedModel, QueueFull
 from mlxtune.serve.guard import AUTHED
 from mlxtune.serve.openai_fields import check_extras
 from mlxtune.serve.routing import pick_variant
-from mlxtune.serve.state import ServeState, get_state
-from mlxtune.serve.streaming import mail_for, sse_bytes, take_ready
+from mlxtune.serve.state import ServeState, State
+from mlxtune.serve.streaming import TextChunks, mail_for, sse_bytes, stream_emit, take_ready
 from mlxtune.serve.wire import ApiError, Body, ChatBody, CompletionBody
 from mlxtune.structured import ResponseFormat
 
 RETRY_AFTER_S = 1
 
-State = Annotated[ServeState, Depends(get_state)]
 
 # The API key is checked by guard.KeyGate before a route (or the body) is reached.
 router = APIRouter()
@@ -263,11 +262,9 @@ def _submit(
     if body.logit_bias and any(int(t) >= vocab for t in body.logit_bias):
         raise ApiError(400, f"logit_bias: token ids must be below {vocab}", param="logit_bias")
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    post = mail_for(asyncio.get_running_loop()).post
-
-    def emit(kind: str, payload: Any) -> None:  # called on the engine's thread (or this one)
-        post(events, (kind, payload))
-
+    interval_s = state.cfg.serve.stream_interval_ms / 1000 if body.stream else 0.0
+    # called on the engine's thread (or this one)
+    emit = stream_emit(mail_for(asyncio.get_running_loop()).post, events, interval_s)
     req = GenRequest(
         model=name, prompt=prompt, max_tokens=max_tokens, sampling=body.sampling(logprobs),
         stop=body.stops(), emit=emit, stream=body.stream,
@@ -406,9 +403,15 @@ async def _sse(state: ServeState, job: _Job) -> AsyncIterator[bytes]:
     """OpenAI chunks as server-sent events: pieces, a last chunk with usage, `[DONE]`."""
     req, chat = job.req, job.chat
 
+    def chunk(text: str | None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+        return wire.chunk(job.rid, job.created, req.model, text, finish, chat=chat, **extra)
+
     def piece(text: str | None, finish: str | None = None, **extra: Any) -> bytes:
-        chunk = wire.chunk(job.rid, job.created, req.model, text, finish, chat=chat, **extra)
-        return sse_bytes(chunk)
+        if text and finish is None and not any(extra.values()):  # the per-token case
+            return text_chunk(text)
+        return sse_bytes(chunk(text, finish, **extra))
+
+    text_chunk = TextChunks(chunk)
 
     status, finish_reason = 499, "cancelled"
     logprobs: list[dict[str, Any]] = []

@@ -1,5 +1,5 @@
 """What a running server holds (config, models, engine, metrics, usage log), kept on
-`app.state.serve` and handed to route handlers through `Depends(get_state)`."""
+`app.state.serve` and handed to route handlers as `state: State` (`Depends`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from mlxtune.serve.constrain import Constraints
 from mlxtune.serve.engine import Engine, GenRequest, LoadedModel
@@ -78,3 +78,11 @@ def get_state(request: Request) -> ServeState:
     """The dependency every route uses to reach the server's state."""
     state: ServeState = request.app.state.serve
     return state
+
+
+async def _state_dependency(request: Request) -> ServeState:
+    # async: FastAPI runs a plain function dependency on a worker thread, a hop per request
+    return get_state(request)
+
+
+State = Annotated[ServeState, Depends(_state_dependency)]  # a handler's `state: State`

@@ -5,14 +5,18 @@ each with `call_soon_threadsafe` wakes the event loop through its self-pipe once
 `LoopMail` queues them and wakes the loop once per burst. A stream then takes every event that
 is ready (`take_ready`), so a loop that fell behind sends one SSE chunk for the tokens that
 piled up instead of one per token, and writes the finish, usage and `[DONE]` events in one
-write (`sse_bytes`)."""
+write (`sse_bytes`). `Pacer` holds a stream's text on the worker's thread for up to
+`serve.stream_interval_ms`, so each chunk carries several tokens (the first never waits), and
+`TextChunks` writes a text chunk from pre-encoded bytes around the JSON-escaped text."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 Event = tuple[str, Any]  # (kind, payload) as the engine emits it
@@ -73,3 +77,86 @@ def sse_bytes(payload: Any) -> bytes:
 
         return format_sse_event(data_str=data)
     return b"data: " + data.encode() + b"\n\n"
+
+
+Post = Callable[["asyncio.Queue[Event]", Event], None]
+
+
+class Pacer:
+    """A streamed request's `emit`: text (and its logprobs) held on the engine's thread so a
+    chunk leaves at most every `interval_s`, the first at once; anything else (the finish, an
+    error) sends what is held first. Text is sent when waiting one more step (the time since
+    the last piece) would hold its oldest part longer than `interval_s`; slower steps than that
+    send every piece as it comes, as interval 0 does."""
+
+    def __init__(
+        self,
+        post: Post,
+        queue: asyncio.Queue[Event],
+        interval_s: float,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._post, self._queue, self.interval_s, self._clock = post, queue, interval_s, clock
+        self._text: list[str] = []
+        self._logprobs: list[Any] = []
+        self._held_since: float | None = None  # when the oldest held text came
+        self._last_piece: float | None = None  # when the last text came: the step estimate
+        self.started = False  # the first text went out
+
+    def __call__(self, kind: str, payload: Any) -> None:
+        if kind == "logprobs":  # they ride on the next text event, as the stream sends them
+            self._logprobs += payload
+            return
+        if kind != "text":
+            self.flush()
+            self._post(self._queue, (kind, payload))
+            return
+        now = self._clock()
+        step = 0.0 if self._last_piece is None else now - self._last_piece
+        self._last_piece = now
+        self._text.append(payload)
+        if self._held_since is None:
+            self._held_since = now
+        if not self.started or now + step - self._held_since > self.interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is held now."""
+        if self._logprobs:
+            self._post(self._queue, ("logprobs", self._logprobs))
+            self._logprobs = []
+        if self._text:
+            self._post(self._queue, ("text", "".join(self._text)))
+            self._text, self._held_since, self.started = [], None, True
+
+
+def stream_emit(
+    post: Post, queue: asyncio.Queue[Event], interval_s: float
+) -> Callable[[str, Any], None]:
+    """The engine's `emit` for one request: every event posted as it comes (interval 0, or
+    an answer sent whole), else paced by `Pacer`."""
+    if interval_s > 0:
+        return Pacer(post, queue, interval_s)
+
+    def emit(kind: str, payload: Any) -> None:
+        post(queue, (kind, payload))
+
+    return emit
+
+
+class TextChunks:
+    """SSE events for a stream's text-only chunks, byte for byte what `sse_bytes(chunk)` makes
+    of the chunk `make(text)` returns, from bytes encoded once: only the text is escaped per
+    chunk. `make` is the one source of the chunk's shape (`wire.chunk`)."""
+
+    _MARK = "\x00mlxtune\x00"  # JSON escapes it, so it cannot occur in the rest of the chunk
+
+    def __init__(self, make: Callable[[str], dict[str, Any]]) -> None:
+        whole = sse_bytes(make(self._MARK))
+        head, mark, tail = whole.partition(json.dumps(self._MARK).encode())
+        if not mark or mark in tail:
+            raise ValueError("the chunk must hold the text exactly once")
+        self._head, self._tail = head, tail
+
+    def __call__(self, text: str) -> bytes:
+        return self._head + json.dumps(text).encode() + self._tail
