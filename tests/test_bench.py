@@ -192,6 +192,7 @@ def test_serve_driver_against_loopback_mlx_lm_server(tiny_model: Path, tmp_path:
         figs = res.figures()
         assert figs["latency_p50_ms"] and figs["latency_p99_ms"] >= figs["latency_p50_ms"]  # type: ignore[operator]
         assert figs["ttft_p50_ms"] and figs["ttft_p50_ms"] <= figs["latency_p99_ms"]  # type: ignore[operator]
+        assert figs["events_per_answer"] and figs["events_per_answer"] >= 3  # role, text, finish
     # whole answers: the same texts as streamed, tokens from `usage`, no first token to time
     assert whole.ok == 3 and whole.timed_out == 0 and whole.success_pct == 100
     assert whole.texts[0] == results[0].texts[0] and whole.completion_tokens > 0

@@ -128,6 +128,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "requests_per_s": ("req/s", True),
     "health_ms": ("ms", False),
     "cpu_ms_per_token": ("ms", False),
+    "client_cpu_ms_per_token": ("ms", False),  # the bench's own clients, on the same machine
+    "events_per_answer": ("events", False),  # SSE events a streamed answer took
 }
 
 

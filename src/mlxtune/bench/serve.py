@@ -34,6 +34,7 @@ class LoadResult:
     n503: int = 0
     timed_out: int = 0
     completion_tokens: int = 0
+    events: int = 0  # SSE data events of the streamed answers that succeeded, [DONE] excluded
     wall_s: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
     ttfts_s: list[float] = field(default_factory=list)
@@ -59,6 +60,7 @@ class LoadResult:
             "latency_p95_ms": _pct_ms(self.latencies_s, 95),
             "latency_p99_ms": _pct_ms(self.latencies_s, 99),
             "ttft_p50_ms": _pct_ms(self.ttfts_s, 50),
+            "events_per_answer": self.events / self.ok if self.ok else None,
             "ok": self.ok,
             "errors": self.errors + self.timed_out,
             "n503": self.n503,
@@ -84,7 +86,7 @@ async def _one_request(
 
     t0 = time.perf_counter()
     first: float | None = None
-    tokens = chunks = 0
+    tokens = chunks = events = 0
     pieces: list[str] = []
     try:
         async with client.stream("POST", url, json=body, timeout=timeout) as resp:
@@ -107,6 +109,7 @@ async def _one_request(
                     if data == "[DONE]":
                         break
                     event = json.loads(data)
+                    events += 1
                     if event.get("usage"):
                         tokens = int(event["usage"].get("completion_tokens") or 0)
                     for choice in event.get("choices") or []:
@@ -119,6 +122,7 @@ async def _one_request(
         _failed(res, f"{type(e).__name__}: {e}")
         return
     res.ok += 1
+    res.events += events
     res.texts[index] = "".join(pieces)
     res.completion_tokens += tokens or chunks  # streamed chunks when the server sends no usage
     res.latencies_s.append(time.perf_counter() - t0)
@@ -363,6 +367,7 @@ def bench_serve_once(
             progress(f"serve {case} [{target}]: {clients} clients, {n} requests")
             pid = server.proc.pid if server.proc is not None else None
             cpu0 = cpu_seconds(pid) if pid is not None else None
+            client0 = time.process_time()  # this process: the clients, nothing else meanwhile
             res = run_load(
                 server.url,
                 model,
@@ -374,6 +379,7 @@ def bench_serve_once(
                 api_key=key,
                 stream=stream,
             )
+            client_s = time.process_time() - client0
             if res.ok == 0:
                 raise MlxtuneError(
                     f"bench serve ({target}) {case}: no request succeeded: "
@@ -388,9 +394,12 @@ def bench_serve_once(
                 figures = res.figures()
                 if not stream:
                     figures.pop("ttft_p50_ms")  # a whole answer has no first token to time
+                    figures.pop("events_per_answer")
                 cpu1 = cpu_seconds(pid) if pid is not None else None
                 if cpu0 is not None and cpu1 is not None and res.completion_tokens:
                     figures["cpu_ms_per_token"] = 1000 * (cpu1 - cpu0) / res.completion_tokens
+                if res.completion_tokens:  # the other side of each token: the client's parse
+                    figures["client_cpu_ms_per_token"] = 1000 * client_s / res.completion_tokens
             rec.add("serve", case, target, figures)
             if (res.errors or res.timed_out) and notes is not None:
                 samples = "; ".join(res.error_samples) or "no sample"
