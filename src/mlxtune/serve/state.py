@@ -75,7 +75,7 @@ class ServeState:
 
 
 def get_state(request: Request) -> ServeState:
-    """The dependency every route uses to reach the server's state."""
+    """The server's state, from a request (handlers get it as `state: State`)."""
     state: ServeState = request.app.state.serve
     return state
 
