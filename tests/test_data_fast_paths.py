@@ -20,6 +20,7 @@ from mlxtune.config import ModelConfig, load_config
 from mlxtune.data import records as rec
 from mlxtune.data.prepare import prepare
 from mlxtune.data.validate import validate_format
+from mlxtune.errors import BadData
 
 SHIPPED = [DOMAIN_DATA, REPO / "data/structured/domain_facts.jsonl"]
 TOOLS = REPO / "examples/tools/tool_calls.jsonl"
@@ -251,3 +252,33 @@ def test_validate_needs_no_tokenizer_for_what_prepare_measured(
     edited = validate_format(cfg)
     assert len(loads) == 5 and edited.counts() == {"length": 1}
     assert edited.problems[0].line == 2
+
+
+@pytest.mark.e2e
+def test_prepare_pauses_the_cycle_collector_only_while_it_runs(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    seen: list[bool] = []
+    real = formats.TrainingLengths.add
+
+    def add(self: Any, record: dict[str, Any]) -> None:
+        seen.append(gc.isenabled())
+        real(self, record)
+
+    monkeypatch.setattr(formats.TrainingLengths, "add", add)
+    config = _prepared(tmp_path, tiny_model)
+    assert seen and not any(seen) and gc.isenabled()
+    source = tmp_path / "bad.jsonl"
+    source.write_text('{"messages": [{"role": "user", "content": "q"}]}\n')
+    broken = load_config(config, [f"prepare.sources=[{{path: {source}}}]", "prepare.out_dir=x"])
+    with pytest.raises(BadData):
+        prepare(broken, force=True)
+    assert gc.isenabled()  # restored after a failure too
+    gc.disable()
+    try:
+        prepare(load_config(config), force=True)
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()

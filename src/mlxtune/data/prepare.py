@@ -11,6 +11,7 @@ filtered rows are counted, never dropped silently.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
 import random
@@ -18,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,8 +128,24 @@ class _Funnel:
 def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = None) -> PrepareResult:
     """Run the whole preparation for `cfg` and write `prepare.out_dir` (default `data.dir`):
     read -> clean -> quality -> token lengths -> split -> augment -> write."""
-    started = time.perf_counter()
-    say = progress or (lambda _msg: None)
+    with _cyclic_gc_paused():
+        return _prepare(cfg, force, progress or (lambda _msg: None), time.perf_counter())
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Rows are trees of dicts and lists that reference counting frees; the cyclic collector's
+    full passes over 100k live records cost seconds (~10% of prepare's CPU) and free nothing."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _prepare(cfg: Config, force: bool, say: Progress, started: float) -> PrepareResult:
     pc = cfg.prepare
     out_dir = Path(pc.out_dir or cfg.data.dir)
     _check_inputs(cfg, out_dir, force)
@@ -145,6 +162,9 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
         _clean(funnel, cfg)
         if pc.quality is not None:
             _score_quality(funnel, cfg, say)
+        if pc.group_by is None:  # the split's question keys, while the tokenizer finishes
+            for item in funnel.items:
+                _group(item, None)
         say(f"counting tokens of {len(funnel.items)} rows")
         for item, n in zip(items, measured.lengths(), strict=True):
             item.tokens = n
