@@ -7,6 +7,7 @@ checkout's code on the same rows, interleaved (A B A B ...), with the ratio of t
     python scripts/datacheck_bench.py                         # 100,000 rows, 3 repeats
     python scripts/datacheck_bench.py --rows 20000 --repeat 1
     python scripts/datacheck_bench.py --against /work/main    # main (before) beside this tree
+    python scripts/datacheck_bench.py --against /work/main --cases prepare
 
 Children run with TOKENIZERS_PARALLELISM=false (as `make bench`) unless it is set already;
 `--parallel` sets it true, which is what an unset variable means in a process that has not
@@ -49,6 +50,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="default: a temp dir")
     parser.add_argument("--against", type=Path, default=None, help="another checkout's root")
     parser.add_argument("--parallel", action="store_true", help="TOKENIZERS_PARALLELISM=true")
+    parser.add_argument(
+        "--cases", default=None, help="comma-separated: prepare, validate-format, ... (all)"
+    )
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="datacheck-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -67,6 +71,14 @@ def main() -> None:
         config = write_workload(model, args.rows, work / side)
         plans[side] = (config, work / side / "cold", data_commands(config, work / side / "cold"))
     cases = list(plans["this"][2])
+    if args.cases:
+        wanted = [c.strip() for c in args.cases.split(",")]
+        unknown = [c for c in wanted if c not in cases]
+        if unknown:
+            parser.error(f"--cases: unknown {', '.join(unknown)} (have: {', '.join(cases)})")
+        if "prepare" not in wanted:  # the others check what prepare wrote
+            wanted.insert(0, "prepare")
+        cases = [c for c in cases if c in wanted]
     times: dict[tuple[str, str], list[tuple[float, float]]] = {}
     loads = [os.getloadavg()]
     for _ in range(args.repeat):  # interleaved: each case, each side, then the next repeat

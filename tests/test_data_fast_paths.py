@@ -282,3 +282,23 @@ def test_prepare_pauses_the_cycle_collector_only_while_it_runs(
         assert not gc.isenabled()  # a caller's choice is kept
     finally:
         gc.enable()
+
+
+def test_loads_json_is_json_loads_without_non_finite_numbers() -> None:
+    from mlxtune.io import loads_json
+
+    texts = ['{"a": [1, "NaN", {"b": null}]}', "\ufeff{}", '{"a":', "", "[1] x", '"\\ud800"']
+    for text in texts:  # the one decoder gives json.loads' values and errors
+        try:
+            want: Any = json.loads(text)
+        except json.JSONDecodeError as e:
+            want = (e.msg, e.pos)
+        try:
+            got: Any = loads_json(text)
+        except json.JSONDecodeError as e:
+            got = (e.msg, e.pos)
+        assert got == want, text
+    for text, pos in (('{"a": NaN}', 6), ('{"s": "NaN", "b": -Infinity}', 18), ("[Infinity]", 1)):
+        with pytest.raises(json.JSONDecodeError, match="is not valid JSON") as err:
+            loads_json(text)
+        assert err.value.pos == pos

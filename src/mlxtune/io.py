@@ -16,17 +16,33 @@ from typing import IO, Any
 _CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)')
 
 
+class _NonFinite(Exception):
+    """A NaN/Infinity token met by `_DECODER`; `loads_json` words it with its position."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+# one decoder for every line: json.loads(text, parse_constant=...) builds a new decoder and
+# scanner per call, twice the cost of parsing a short JSONL row
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def loads_json(text: str) -> Any:
     """`json.loads` that refuses NaN, Infinity and -Infinity: Python's parser accepts them, but
     they are not JSON and other tools reject them. Raises `json.JSONDecodeError` at the token."""
-
-    def reject(name: str) -> Any:
+    if text.startswith("\ufeff"):
+        return json.loads(text)  # its own "Unexpected UTF-8 BOM" error, which decode() lacks
+    try:
+        return _DECODER.decode(text)
+    except _NonFinite as e:
         found = next((m for m in _CONSTANT.finditer(text) if m.group(1)), None)
         raise json.JSONDecodeError(
-            f"{name} is not valid JSON (use null or a number)", text, found.start() if found else 0
-        )
-
-    return json.loads(text, parse_constant=reject)
+            f"{e.args[0]} is not valid JSON (use null or a number)",
+            text,
+            found.start() if found else 0,
+        ) from None
 
 
 @contextlib.contextmanager
