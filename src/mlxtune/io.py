@@ -74,11 +74,16 @@ def atomic_write_json(path: Path | str, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def jsonl_line(row: dict[str, Any]) -> str:
+    """A row as the JSONL writers here write it: one line, non-ASCII kept as it is."""
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
 def atomic_write_jsonl(path: Path | str, rows: Iterable[dict[str, Any]]) -> int:
     n = 0
     with atomic_open(path) as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(jsonl_line(row))
             n += 1
     return n
 

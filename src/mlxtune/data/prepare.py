@@ -28,7 +28,7 @@ from mlxtune import __version__, formats
 from mlxtune.data import records as rec
 from mlxtune.data.sources import read_source, source_type
 from mlxtune.errors import BadData, ConfigError, MlxtuneError, UsageError
-from mlxtune.io import atomic_write_json, atomic_write_jsonl, sha256_file
+from mlxtune.io import atomic_write_json, atomic_write_text, jsonl_line, sha256_file
 from mlxtune.vlm.data import ImageLedger, flatten_image_parts, image_group, link_images
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ class _Item:
     where: rec.Located
     tokens: int = 0
     question: str | None = None  # rec.question_key, once: splitting and the manifest ask
+    line: str | None = None  # its JSONL line, made while the tokenizer threads finish
 
 
 @dataclass
@@ -135,7 +136,8 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
 @contextlib.contextmanager
 def _cyclic_gc_paused() -> Iterator[None]:
     """Rows are trees of dicts and lists that reference counting frees; the cyclic collector's
-    full passes over 100k live records cost seconds (~10% of prepare's CPU) and free nothing."""
+    full passes over 100k live records cost seconds (~10% of prepare's CPU) and free nothing.
+    Paused to the end: re-enabled before the split, its first full pass would come right then."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -154,7 +156,7 @@ def _prepare(cfg: Config, force: bool, say: Progress, started: float) -> Prepare
     tokenizer, template, origin = rec.load_tokenizer(cfg.model)
 
     ledger = ImageLedger()
-    # token lengths are measured in a worker thread from the moment each row is read
+    # token lengths are measured in worker threads from the moment each row is read
     with formats.TrainingLengths(tokenizer) as measured:
         items, sources_meta, kind = _read_all(cfg, say, ledger, measured)
         funnel = _Funnel(items)
@@ -162,9 +164,7 @@ def _prepare(cfg: Config, force: bool, say: Progress, started: float) -> Prepare
         _clean(funnel, cfg)
         if pc.quality is not None:
             _score_quality(funnel, cfg, say)
-        if pc.group_by is None:  # the split's question keys, while the tokenizer finishes
-            for item in funnel.items:
-                _group(item, None)
+        _while_tokenizing(funnel, pc.group_by)
         say(f"counting tokens of {len(funnel.items)} rows")
         for item, n in zip(items, measured.lengths(), strict=True):
             item.tokens = n
@@ -202,6 +202,17 @@ def _prepare(cfg: Config, force: bool, say: Progress, started: float) -> Prepare
         warnings=_batch_warnings(cfg, funnel.split_rows),
         quality_dropped=funnel.quality_dropped,
     )
+
+
+def _while_tokenizing(funnel: _Funnel, group_by: str | None) -> None:
+    """Work of the split and the write that does not wait for token lengths, done while the
+    tokenizer threads finish rather than after them, on a core they leave idle: each row's
+    question key and JSONL line (records do not change from here on; rows augmentation adds
+    are serialised when written)."""
+    for item in funnel.items:
+        if group_by is None:
+            _group(item, None)
+        item.line = jsonl_line(item.record)
 
 
 def _check_inputs(cfg: Config, out_dir: Path, force: bool) -> None:
@@ -650,7 +661,7 @@ def _write(
     try:
         for split, rows in split_rows.items():
             path = tmp / f"{split}.jsonl"
-            atomic_write_jsonl(path, (it.record for it in rows))
+            atomic_write_text(path, "".join([it.line or jsonl_line(it.record) for it in rows]))
             manifest["files"][f"{split}.jsonl"] = {"rows": len(rows), "sha256": sha256_file(path)}
         atomic_write_json(tmp / "manifest.json", manifest)
         lengths = {f"{s}.jsonl": [it.tokens for it in rows] for s, rows in split_rows.items()}
