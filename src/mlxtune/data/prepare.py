@@ -136,7 +136,7 @@ def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = Non
 @contextlib.contextmanager
 def _cyclic_gc_paused() -> Iterator[None]:
     """Rows are trees of dicts and lists that reference counting frees; the cyclic collector's
-    full passes over 100k live records cost seconds (~10% of prepare's CPU) and free nothing.
+    full passes over 100k live records cost ~3 s of CPU and free nothing.
     Paused to the end: re-enabled before the split, its first full pass would come right then."""
     enabled = gc.isenabled()
     gc.disable()
