@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -225,11 +226,13 @@ def test_two_ranks_under_mlx_launch(tiny_model: Path, domain_data: Path, tmp_pat
     assert proc.stderr.strip() == (
         "error: train.batch_size: 3 is not divisible by the world size 2"
     )
-    # A rank that fails must fail the launch, though mlx.launch itself exits 0.
+    # A rank that fails must fail the launch, though mlx.launch itself exits 0. Both ranks
+    # fail the same check; whichever fails first, mlx.launch stops the other, which may then
+    # not report (a crash, as far as the launcher knows) - so any rank may be the one named.
     bad = _config(tmp_path, tiny_model, domain_data, num_layers=99, name="bad")
     proc = run_cli("train", "-c", str(bad), "--launch", "2", timeout=240)
     assert proc.returncode == 1, proc.stderr
-    assert "rank 0: failed" in proc.stderr and "train.num_layers" in proc.stderr
+    assert re.search(r"rank [01]: failed: train\.num_layers", proc.stderr), proc.stderr
 
 
 @pytest.mark.e2e
