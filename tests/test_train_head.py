@@ -58,7 +58,7 @@ def test_trained_positions_give_the_full_logits_loss(
     step = _step(model)
     assert step.head is not None  # the tiny Llama has its own lm_head
     batches = _batches(tok, domain_data, tmp_path)
-    step.trained_by_width = batches.trained_by_width()
+    step.shape_like(batches)
     for micro in range(3):
         batch = batches.arrays(batches.indices(micro))
         picked = step.to_device(batch)
@@ -78,7 +78,7 @@ def test_one_loss_shape_per_batch_width(
     model, tok = lora_model
     step = _step(model)
     batches = _batches(tok, domain_data, tmp_path)
-    step.trained_by_width = batches.trained_by_width()
+    step.shape_like(batches)
     shapes: dict[int, set[int]] = {}
     for micro in range(len(batches)):
         batch = batches.arrays(batches.indices(micro))

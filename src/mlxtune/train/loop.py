@@ -91,7 +91,7 @@ class TrainStep:
     # Vocabulary logits only where the loss is taken (see `output_head`); a subclass whose
     # model is laid out otherwise (VLM) says False.
     trained_positions_only = True
-    # Validation batches pad like the training batches (train_loop sets it from them): on a GPU
+    # Validation batches pad like the training batches (`shape_like` sets it from them): on a GPU
     # every new shape is a new trace and, on a cold kernel cache, new kernels to compile.
     pad_to = PAD_TO
     fills_short_batches = True  # a step whose rows carry more than tokens (VLM) says False
@@ -104,8 +104,7 @@ class TrainStep:
 
         self.model = model
         self.world = world
-        # Trained positions per batch width (`Batches.trained_by_width`; train_loop sets it).
-        self.trained_by_width: dict[int, int] = {}
+        self.trained_by_width: dict[int, int] = {}  # set by `shape_like`
         accum = args.grad_accumulation_steps
         clip = args.grad_clip
         world_size = world.size()
@@ -155,6 +154,12 @@ class TrainStep:
         hidden = model.model(inputs)
         hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
         return self.head(model, hidden), picked
+
+    def shape_like(self, batches: Batches) -> None:
+        """Pad as the training batches do, and take each width's trained-position count from
+        them, so validation and the step see no more shapes than the batches make."""
+        self.pad_to = batches.pad_to
+        self.trained_by_width = batches.trained_by_width()
 
     def collate(self, batch: list[Example]) -> Any:
         return collate(batch, self.pad_to)
@@ -219,8 +224,7 @@ def train_loop(
     already loaded) to `args.total_steps`, or until early stopping. `step_type` replaces the
     text step (vision-language models bring their own: `vlm.train.VisionTrainStep`)."""
     trainer = (step_type or TrainStep)(model, optimizer, args, world)
-    trainer.pad_to = train_batches.pad_to
-    trainer.trained_by_width = train_batches.trained_by_width()
+    trainer.shape_like(train_batches)
     return _Loop(
         model,
         optimizer,
@@ -422,7 +426,7 @@ def measure(
     longest = max(
         range(len(batches)), key=lambda i: len(batches.examples[batches.groups[i][-1]].tokens)
     )
-    trainer.pad_to, trainer.trained_by_width = batches.pad_to, batches.trained_by_width()
+    trainer.shape_like(batches)
     times = []
     for n, micro in enumerate([longest, 0, 1, 2]):
         idx = batches.groups[micro % len(batches)][batches.rank :: batches.world]
