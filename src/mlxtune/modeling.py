@@ -83,6 +83,15 @@ def load_model(
     every later `formats.render` call renders with it. `quantization` quantizes the base
     (training QLoRA); an adapter's recorded `base_quantization` does the same before the
     adapter is applied."""
+    from mlxtune.runtime import long_lived
+
+    with long_lived():
+        return _load_model(model_cfg, adapter, quantization)
+
+
+def _load_model(
+    model_cfg: ModelConfig, adapter: Path | str | None, quantization: dict[str, Any] | None
+) -> tuple[Any, Any, str]:
     from mlx_lm import load
 
     from mlxtune.vlm.kind import model_kind, require_mlx_vlm

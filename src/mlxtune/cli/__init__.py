@@ -126,4 +126,6 @@ def root(
 
 
 def main() -> None:
-    app()
+    from mlxtune.runtime import run_as_command
+
+    run_as_command(app)

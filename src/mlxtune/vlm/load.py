@@ -22,6 +22,13 @@ PROCESSOR_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.
 def load_vlm(model_cfg: ModelConfig, adapter: Path | str | None = None) -> tuple[Any, Any, str]:
     """(model, processor, chat template in use). The template is installed on the processor's
     tokenizer, so `formats.render(processor.tokenizer, ...)` renders with it."""
+    from mlxtune.runtime import long_lived
+
+    with long_lived():
+        return _load_vlm(model_cfg, adapter)
+
+
+def _load_vlm(model_cfg: ModelConfig, adapter: Path | str | None) -> tuple[Any, Any, str]:
     require_mlx_vlm()
     from mlx_vlm.utils import load
 
