@@ -219,3 +219,20 @@ def test_widening_leaves_other_functions_alone() -> None:
     assert calls == [1, 2, 3]  # maxsize=2 would have called again for 1 and 2
     assert not runtime.widen_folder_scan_cache(module)  # type: ignore[arg-type]  # unbounded now
     assert not runtime.widen_folder_scan_cache(types.SimpleNamespace())  # type: ignore[arg-type]
+
+
+def test_exit_now_still_removes_temporary_directories(tmp_path: Path) -> None:
+    """`tempfile.TemporaryDirectory` cleans up through `weakref.finalize`'s atexit hook, which
+    the fast exit runs: nothing is left behind in the temp dir."""
+    proc = run_script(
+        f"""
+        import sys, tempfile
+        from mlxtune.runtime import run_as_command
+        held = tempfile.TemporaryDirectory(dir={str(tmp_path)!r})
+        open(held.name + "/partial.bin", "wb").write(b"x")
+        run_as_command(lambda: sys.exit(0))
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["script.py"]
