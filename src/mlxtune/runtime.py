@@ -101,7 +101,7 @@ def preload_openblas_before_mlx() -> None:
 # (~560 folders), twice per process: once in `transformers/__init__` and again when
 # `models/__init__` is first imported (mlx-lm's `from transformers import AutoTokenizer`).
 # The per-folder results are memoized with `lru_cache(maxsize=128)`, too small to keep any of
-# them for the second pass; an unbounded cache makes that pass free (0.5-0.6 s of every
+# them for the second pass; an unbounded cache makes that pass free (0.4-0.5 s of every
 # command that loads a model, measured here). Same results, only remembered.
 _TRANSFORMERS_IMPORT_TABLE = "transformers.utils.import_utils"
 
