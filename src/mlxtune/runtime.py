@@ -177,6 +177,18 @@ def run_as_command(command: Callable[[], object]) -> NoReturn:
 
 
 @contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic GC off for the block, back as it was after (reference counting still frees)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@contextlib.contextmanager
 def long_lived() -> Iterator[None]:
     """Around loading a model: the cyclic GC pauses while mlx-lm, transformers (~90k objects
     on import) and the weights load, and what that made is then frozen out of later
@@ -189,16 +201,13 @@ def long_lived() -> Iterator[None]:
     if not _one_command:
         yield
         return
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if not _frozen:
-            gc.freeze()
-            _frozen = True
-        if enabled:
-            gc.enable()
+    with gc_paused():
+        try:
+            yield
+        finally:
+            if not _frozen:
+                gc.freeze()  # before the GC is back: nothing made by the load is collected
+                _frozen = True
 
 
 def exit_now(code: object) -> NoReturn:

@@ -11,7 +11,6 @@ filtered rows are counted, never dropped silently.
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import os
 import random
@@ -19,7 +18,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from mlxtune.data import records as rec
 from mlxtune.data.sources import read_source, source_type
 from mlxtune.errors import BadData, ConfigError, MlxtuneError, UsageError
 from mlxtune.io import atomic_write_json, atomic_write_text, jsonl_line, sha256_file
+from mlxtune.runtime import gc_paused
 from mlxtune.vlm.data import ImageLedger, flatten_image_parts, image_group, link_images
 
 if TYPE_CHECKING:
@@ -129,22 +129,11 @@ class _Funnel:
 def prepare(cfg: Config, *, force: bool = False, progress: Progress | None = None) -> PrepareResult:
     """Run the whole preparation for `cfg` and write `prepare.out_dir` (default `data.dir`):
     read -> clean -> quality -> token lengths -> split -> augment -> write."""
-    with _cyclic_gc_paused():
+    # Rows are trees of dicts and lists that reference counting frees; the cyclic collector's
+    # full passes over 100k live records cost ~3 s of CPU and free nothing. Paused to the end:
+    # re-enabled before the split, its first full pass would come right then.
+    with gc_paused():
         return _prepare(cfg, force, progress or (lambda _msg: None), time.perf_counter())
-
-
-@contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Rows are trees of dicts and lists that reference counting frees; the cyclic collector's
-    full passes over 100k live records cost ~3 s of CPU and free nothing.
-    Paused to the end: re-enabled before the split, its first full pass would come right then."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _prepare(cfg: Config, force: bool, say: Progress, started: float) -> PrepareResult:
