@@ -222,10 +222,8 @@ def exit_now(code: object) -> NoReturn:
 
     if code is None:
         code = 0
-    elif isinstance(code, str):
+    elif not isinstance(code, int):  # as Python's exit: the object printed, status 1
         print(code, file=sys.stderr)
-        code = 1
-    elif not isinstance(code, int):
         code = 1
     main = threading.main_thread()
     others = [t for t in threading.enumerate() if t is not main and not t.daemon]
