@@ -96,7 +96,8 @@ def test_hostfile_needs_launch(tmp_path: Path) -> None:
 def test_train_sets_the_blas_threads_it_is_given(
     tiny_model: Path, domain_data: Path, tmp_path: Path
 ) -> None:
-    """train.blas_threads reaches OpenBLAS before the first step; 0 leaves it alone."""
+    """train.blas_threads reaches OpenBLAS before the first step; 0 keeps the user's
+    OPENBLAS_NUM_THREADS, else gives the tiny model (256 wide) one thread."""
     import os
     import subprocess
     import sys
@@ -125,5 +126,38 @@ def test_train_sets_the_blas_threads_it_is_given(
     if threads("train.blas_threads=1") == "None":
         pytest.skip("no OpenBLAS on this machine")
     assert threads("train.blas_threads=1") == "1"
+    assert threads("train.blas_threads=3") == "3"
+    assert threads() == "1"  # narrow: one thread, whatever the CPU count
     env["OPENBLAS_NUM_THREADS"] = "2"  # 0 (the default) leaves OpenBLAS as the user set it
     assert threads() == "2"
+
+
+def test_train_blas_threads_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The setting wins, then the user's OPENBLAS_NUM_THREADS; a narrow model gets one thread,
+    a wide or unknown one OpenBLAS's default (None: left alone)."""
+    from mlxtune.runtime import NARROW_MODEL_WIDTH, train_blas_threads
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    assert train_blas_threads(4, 256) == (4, "train.blas_threads")
+    assert train_blas_threads(0, 256)[0] == 1
+    assert train_blas_threads(0, NARROW_MODEL_WIDTH - 1)[0] == 1
+    assert train_blas_threads(0, NARROW_MODEL_WIDTH) == (None, "OpenBLAS's default")
+    assert train_blas_threads(0, None) == (None, "OpenBLAS's default")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    assert train_blas_threads(0, 256) == (None, "OPENBLAS_NUM_THREADS")
+    assert train_blas_threads(3, 256) == (3, "train.blas_threads")
+
+
+def test_model_width_reads_text_and_vision_models(tiny_model: Path) -> None:
+    from mlx_lm import load
+
+    from mlxtune.train.plan import model_width
+
+    model, _ = load(str(tiny_model))
+    assert model_width(model) == 256
+
+    class Vision:  # mlx-vlm's layout: the text model under language_model
+        language_model = model
+
+    assert model_width(Vision()) == 256
+    assert model_width(object()) is None

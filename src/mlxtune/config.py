@@ -326,9 +326,9 @@ class TrainConfig(Section):
     blas_threads: int = Field(
         0,
         ge=0,
-        description="OpenBLAS threads for training's matmuls (Linux CPU); 0 leaves OpenBLAS as "
-        "it is (OPENBLAS_NUM_THREADS, else one per CPU). On 2 cores, 1 trains the tiny preset "
-        "1.15x faster and the small one slower: set it per model.",
+        description="OpenBLAS threads for training's matmuls (Linux CPU); 0: env "
+        "OPENBLAS_NUM_THREADS if set, else 1 for a model under 512 wide (its matmuls are too "
+        "small to split), else OpenBLAS's default (one per CPU).",
     )
     steps_per_report: int = Field(10, gt=0, description="Steps between train-loss reports.")
     steps_per_eval: int = Field(50, gt=0, description="Steps between validation runs.")

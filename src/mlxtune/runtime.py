@@ -264,6 +264,27 @@ def resolve_blas_threads(setting: int) -> int:
     return max(1, (cpus or 1) - 1)
 
 
+# A model narrower than this trains faster on a CPU with one OpenBLAS thread: its matmuls are
+# too small to gain from a split, and the second thread competes with the loop's host work
+# (docs/benchmarks.md, issue 18: width 256 equal when idle, 1.5x slower with one core busy;
+# width 512 trains 1.35x faster with two threads on 2 cores).
+NARROW_MODEL_WIDTH = 512
+
+
+def train_blas_threads(setting: int, width: int | None) -> tuple[int | None, str]:
+    """`train.blas_threads` resolved for a model `width` wide (its hidden size, None when
+    unknown): (threads to set, None to leave OpenBLAS as it is; why). As set, else the
+    user's OPENBLAS_NUM_THREADS, else one thread for a narrow model, else OpenBLAS's own."""
+    if setting:
+        return setting, "train.blas_threads"
+    env = os.environ.get("OPENBLAS_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return None, "OPENBLAS_NUM_THREADS"
+    if width is not None and width < NARROW_MODEL_WIDTH:
+        return 1, f"hidden size {width} < {NARROW_MODEL_WIDTH}: matmuls too small to split"
+    return None, "OpenBLAS's default"
+
+
 def blas_status() -> str:
     return _status
 

@@ -248,19 +248,36 @@ def server_command(cfg: Config, target: Target, port: int, work: Path) -> list[s
 
 def blas_note(cfg: Config, section: Literal["serve", "train"] = "serve") -> str:
     """Which OpenBLAS thread count each side ran with, since the sides differ by default."""
-    from mlxtune.runtime import blas_threads, preload_openblas, resolve_blas_threads
+    from mlxtune.runtime import (
+        blas_threads,
+        preload_openblas,
+        resolve_blas_threads,
+        train_blas_threads,
+    )
 
     preload_openblas()  # what the server children load (subprocess_env)
     library = blas_threads()
     if library is None:
         return f"{section}: no OpenBLAS loaded; both sides use MLX's own BLAS"
-    setting = getattr(cfg, section).blas_threads
-    ours = resolve_blas_threads(setting) if section == "serve" else (setting or library)
+    if section == "serve":
+        ours = f"{resolve_blas_threads(cfg.serve.blas_threads)} (serve.blas_threads)"
+    else:  # as `mlxtune train` will pick: its plan prints the same
+        threads, why = train_blas_threads(cfg.train.blas_threads, _model_width(cfg))
+        ours = f"{threads or library} (train.blas_threads: {why})"
     theirs = "mlx_lm.server" if section == "serve" else "mlx_lm lora"
     return (
-        f"{section}: OpenBLAS threads: mlxtune {ours} ({section}.blas_threads), {theirs} "
-        f"{library} (the library's default here)"
+        f"{section}: OpenBLAS threads: mlxtune {ours}, {theirs} {library} (the library's "
+        "default here)"
     )
+
+
+def _model_width(cfg: Config) -> int | None:
+    """The local model's hidden size from its config.json (None for a hub id or no file)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        model_cfg = json.loads((Path(cfg.model.path) / "config.json").read_text())
+        width = model_cfg.get("hidden_size") or model_cfg.get("text_config", {}).get("hidden_size")
+        return int(width) if width else None
+    return None
 
 
 def stream_note(cfg: Config) -> str:

@@ -164,6 +164,7 @@ def print_plan(console: Console, err_console: Console, plan: TrainPlan, json_: b
         ),
         ("steps", f"{plan.steps} ({plan.epochs:.1f} epochs of {plan.batches_per_epoch} batches)"),
         ("world size", str(plan.world_size)),
+        *([("OpenBLAS threads", plan.blas_threads)] if plan.blas_threads else []),
         ("estimated time", est_t),
         ("estimated peak memory", mem),
     ]

@@ -41,6 +41,9 @@ class TrainPlan:
     lora: str | None = None  # "rank 8, scale 20.0 (mlx-lm's default)" for lora and dora
     # what validate-format flags but this loop handles: truncated rows, a small valid split
     warnings: list[str] = field(default_factory=list)
+    # "1 (hidden size 256 < 512: ...)": the count the steps run with, and why; None on a
+    # machine without OpenBLAS (macOS, MLXTUNE_OPENBLAS=0)
+    blas_threads: str | None = None
 
 
 MLX_LM_LORA_SCALE = 20.0  # mlx_lm.lora's default lora_parameters.scale
@@ -372,6 +375,7 @@ def plan_batches(
         problems=problems,
         lora=lora_summary(t),
         warnings=warnings or [],
+        blas_threads=set_blas_threads(t.blas_threads, model),
     )
     optimizer = make_optimizer(t, steps)
     optimizer.init(model.trainable_parameters())
@@ -386,6 +390,27 @@ def plan_batches(
         step_type=step_type,
         tokenizer=tokenizer,
     )
+
+
+def set_blas_threads(setting: int, model: Any) -> str | None:
+    """OpenBLAS's thread count for the steps (process-wide, so before the first one), set per
+    `runtime.train_blas_threads`; "N (why)" for the plan, None without OpenBLAS."""
+    from mlxtune.runtime import blas_threads, train_blas_threads
+
+    if blas_threads() is None:
+        return None
+    threads, why = train_blas_threads(setting, model_width(model))
+    return f"{blas_threads(threads)} ({why})"
+
+
+def model_width(model: Any) -> int | None:
+    """The hidden size of an mlx-lm model, or of an mlx-vlm model's language model."""
+    for owner in (model, getattr(model, "language_model", None)):
+        for attr in ("args", "config"):
+            width = getattr(getattr(owner, attr, None), "hidden_size", None)
+            if isinstance(width, int):
+                return width
+    return None
 
 
 def _missing(cfg: Config, split: str) -> bool:

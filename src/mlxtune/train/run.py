@@ -51,11 +51,6 @@ def train(
     Progress goes to `callback`; under `--launch` each rank also reports its outcome."""
     import mlx.core as mx
 
-    if cfg.train.blas_threads:  # process-wide, before any step; 0 leaves OpenBLAS as it is
-        from mlxtune.runtime import blas_threads
-
-        blas_threads(cfg.train.blas_threads)
-
     if resume is not None:
         info = check_resume(resume)
         if info is not None:  # nothing to do, and nothing rewritten
