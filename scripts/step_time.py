@@ -23,6 +23,7 @@ def main() -> None:
     ap.add_argument("--blas-threads", type=int, default=0, help="0 leaves OpenBLAS as it is")
     ap.add_argument("--steps", type=int, default=120, help="steps per timed run")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--set", action="append", default=[], help="config overrides, KEY=VALUE")
     a = ap.parse_args()
 
     import mlx.core as mx
@@ -36,7 +37,7 @@ def main() -> None:
         blas_threads(a.blas_threads)
     sets = [f"model.path={a.model}", f"data.dir={a.data}", "train.epochs=null"]
     sets += ["train.packing=false", "train.grad_clip=null", "train.lr_schedule=constant"]
-    cfg = load_config(a.config, sets, {}, {})
+    cfg = load_config(a.config, sets + a.set, {}, {})
     world = mx.distributed.init()
     planned = plan(cfg, world, resume=None, dry_run=True)
     batches = planned.train_batches
