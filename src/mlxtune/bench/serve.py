@@ -262,22 +262,16 @@ def blas_note(cfg: Config, section: Literal["serve", "train"] = "serve") -> str:
     if section == "serve":
         ours = f"{resolve_blas_threads(cfg.serve.blas_threads)} (serve.blas_threads)"
     else:  # as `mlxtune train` will pick: its plan prints the same
-        threads, why = train_blas_threads(cfg.train.blas_threads, _model_width(cfg))
+        from mlxtune.bench.train import model_config_int
+
+        width = model_config_int(cfg, "hidden_size")
+        threads, why = train_blas_threads(cfg.train.blas_threads, width)
         ours = f"{threads or library} (train.blas_threads: {why})"
     theirs = "mlx_lm.server" if section == "serve" else "mlx_lm lora"
     return (
         f"{section}: OpenBLAS threads: mlxtune {ours}, {theirs} {library} (the library's "
         "default here)"
     )
-
-
-def _model_width(cfg: Config) -> int | None:
-    """The local model's hidden size from its config.json (None for a hub id or no file)."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        model_cfg = json.loads((Path(cfg.model.path) / "config.json").read_text())
-        width = model_cfg.get("hidden_size") or model_cfg.get("text_config", {}).get("hidden_size")
-        return int(width) if width else None
-    return None
 
 
 def stream_note(cfg: Config) -> str:

@@ -132,17 +132,21 @@ def check_data(cfg: Config) -> Path:
     return data
 
 
+def model_config_int(cfg: Config, key: str) -> int | None:
+    """`key` from the local model's config.json, or its `text_config` (vision-language
+    models); None for a hub id, no file, or no such key."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        model_cfg = json.loads((Path(cfg.model.path) / "config.json").read_text())
+        value = model_cfg.get(key) or model_cfg.get("text_config", {}).get(key)
+        return int(value) if value else None
+    return None
+
+
 def _num_layers(cfg: Config) -> int:
     """train.num_layers, clamped to the model's depth (mlx-lm rejects more layers than exist)."""
     n = cfg.train.num_layers
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        model_cfg = json.loads((Path(cfg.model.path) / "config.json").read_text())
-        depth = int(
-            model_cfg.get("num_hidden_layers") or model_cfg["text_config"]["num_hidden_layers"]
-        )
-        if n > depth:
-            return -1
-    return n
+    depth = model_config_int(cfg, "num_hidden_layers")
+    return -1 if depth is not None and n > depth else n
 
 
 def train_command(cfg: Config, target: Target, out: Path) -> list[str]:
