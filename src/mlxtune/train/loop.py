@@ -8,7 +8,8 @@ every buffer each step), (b) pads to a multiple of 8 instead of 32 (+1) on the C
 the next batch while the current step runs (`mx.async_eval`), (d) syncs with the host only
 at report, validation and save steps (otherwise it waits for the previous step, not this one),
 and (e) projects to the vocabulary only at the positions the loss is taken (`output_head`):
-with the prompt masked that is about half of them, and the logits of the rest were discarded.
+with the prompt masked that is about half of them, and the logits of the rest were discarded,
+and (f) on the CPU takes the loss's gradient from the forward's exponentials (`loss.py`).
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class TrainStep:
         from mlx.nn.utils import average_gradients
         from mlx.utils import tree_map
 
+        from mlxtune.train.loss import cross_entropy
+
         self.model = model
         self.world = world
         self.trained_by_width: dict[int, int] = {}  # set by `shape_like`
@@ -113,7 +116,7 @@ class TrainStep:
 
         def loss_fn(model: Any, inputs: Any, targets: Any, mask: Any) -> tuple[Any, Any]:
             logits, targets = self.scored(model, inputs, targets)
-            ce = nn.losses.cross_entropy(logits, targets) * mask
+            ce = cross_entropy(logits, targets) * mask
             ntoks = mask.sum()
             return ce.astype(mx.float32).sum() / ntoks, ntoks
 
