@@ -4,10 +4,9 @@ On the CPU it carries its own gradient. MLX's `logsumexp` backward computes `exp
 again, a second pass of exponentials over every trained position times the vocabulary, and
 MLX's x86 CPU build computes exp in scalar code (about 25 ns each here). This version keeps the
 forward's exponentials (`e`, in place of the logits, which it no longer needs) and its gradient
-is `e / sum(e) - onehot`: one pass instead of two. The tiny bench model's step takes about 9%
-less time, and the peak memory of the head and loss drops (docs/benchmarks.md, "Issue 18,
-quiet window 6").
-Values agree with MLX's to float32 rounding (tests/test_train_loss.py).
+is `e / sum(e) - onehot`: one pass instead of two. Values agree with MLX's to float32 rounding
+(tests/test_train_loss.py); the tiny bench model's step takes about 9% less time, and the peak
+memory of the head and loss drops (docs/benchmarks.md, "Issue 18, quiet window 6").
 
 Elsewhere (a GPU, where MLX's fused logsumexp is the faster, or logits below float32, whose
 exponentials MLX accumulates in float32) it is MLX's own function.
