@@ -103,6 +103,9 @@ def preload_openblas_before_mlx() -> None:
 # The per-folder results are memoized with `lru_cache(maxsize=128)`, too small to keep any of
 # them for the second pass; an unbounded cache makes that pass free (0.4-0.5 s of every
 # command that loads a model, measured here). Same results, only remembered.
+# The first pass is the same in every process until transformers is reinstalled, so its
+# result is also kept on disk (`import_table_cache_dir()`), keyed by the folder and the
+# installed files' times: another 0.5-0.6 s of every command that loads a model.
 _TRANSFORMERS_IMPORT_TABLE = "transformers.utils.import_utils"
 
 
@@ -135,8 +138,9 @@ class _WidenTransformersImportCache:
 
 
 def widen_folder_scan_cache(module: ModuleType) -> bool:
-    """Give `module.create_import_structure_from_path` an unbounded cache; False when it is
-    not a bounded `lru_cache` (a transformers that changed it)."""
+    """Give `module.create_import_structure_from_path` an unbounded cache, and keep the scan of
+    transformers/models on disk; False when the scan is not a bounded `lru_cache` (a
+    transformers that changed it)."""
     import functools
 
     scan = getattr(module, "create_import_structure_from_path", None)
@@ -145,7 +149,91 @@ def widen_folder_scan_cache(module: ModuleType) -> bool:
     if cache_info is None or wrapped is None or cache_info().maxsize is None:
         return False
     module.create_import_structure_from_path = functools.lru_cache(maxsize=None)(wrapped)  # type: ignore[attr-defined]
+    define = getattr(module, "define_import_structure", None)
+    module_file = getattr(module, "__file__", None)
+    if callable(define) and module_file:  # transformers/utils/import_utils.py
+        models = Path(module_file).resolve().parent.parent / "models"
+        module.define_import_structure = _remembered(define, models, Path(module_file))  # type: ignore[attr-defined]
     return True
+
+
+IMPORT_TABLE_CACHE_ENV = "MLXTUNE_CACHE_DIR"  # where the kept import table lives; "0": nowhere
+
+
+def import_table_cache_dir() -> Path | None:
+    """$MLXTUNE_CACHE_DIR, else $XDG_CACHE_HOME/mlxtune, else ~/.cache/mlxtune; None when
+    MLXTUNE_CACHE_DIR is "0" (keep nothing)."""
+    chosen = os.environ.get(IMPORT_TABLE_CACHE_ENV)
+    if chosen == "0":
+        return None
+    if chosen:
+        return Path(chosen)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "mlxtune"
+
+
+def _remembered(define: Callable[..., Any], models: Path, source: Path) -> Callable[..., Any]:
+    """`define_import_structure`, its result for the `models` folder read from disk when an
+    earlier process kept it for the same install, and kept when not. The key holds the
+    folder, the prefix and the modification times of the folder and of `source` (both change
+    when transformers is reinstalled or upgraded). A missing, unreadable or corrupt file, or a
+    cache folder that cannot be written, only means the folder is scanned as before. Memoized
+    in the process like the original (its caller extends the table it gets, in place)."""
+    import functools
+
+    @functools.cache
+    def define_import_structure(module_path: Any, prefix: str | None = None) -> Any:
+        folder = Path(module_path)
+        if folder.suffix == ".py":  # transformers scans a file's folder
+            folder = folder.parent
+        cache = import_table_cache_dir()
+        try:
+            if cache is None or folder.resolve() != models:
+                return define(module_path, prefix)
+            key = f"{models}|{prefix}|{models.stat().st_mtime_ns}|{source.stat().st_mtime_ns}"
+        except OSError:
+            return define(module_path, prefix)
+        import hashlib
+
+        path = cache / f"transformers-imports-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+        kept = _read_import_table(path)
+        if kept is not None:
+            return kept
+        table = define(module_path, prefix)
+        _write_import_table(path, table)
+        return table
+
+    return define_import_structure
+
+
+def _read_import_table(path: Path) -> dict[frozenset[str], dict[str, set[str]]] | None:
+    import json
+
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        return {frozenset(b): {m: set(names) for m, names in mods.items()} for b, mods in rows}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _write_import_table(path: Path, table: Any) -> None:
+    """JSON (frozenset keys and sets as sorted lists), written to a temp file and renamed so a
+    concurrent reader never sees half of it."""
+    import json
+    import tempfile
+
+    tmp: str | None = None
+    try:
+        rows = [[sorted(b), {m: sorted(n) for m, n in mods.items()}] for b, mods in table.items()]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(rows, f)
+        os.replace(tmp, path)
+    except (OSError, TypeError, AttributeError):
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def widen_transformers_import_cache() -> None:
