@@ -139,6 +139,12 @@ def run_doctor() -> DoctorReport:
         )
     add(Check("blas", blas, "warn" if slow else "ok", fix))
     add(Check("matmul fp32 512", f"{gflops:.1f} GFLOP/s", "warn" if slow else "ok"))
+    if dev == "cpu":
+        from mlxtune import cpu_kernels
+
+        kernels = cpu_kernels.status()  # set up when this command imported mlx
+        report.facts["cpu_kernels"] = kernels
+        add(Check("cpu kernels", kernels))
     mem = memory_bytes()
     add(Check("memory", f"{mem / 2**30:.1f} GiB" if mem else "unknown"))
     hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))

@@ -85,6 +85,10 @@ class _PreloadBeforeMlx:
             with contextlib.suppress(ValueError):
                 sys.meta_path.remove(self)
             preload_openblas()
+            if _one_command:  # a command, not a library caller: its kernels (cpu_kernels.py)
+                from mlxtune.cpu_kernels import use_vector_kernels
+
+                use_vector_kernels()
         return None
 
 
@@ -104,7 +108,7 @@ def preload_openblas_before_mlx() -> None:
 # them for the second pass; an unbounded cache makes that pass free (0.4-0.5 s of every
 # command that loads a model, measured here). Same results, only remembered.
 # The first pass is the same in every process until transformers is reinstalled, so its
-# result is also kept on disk (`import_table_cache_dir()`), keyed by the folder and the
+# result is also kept on disk (`cache_dir()`), keyed by the folder and the
 # installed files' times: another 0.5-0.6 s of every command that loads a model.
 _TRANSFORMERS_IMPORT_TABLE = "transformers.utils.import_utils"
 
@@ -157,13 +161,13 @@ def widen_folder_scan_cache(module: ModuleType) -> bool:
     return True
 
 
-IMPORT_TABLE_CACHE_ENV = "MLXTUNE_CACHE_DIR"  # where the kept import table lives; "0": nowhere
+CACHE_ENV = "MLXTUNE_CACHE_DIR"  # mlxtune's own cache (import table, CPU kernels); "0": none
 
 
-def import_table_cache_dir() -> Path | None:
+def cache_dir() -> Path | None:
     """$MLXTUNE_CACHE_DIR, else $XDG_CACHE_HOME/mlxtune, else ~/.cache/mlxtune; None when
     MLXTUNE_CACHE_DIR is "0" (keep nothing)."""
-    chosen = os.environ.get(IMPORT_TABLE_CACHE_ENV)
+    chosen = os.environ.get(CACHE_ENV)
     if chosen == "0":
         return None
     if chosen:
@@ -186,7 +190,7 @@ def _remembered(define: Callable[..., Any], models: Path, source: Path) -> Calla
         folder = Path(module_path)
         if folder.suffix == ".py":  # transformers scans a file's folder
             folder = folder.parent
-        cache = import_table_cache_dir()
+        cache = cache_dir()
         try:
             if cache is None or folder.resolve() != models:
                 return define(module_path, prefix)
@@ -256,6 +260,10 @@ def run_as_command(command: Callable[[], object]) -> NoReturn:
     one job, then exit with its code through `exit_now`."""
     global _one_command
     _one_command = True
+    if "mlx" in sys.modules:  # imported already: `_PreloadBeforeMlx` will not see it
+        from mlxtune.cpu_kernels import use_vector_kernels
+
+        use_vector_kernels()
     try:
         command()
         code: object = 0
@@ -378,12 +386,21 @@ def blas_status() -> str:
 
 
 def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for child processes (raw mlx-lm baselines, servers) with the same BLAS."""
+    """Environment for child processes (raw mlx-lm baselines, servers) with the same BLAS, and
+    the user's PATH and TMPDIR (`cpu_kernels.restore_user_env`)."""
     preload_openblas()  # the child needs the path even if this process never imported mlx
-    out = dict(os.environ if env is None else env)
+    out = user_environ() if env is None else user_environ(env)
     if _loaded and _loaded not in out.get("LD_PRELOAD", ""):
         out["LD_PRELOAD"] = ":".join(p for p in (_loaded, out.get("LD_PRELOAD")) if p)
     return out
+
+
+def user_environ(env: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of `env` (default: this process's) with the user's PATH and TMPDIR back where
+    `cpu_kernels.use_vector_kernels` changed them."""
+    out = dict(os.environ if env is None else env)
+    kernels = sys.modules.get("mlxtune.cpu_kernels")
+    return kernels.restore_user_env(out) if kernels is not None else out
 
 
 def wait_until_ready(proc: subprocess.Popen[Any], url: str, timeout: float) -> str | None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from mlxtune.bench.core import Progress, Recorder, Target
 from mlxtune.console import command_paths
 from mlxtune.errors import MlxtuneError
+from mlxtune.runtime import user_environ
 
 if TYPE_CHECKING:
     from mlxtune.config import Config
@@ -39,7 +40,7 @@ def console_script(name: str, module: str) -> list[str]:
 def _env() -> dict[str, str]:
     # a sandbox's PYTHONDONTWRITEBYTECODE would recompile every module on every run
     dropped = ("LD_PRELOAD", "PYTHONDONTWRITEBYTECODE")
-    env = {k: v for k, v in os.environ.items() if k not in dropped}
+    env = {k: v for k, v in user_environ().items() if k not in dropped}
     src = str(Path(__file__).resolve().parents[2])  # this checkout's mlxtune
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     return env
