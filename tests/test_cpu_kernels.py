@@ -125,6 +125,8 @@ def test_turned_off_or_unsupported_leaves_the_environment_alone(
     monkeypatch.setattr(cpu_kernels, "user_env", None)
     monkeypatch.setenv(cpu_kernels.ENV, "0")
     path, tmpdir = os.environ.get("PATH"), os.environ.get("TMPDIR")
+    assert cpu_kernels.describe() == f"MLX's own flags ({cpu_kernels.ENV}=0)"  # changes nothing
+    assert cpu_kernels.status() == "not set up"
     assert cpu_kernels.use_vector_kernels() == f"MLX's own flags ({cpu_kernels.ENV}=0)"
     assert (os.environ.get("PATH"), os.environ.get("TMPDIR")) == (path, tmpdir)
     monkeypatch.delenv(cpu_kernels.ENV)

@@ -66,6 +66,16 @@ def status() -> str:
     return _status
 
 
+def describe() -> str:
+    """What an `mlxtune` command on this machine uses: this process's status once set up,
+    else what `use_vector_kernels` would decide (without changing anything)."""
+    if _status != "not set up":
+        return _status
+    if why := _why_not():
+        return why
+    return FLAGS if shutil.which("g++") else "MLX's own flags (no g++ on PATH)"
+
+
 def _why_not() -> str | None:
     if os.environ.get(ENV) == "0":
         return f"MLX's own flags ({ENV}=0)"

@@ -43,6 +43,14 @@ _TRAIN_SETTINGS = (
 )
 
 
+def kernels_note() -> str:
+    """How each side's fused CPU kernels are compiled (cpu_kernels.py): what every mlxtune
+    child decides for itself, while the baseline keeps MLX's own flags and folder."""
+    from mlxtune.cpu_kernels import describe
+
+    return f"CPU kernels: mlxtune {describe()}; mlx-lm MLX's own flags ($TMPDIR/mlx)"
+
+
 def _check_arguments(what: str, baseline: str, repeat: int) -> list[str]:
     """The sections to time; a bad argument is a one-line error naming its flag."""
     try:
@@ -115,6 +123,8 @@ def bench(
             )
         if "data" in sections:
             notes.append(bench_data(cfg, work, rec, repeat, say))
+        if baseline != "none" and {"train", "generate", "serve"} & set(sections):
+            notes.append(kernels_note())
         if "train" in sections:
             if baseline != "none":
                 notes.append(blas_note(cfg, "train"))
