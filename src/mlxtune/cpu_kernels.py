@@ -5,8 +5,8 @@ exponentials, RMSNorm's scaling) into C++ kernels it compiles at run time with `
 (mlx/backend/cpu/jit_compiler.cpp), and adds `-mavx2 -mfma -mf16c` only when MLX itself was
 built for AVX2. Its portable Linux wheel is not, so every exponential in those kernels runs in
 scalar code calling libm's `fmaf`, ~25 ns each here. On a CPU that has the three extensions,
-the `mlxtune` command passes MLX's own flags through a `g++` shim put first on PATH: the same
-results bit for bit (MLX's source, ISO C++ without contraction; tests/test_cpu_kernels.py),
+the `mlxtune` command passes MLX's own flags through a `g++` shim put first on PATH, with
+contraction off: the same results bit for bit (tests/test_cpu_kernels.py),
 the exp and SiLU kernels 2-3.5x faster (docs/benchmarks.md).
 
 MLX caches a kernel under `$TMPDIR/mlx/<version>/cpu/` by name alone, so kernels built with
@@ -71,9 +71,7 @@ def describe() -> str:
     else what `use_vector_kernels` would decide (without changing anything)."""
     if _status != "not set up":
         return _status
-    if why := _why_not():
-        return why
-    return FLAGS if shutil.which("g++") else "MLX's own flags (no g++ on PATH)"
+    return _why_not() or FLAGS
 
 
 def _why_not() -> str | None:
@@ -83,6 +81,8 @@ def _why_not() -> str | None:
         return "MLX's own flags (not Linux x86)"
     if not cpu_has_vector_flags():
         return "MLX's own flags (the CPU lacks AVX2, FMA or F16C)"
+    if shutil.which("g++") is None:  # what MLX compiles with; without it, nothing to shim
+        return "MLX's own flags (no g++ on PATH)"
     return None
 
 
@@ -92,9 +92,7 @@ def _install() -> str:
 
     from mlxtune.runtime import cache_dir
 
-    compiler = shutil.which("g++")
-    if compiler is None:
-        return "MLX's own flags (no g++ on PATH)"
+    compiler = shutil.which("g++") or "g++"  # found by `_why_not`
     root = (cache_dir() or Path(tempfile.gettempdir()) / "mlxtune") / "cpu-kernels"
     shim = root / "bin" / "g++"
     try:

@@ -76,7 +76,8 @@ def preload_openblas() -> str | None:
 
 class _PreloadBeforeMlx:
     """A meta path finder that finds nothing: it loads OpenBLAS when `mlx` is first looked up
-    (before `mlx.core`'s shared library is loaded), then removes itself."""
+    (before `mlx.core`'s shared library is loaded), in a command sets up the CPU kernels'
+    compiler (`cpu_kernels.use_vector_kernels`), then removes itself."""
 
     def find_spec(
         self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
@@ -389,7 +390,7 @@ def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for child processes (raw mlx-lm baselines, servers) with the same BLAS, and
     the user's PATH and TMPDIR (`cpu_kernels.restore_user_env`)."""
     preload_openblas()  # the child needs the path even if this process never imported mlx
-    out = user_environ() if env is None else user_environ(env)
+    out = user_environ(env)
     if _loaded and _loaded not in out.get("LD_PRELOAD", ""):
         out["LD_PRELOAD"] = ":".join(p for p in (_loaded, out.get("LD_PRELOAD")) if p)
     return out
