@@ -41,7 +41,9 @@ def main() -> None:
     world = mx.distributed.init()
     planned = plan(cfg, world, resume=None, dry_run=True)
     batches = planned.train_batches
-    args = LoopArgs.from_config(cfg.train, a.steps, len(planned.valid_examples), None)
+    args = LoopArgs.from_config(
+        cfg.train, a.steps, len(planned.valid_examples), None, planned.plan.cpu_streams
+    )
     step = TrainStep(planned.model, planned.optimizer, args, world)
     step.shape_like(batches)
     planned.model.train()
@@ -61,7 +63,7 @@ def main() -> None:
         return (time.perf_counter() - wall) / n * 1e3, (time.process_time() - cpu) / n * 1e3
 
     run(len(data))  # every batch width compiled
-    print(f"OpenBLAS threads: {blas_threads()}")
+    print(f"OpenBLAS threads: {blas_threads()}, CPU streams: {planned.plan.cpu_streams}")
     for _ in range(a.runs):
         wall_ms, cpu_ms = run(a.steps)
         print(f"ms/step wall {wall_ms:.1f} cpu {cpu_ms:.1f}", flush=True)

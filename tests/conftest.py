@@ -22,6 +22,9 @@ def offline_hub(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    # A train plan in this process sets MLX's eval width (`runtime.order_evals_for_streams`);
+    # undone after each test, so no later child inherits it as if the user had set it.
+    monkeypatch.delenv("MLX_BFS_MAX_WIDTH", raising=False)
 
 
 @pytest.fixture(scope="session")

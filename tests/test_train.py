@@ -45,6 +45,7 @@ def _config(tmp: Path, model: Path, data: Path, **train: object) -> Path:
             "lora_rank": 4,
             "num_layers": -1,
             "lora_dropout": 0.1,  # exercises the RNG state across resume
+            "cpu_streams": 2,  # batches split over two CPU streams, whatever the machine's cores
             "max_seq_length": 128,
             "steps_per_report": 2,
             "steps_per_eval": 4,
@@ -492,9 +493,9 @@ def test_gpu_padding_feeds_no_more_shapes_than_mlx_lm(
             finally:
                 self.kind = "train"
 
-        def to_device(self, batch: tuple) -> tuple:
+        def to_device(self, batch: tuple, split: bool = True) -> tuple:
             seen.add((self.kind, batch[0].shape))
-            return super().to_device(batch)
+            return super().to_device(batch, split)
 
     args = LoopArgs.from_config(t, steps, len(valid), None)
     train_loop(

@@ -97,7 +97,8 @@ def test_train_sets_the_blas_threads_it_is_given(
     tiny_model: Path, domain_data: Path, tmp_path: Path
 ) -> None:
     """train.blas_threads reaches OpenBLAS before the first step; 0 keeps the user's
-    OPENBLAS_NUM_THREADS, else gives the tiny model (256 wide) one thread."""
+    OPENBLAS_NUM_THREADS, else gives the tiny model (256 wide) one thread. Several CPU streams
+    widen MLX's eval order (`runtime.EVAL_WIDTH_ENV`) unless the user set it; one leaves it."""
     import os
     import subprocess
     import sys
@@ -106,14 +107,15 @@ def test_train_sets_the_blas_threads_it_is_given(
     probe = (
         "import sys; from mlxtune.config import load_config; from mlxtune.train import train; "
         "from mlxtune.runtime import blas_threads; "
-        f"train(load_config({str(cfg)!r}, sys.argv[1:]), dry_run=True); print(blas_threads())"
+        f"train(load_config({str(cfg)!r}, sys.argv[1:]), dry_run=True); print(blas_threads()); "
+        "import os; print(os.environ.get('MLX_BFS_MAX_WIDTH'))"
     )
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     env["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).parents[1] / "src"), env.get("PYTHONPATH", "")]
     )
 
-    def threads(*sets: str) -> str:
+    def probed(*sets: str) -> list[str]:
         out = subprocess.run(
             [sys.executable, "-c", probe, *sets],
             capture_output=True,
@@ -121,7 +123,16 @@ def test_train_sets_the_blas_threads_it_is_given(
             env=env,
             check=True,
         )
-        return out.stdout.strip().splitlines()[-1]
+        return out.stdout.strip().splitlines()[-2:]
+
+    def threads(*sets: str) -> str:
+        return probed(*sets)[0]
+
+    assert probed("train.cpu_streams=2")[1] == "100000"
+    assert probed("train.cpu_streams=1")[1] == "None"
+    env["MLX_BFS_MAX_WIDTH"] = "30"
+    assert probed("train.cpu_streams=2")[1] == "30"  # the user's
+    del env["MLX_BFS_MAX_WIDTH"]
 
     if threads("train.blas_threads=1") == "None":
         pytest.skip("no OpenBLAS on this machine")
@@ -143,9 +154,45 @@ def test_train_blas_threads_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     assert train_blas_threads(0, NARROW_MODEL_WIDTH - 1)[0] == 1
     assert train_blas_threads(0, NARROW_MODEL_WIDTH) == (None, "OpenBLAS's default")
     assert train_blas_threads(0, None) == (None, "OpenBLAS's default")
+    assert train_blas_threads(0, NARROW_MODEL_WIDTH, streams=2)[0] == 1  # a core per stream
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     assert train_blas_threads(0, 256) == (None, "OPENBLAS_NUM_THREADS")
     assert train_blas_threads(3, 256) == (3, "train.blas_threads")
+    assert train_blas_threads(0, 256, streams=2) == (None, "OPENBLAS_NUM_THREADS")
+
+
+def test_train_cpu_streams_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One stream on a GPU or with several ranks; else the setting, else one per usable CPU;
+    never more than the batch has rows."""
+    import mlxtune.runtime as runtime
+
+    monkeypatch.setattr(runtime, "usable_cpus", lambda: 16)
+    assert runtime.train_cpu_streams(0, 4, 1, on_cpu=True)[0] == 4
+    assert runtime.train_cpu_streams(0, 8, 1, on_cpu=True)[0] == 8
+    assert runtime.train_cpu_streams(3, 8, 1, on_cpu=True) == (3, "train.cpu_streams")
+    assert runtime.train_cpu_streams(6, 4, 1, on_cpu=True)[0] == 4
+    assert runtime.train_cpu_streams(0, 4, 1, on_cpu=False)[0] == 1
+    assert runtime.train_cpu_streams(0, 4, 2, on_cpu=True)[0] == 1
+    monkeypatch.setattr(runtime, "usable_cpus", lambda: 2)
+    assert runtime.train_cpu_streams(0, 4, 1, on_cpu=True)[0] == 2
+    assert runtime.train_cpu_streams(0, 1, 1, on_cpu=True)[0] == 1
+
+
+def test_row_slices_cover_every_row_once() -> None:
+    from mlxtune.train.data import Batches, Example, row_slices
+
+    for rows in range(1, 9):
+        for parts in range(1, 6):
+            slices = row_slices(rows, parts)
+            covered = [i for s in slices for i in range(rows)[s]]
+            assert covered == list(range(rows)) and len(slices) == min(rows, parts)
+            sizes = [s.stop - s.start for s in slices]
+            assert max(sizes) - min(sizes) <= 1
+    # a split batch's position count is the most any one part trains, per width
+    examples = [Example([1] * 9, [False] + [True] * n + [False] * (8 - n)) for n in (8, 1, 1, 6)]
+    batches = Batches(examples, 4, seed=0)
+    assert batches.trained_by_width() == {8: 16}
+    assert batches.trained_by_width(2) == {8: 9}
 
 
 def test_model_width_reads_text_and_vision_models(tiny_model: Path) -> None:

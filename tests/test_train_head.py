@@ -33,11 +33,11 @@ def lora_model(tiny_model: Path) -> tuple[Any, Any]:
     return model, tok
 
 
-def _step(model: Any) -> TrainStep:
+def _step(model: Any, streams: int = 1) -> TrainStep:
     import mlx.core as mx
     import mlx.optimizers as optim
 
-    args = LoopArgs(1, 1, None, 1, 1, 1, 1, 1, None, 0.0, 0)
+    args = LoopArgs(1, 1, None, 1, 1, 1, 1, 1, None, 0.0, 0, cpu_streams=streams)
     return TrainStep(model, optim.Adam(learning_rate=1e-4), args, mx.distributed.init())
 
 
@@ -87,6 +87,39 @@ def test_one_loss_shape_per_batch_width(
         shapes.setdefault(batch[0].shape[1], set()).add(positions.shape[0])
     assert len(shapes) > 1
     assert all(len(counts) == 1 for counts in shapes.values())
+
+
+@pytest.mark.parametrize("streams", [2, 3])
+def test_a_batch_split_over_streams_gives_the_same_loss_and_gradient(
+    lora_model: tuple[Any, Any], domain_data: Path, tmp_path: Path, streams: int
+) -> None:
+    """`train.cpu_streams`: the parts' losses over the whole batch's tokens add up to the
+    batch's loss, and their gradients to its gradient (to float32 rounding: another order)."""
+    import numpy as np
+    from mlx.utils import tree_flatten
+
+    model, tok = lora_model
+    batches = _batches(tok, domain_data, tmp_path)
+    one, split = _step(model), _step(model, streams)
+    one.shape_like(batches)
+    split.shape_like(batches)
+    for micro in range(3):
+        batch = batches.arrays(batches.indices(micro))
+        whole, parts = one.to_device(batch), split.to_device(batch)
+        assert [x.shape[0] for x in parts[0]] == {2: [2, 2], 3: [2, 1, 1]}[streams]
+        assert sum(x.shape[0] for x in parts[0]) == batch[0].shape[0]
+        assert sum(w.sum().item() for w in parts[2]) == batch[2].sum()
+        want_loss, want_toks, want_grad = one.step(*whole[:3], None, False)
+        got_loss, got_toks, got_grad = split.step(*parts[:3], None, False)
+        assert got_toks.item() == want_toks.item()
+        assert got_loss.item() == pytest.approx(want_loss.item(), rel=1e-5)
+        want, got = dict(tree_flatten(want_grad)), dict(tree_flatten(got_grad))
+        assert want.keys() == got.keys()
+        for k in want:
+            np.testing.assert_allclose(np.array(got[k]), np.array(want[k]), rtol=1e-3, atol=1e-6)
+    # validation never splits: the same loss from either step
+    valid = batches.examples[:8]
+    assert split.evaluate(valid, 4, -1) == pytest.approx(one.evaluate(valid, 4, -1), rel=1e-6)
 
 
 def test_tied_embeddings_project_through_the_embedding() -> None:

@@ -327,8 +327,17 @@ class TrainConfig(Section):
         0,
         ge=0,
         description="OpenBLAS threads for training's matmuls (Linux CPU); 0: env "
-        "OPENBLAS_NUM_THREADS if set, else 1 for a model under 512 wide (its matmuls are too "
-        "small to split), else OpenBLAS's default (one per CPU).",
+        "OPENBLAS_NUM_THREADS if set, else 1 with several CPU streams (each runs its own "
+        "matmuls) or for a model under 512 wide (its matmuls are too small to split), else "
+        "OpenBLAS's default (one per CPU).",
+    )
+    cpu_streams: int = Field(
+        0,
+        ge=0,
+        description="On a CPU: split each batch's rows over this many MLX streams that run at "
+        "once, one per core (the gradient is the same sum, added in another order); 0: one per "
+        "CPU this process may use, at most the batch size; 1: one stream. A GPU, `mlx.launch` "
+        "and vision-language models use one.",
     )
     steps_per_report: int = Field(10, gt=0, description="Steps between train-loss reports.")
     steps_per_eval: int = Field(50, gt=0, description="Steps between validation runs.")

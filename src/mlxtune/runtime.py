@@ -357,8 +357,47 @@ def resolve_blas_threads(setting: int) -> int:
     env = os.environ.get("OPENBLAS_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
+    return max(1, usable_cpus() - 1)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the OS has one)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cpus or 1) - 1)
+    return cpus or 1
+
+
+# MLX orders an eval's work breadth-first from the outputs, but at most this many arrays wide
+# (20 by default), then depth-first; read once, at the process's first eval. The training
+# step's hundreds of gradient and optimizer outputs pass 20 at once, so depth-first puts every
+# op of one CPU stream's half of the batch before the other's, and with only 10 tasks let ahead
+# (MAX_ACTIVE_TASKS) the streams take turns instead of running together. Wide enough, the two
+# halves' ops interleave level by level (docs/benchmarks.md, issue 18, window 8).
+EVAL_WIDTH_ENV = "MLX_BFS_MAX_WIDTH"
+EVAL_WIDTH = 100_000
+
+
+def train_cpu_streams(
+    setting: int, batch_size: int, world_size: int, on_cpu: bool
+) -> tuple[int, str]:
+    """`train.cpu_streams` resolved: (streams, why). One on a GPU or with several ranks (each
+    rank already has its cores); else as set, else one per usable CPU, at most the batch."""
+    if not on_cpu:
+        return 1, "not on a CPU"
+    if world_size > 1:
+        return 1, f"{world_size} ranks share the CPUs"
+    if setting:
+        return min(setting, batch_size), "train.cpu_streams"
+    n = min(usable_cpus(), batch_size)
+    return n, f"one per CPU, at most the batch of {batch_size}"
+
+
+def order_evals_for_streams() -> bool:
+    """Let MLX interleave the CPU streams' work (`EVAL_WIDTH_ENV`), unless the user set it.
+    Before the process's first eval, or it changes nothing; True when it was set here."""
+    if EVAL_WIDTH_ENV in os.environ:
+        return False
+    os.environ[EVAL_WIDTH_ENV] = str(EVAL_WIDTH)
+    return True
 
 
 # A model narrower than this trains faster on a CPU with one OpenBLAS thread: its matmuls are
@@ -368,15 +407,18 @@ def resolve_blas_threads(setting: int) -> int:
 NARROW_MODEL_WIDTH = 512
 
 
-def train_blas_threads(setting: int, width: int | None) -> tuple[int | None, str]:
+def train_blas_threads(setting: int, width: int | None, streams: int = 1) -> tuple[int | None, str]:
     """`train.blas_threads` resolved for a model `width` wide (its hidden size, None when
-    unknown): (threads to set, None to leave OpenBLAS as it is; why). As set, else the
-    user's OPENBLAS_NUM_THREADS, else one thread for a narrow model, else OpenBLAS's own."""
+    unknown) trained on `streams` CPU streams: (threads to set, None to leave OpenBLAS as it
+    is; why). As set, else the user's OPENBLAS_NUM_THREADS, else one thread with several
+    streams or for a narrow model, else OpenBLAS's own."""
     if setting:
         return setting, "train.blas_threads"
     env = os.environ.get("OPENBLAS_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return None, "OPENBLAS_NUM_THREADS"
+    if streams > 1:
+        return 1, f"{streams} CPU streams, each on a core of its own"
     if width is not None and width < NARROW_MODEL_WIDTH:
         return 1, f"hidden size {width} < {NARROW_MODEL_WIDTH}: matmuls too small to split"
     return None, "OpenBLAS's default"

@@ -262,14 +262,23 @@ def blas_note(cfg: Config, section: Literal["serve", "train"] = "serve") -> str:
     if section == "serve":
         ours = f"{resolve_blas_threads(cfg.serve.blas_threads)} (serve.blas_threads)"
     else:  # as `mlxtune train` will pick: its plan prints the same
-        from mlxtune.bench.train import model_config_int
+        import mlx.core as mx
 
+        from mlxtune.bench.train import model_config_int
+        from mlxtune.runtime import train_cpu_streams
+
+        t = cfg.train
+        on_cpu = mx.default_device().type == mx.DeviceType.cpu
+        streams, streams_why = train_cpu_streams(t.cpu_streams, t.batch_size, 1, on_cpu)
         width = model_config_int(cfg, "hidden_size")
-        threads, why = train_blas_threads(cfg.train.blas_threads, width)
+        threads, why = train_blas_threads(t.blas_threads, width, streams)
         ours = f"{threads or library} (train.blas_threads: {why})"
-    theirs = "mlx_lm.server" if section == "serve" else "mlx_lm lora"
+        return (
+            f"train: OpenBLAS threads: mlxtune {ours}, mlx_lm lora {library} (the library's "
+            f"default here); CPU streams: mlxtune {streams} ({streams_why}), mlx_lm lora 1"
+        )
     return (
-        f"{section}: OpenBLAS threads: mlxtune {ours}, {theirs} {library} (the library's "
+        f"serve: OpenBLAS threads: mlxtune {ours}, mlx_lm.server {library} (the library's "
         "default here)"
     )
 

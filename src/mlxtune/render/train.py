@@ -165,6 +165,11 @@ def print_plan(console: Console, err_console: Console, plan: TrainPlan, json_: b
         ("steps", f"{plan.steps} ({plan.epochs:.1f} epochs of {plan.batches_per_epoch} batches)"),
         ("world size", str(plan.world_size)),
         *([("OpenBLAS threads", plan.blas_threads)] if plan.blas_threads else []),
+        *(
+            [("CPU streams", f"{plan.cpu_streams} ({plan.cpu_streams_why})")]
+            if plan.cpu_streams > 1
+            else []
+        ),
         ("estimated time", est_t),
         ("estimated peak memory", mem),
     ]

@@ -7,6 +7,7 @@ batches an uninterrupted run would have seen, with no iterator state to save.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,16 +183,18 @@ class Batches:
         """(inputs, targets, loss mask, real tokens) as numpy, padded to a multiple of pad_to."""
         return collate([self.examples[i] for i in idx], self.pad_to)
 
-    def trained_by_width(self) -> dict[int, int]:
-        """The most trained positions any of this rank's batches holds, per padded width: the
+    def trained_by_width(self, parts: int = 1) -> dict[int, int]:
+        """The most trained positions any of this rank's batches holds, per padded width (in
+        any one of `parts` row ranges, `row_slices`, when the step splits its batches): the
         loss takes that many positions at that width (`trained_positions`), so the compiled
         step sees one shape per width, not one per count (each new shape is a new trace)."""
         most: dict[int, int] = {}
         for group in self.groups:
             rows = [self.examples[i] for i in group[self.rank :: self.world]]
             width = padded_width(max(len(e.tokens) for e in rows) - 1, self.pad_to)
-            trained = sum(sum(e.mask[1:]) for e in rows)
-            most[width] = max(most.get(width, 0), trained)
+            for part in row_slices(len(rows), parts):
+                trained = sum(sum(e.mask[1:]) for e in rows[part])
+                most[width] = max(most.get(width, 0), trained)
         return most
 
     def tokens_per_epoch(self) -> tuple[int, int]:
@@ -218,6 +221,17 @@ def collate(
         mask[j, :n] = e.mask[1:]
         real += n
     return inputs, targets, mask, real
+
+
+def row_slices(rows: int, parts: int) -> list[slice]:
+    """`rows` cut into `parts` contiguous ranges (fewer when there are fewer rows), as even as
+    can be, the first ones a row longer."""
+    k = max(1, min(parts, rows))
+    base, extra = divmod(rows, k)
+    bounds = [0]
+    for i in range(k):
+        bounds.append(bounds[-1] + base + (i < extra))
+    return [slice(a, b) for a, b in itertools.pairwise(bounds)]
 
 
 def padded_width(length: int, pad_to: int) -> int:

@@ -9,7 +9,9 @@ the next batch while the current step runs (`mx.async_eval`), (d) syncs with the
 at report, validation and save steps (otherwise it waits for the previous step, not this one),
 and (e) projects to the vocabulary only at the positions the loss is taken (`output_head`):
 with the prompt masked that is about half of them, and the logits of the rest were discarded,
-and (f) on the CPU takes the loss's gradient from the forward's exponentials (`loss.py`).
+(f) on the CPU takes the loss's gradient from the forward's exponentials (`loss.py`), and
+(g) on a CPU with several cores splits each batch's rows over MLX streams that run at once
+(`train.cpu_streams`): mlx-lm's step keeps to one core, OpenBLAS's threads aside.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from mlxtune.config import TrainConfig
-from mlxtune.train.data import PAD_TO, Batches, Example, collate, trained_positions
+from mlxtune.train.data import (
+    PAD_TO,
+    Batches,
+    Example,
+    collate,
+    row_slices,
+    trained_positions,
+)
 from mlxtune.train.events import (
     CheckpointReached,
     EarlyStopped,
@@ -48,10 +57,16 @@ class LoopArgs:
     early_stopping_min_delta: float
     seed: int
     checkpoints: Path | None = None  # where checkpoints go; None on ranks that do not write
+    cpu_streams: int = 1  # `runtime.train_cpu_streams`, resolved by the plan
 
     @classmethod
     def from_config(
-        cls, t: TrainConfig, total_steps: int, n_valid: int, checkpoints: Path | None
+        cls,
+        t: TrainConfig,
+        total_steps: int,
+        n_valid: int,
+        checkpoints: Path | None,
+        cpu_streams: int = 1,
     ) -> LoopArgs:
         return cls(
             total_steps=total_steps,
@@ -66,6 +81,7 @@ class LoopArgs:
             early_stopping_min_delta=t.early_stopping_min_delta,
             seed=t.seed,
             checkpoints=checkpoints,
+            cpu_streams=cpu_streams,
         )
 
 
@@ -96,6 +112,7 @@ class TrainStep:
     # every new shape is a new trace and, on a cold kernel cache, new kernels to compile.
     pad_to = PAD_TO
     fills_short_batches = True  # a step whose rows carry more than tokens (VLM) says False
+    splits_batches = True  # over `LoopArgs.cpu_streams`; a step with its own batches says False
 
     def __init__(self, model: Any, optimizer: Any, args: LoopArgs, world: Any) -> None:
         import mlx.core as mx
@@ -108,24 +125,51 @@ class TrainStep:
         self.model = model
         self.world = world
         self.trained_by_width: dict[int, int] = {}  # set by `shape_like`
+        self.part_trained_by_width: dict[int, int] = {}  # the same for a split batch's parts
         accum = args.grad_accumulation_steps
         clip = args.grad_clip
         world_size = world.size()
 
         self.head = output_head(model) if self.trained_positions_only else None
+        n_streams = args.cpu_streams if self.splits_batches else 1
+        # Each part of a split batch runs on a CPU stream of its own: MLX gives each stream a
+        # thread, so the parts' forward and backward run at once, one per core.
+        self.streams = [mx.new_stream(mx.cpu) for _ in range(n_streams)] if n_streams > 1 else []
 
-        def loss_fn(model: Any, inputs: Any, targets: Any, mask: Any) -> tuple[Any, Any]:
+        def loss_fn(
+            model: Any, inputs: Any, targets: Any, mask: Any, ntoks: Any = None
+        ) -> tuple[Any, Any]:
+            """Mean loss per trained token, over `ntoks` tokens (the whole batch's, for a
+            part of it) or this mask's; and this mask's token count."""
             logits, targets = self.scored(model, inputs, targets)
             ce = cross_entropy(logits, targets) * mask
-            ntoks = mask.sum()
-            return ce.astype(mx.float32).sum() / ntoks, ntoks
+            mine = mask.sum()
+            return ce.astype(mx.float32).sum() / (mine if ntoks is None else ntoks), mine
 
         self.loss_fn = loss_fn
         value_and_grad = nn.value_and_grad(model, loss_fn)
         self.state = [model.state, optimizer.state, mx.random.state]
 
+        def split_value_and_grad(inputs: Any, targets: Any, mask: Any) -> Any:
+            """The batch's (loss, tokens) and gradient from its parts (`to_device`), each on
+            its stream: parts' losses over the whole batch's tokens, added; so are gradients."""
+            ntoks = sum(m.sum() for m in mask)
+            losses, grads = [], []
+            for stream, x, y, m in zip(self.streams, inputs, targets, mask, strict=False):
+                with mx.stream(stream):
+                    (part_loss, _), part_grad = value_and_grad(model, x, y, m, ntoks)
+                losses.append(part_loss)
+                grads.append(part_grad)
+            grad = grads[0]
+            for g in grads[1:]:
+                grad = tree_map(lambda a, b: a + b, grad, g)
+            return (sum(losses[1:], losses[0]), ntoks), grad
+
         def step(inputs: Any, targets: Any, mask: Any, prev: Any, update: bool) -> Any:
-            (loss, toks), grad = value_and_grad(model, inputs, targets, mask)
+            if isinstance(mask, tuple):  # a split batch
+                (loss, toks), grad = split_value_and_grad(inputs, targets, mask)
+            else:
+                (loss, toks), grad = value_and_grad(model, inputs, targets, mask)
             if prev is not None:
                 grad = tree_map(lambda a, b: a + b, grad, prev)
             if update:
@@ -163,22 +207,40 @@ class TrainStep:
         them, so validation and the step see no more shapes than the batches make."""
         self.pad_to = batches.pad_to
         self.trained_by_width = batches.trained_by_width()
+        if self.streams:
+            self.part_trained_by_width = batches.trained_by_width(len(self.streams))
 
     def collate(self, batch: list[Example]) -> Any:
         return collate(batch, self.pad_to)
 
-    def to_device(self, batch: tuple[Any, Any, Any, int]) -> tuple[Any, Any, Any, int]:
-        """A `Batches.arrays` batch (numpy) as mx arrays for `step`; with `self.head`, the
-        targets and mask of the trained positions only (`scored`)."""
+    def to_device(
+        self, batch: tuple[Any, Any, Any, int], split: bool = True
+    ) -> tuple[Any, Any, Any, int]:
+        """A `Batches.arrays` batch (numpy) as mx arrays for `step`: with several streams (and
+        `split`), tuples of its row ranges (`row_slices`), one per stream."""
+        inputs, targets, mask, real = batch
+        if not (self.streams and split):
+            return (*self.device_arrays(inputs, targets, mask, self.trained_by_width), real)
+        parts = [
+            self.device_arrays(inputs[r], targets[r], mask[r], self.part_trained_by_width)
+            for r in row_slices(len(inputs), len(self.streams))
+        ]
+        x, y, m = (tuple(p[i] for p in parts) for i in range(3))
+        return x, y, m, real
+
+    def device_arrays(
+        self, inputs: Any, targets: Any, mask: Any, trained_by_width: dict[int, int]
+    ) -> tuple[Any, Any, Any]:
+        """(inputs, targets, mask) as mx arrays; with `self.head`, the targets and mask of the
+        trained positions only (`scored`), padded to `trained_by_width`'s count."""
         import mlx.core as mx
 
-        inputs, targets, mask, real = batch
         if self.head is None:
-            return mx.array(inputs), mx.array(targets), mx.array(mask), real
-        at_least = self.trained_by_width.get(inputs.shape[1], 0)
+            return mx.array(inputs), mx.array(targets), mx.array(mask)
+        at_least = trained_by_width.get(inputs.shape[1], 0)
         positions, weights = trained_positions(mask, self.pad_to, at_least)
         picked = targets.reshape(-1)[positions]
-        return mx.array(inputs), (mx.array(positions), mx.array(picked)), mx.array(weights), real
+        return mx.array(inputs), (mx.array(positions), mx.array(picked)), mx.array(weights)
 
     def evaluate(self, valid: list[Example], batch_size: int, max_batches: int) -> float:
         """Mean validation loss per trained token, over every rank. A short last batch is
@@ -199,7 +261,7 @@ class TrainStep:
             if all(i < 0 for i in mine):
                 continue
             batch = [valid[i] if i >= 0 else _MASKED_ROW for i in mine]
-            inputs, targets, mask, _ = self.to_device(self.collate(batch))
+            inputs, targets, mask, _ = self.to_device(self.collate(batch), split=False)
             loss, toks = self.loss_fn(self.model, inputs, targets, mask)
             total = total + loss * toks
             ntok = ntok + toks

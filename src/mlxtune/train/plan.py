@@ -44,6 +44,8 @@ class TrainPlan:
     # "1 (hidden size 256 < 512: ...)": the count the steps run with, and why; None on a
     # machine without OpenBLAS (macOS, MLXTUNE_OPENBLAS=0)
     blas_threads: str | None = None
+    cpu_streams: int = 1  # streams a batch's rows are split over (`runtime.train_cpu_streams`)
+    cpu_streams_why: str = ""
 
 
 MLX_LM_LORA_SCALE = 20.0  # mlx_lm.lora's default lora_parameters.scale
@@ -288,7 +290,9 @@ def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> Plan
     t = cfg.train
     rank, world_size = world.rank(), world.size()
 
-    # 1. Everything checkable without the model, before anything is loaded.
+    # 1. Everything checkable without the model, before anything is loaded (or evaluated:
+    # the eval order for several CPU streams is read at the process's first eval).
+    streams = cpu_streams(cfg, world_size)
     run, problems = check_before_loading(cfg, world_size, resume=resume, dry_run=dry_run)
     train_read = read_records(cfg.data.dir / "train.jsonl") if not _missing(cfg, "train") else []
     valid_read = read_records(cfg.data.dir / "valid.jsonl") if not _missing(cfg, "valid") else []
@@ -334,7 +338,22 @@ def plan(cfg: Config, world: Any, *, resume: Path | None, dry_run: bool) -> Plan
         problems=problems,
         warnings=warnings,
         tokenizer=tokenizer,
+        streams=streams,
     )
+
+
+def cpu_streams(cfg: Config, world_size: int) -> tuple[int, str]:
+    """`train.cpu_streams` for this process, with MLX's eval order set for it when several."""
+    import mlx.core as mx
+
+    from mlxtune.runtime import order_evals_for_streams, train_cpu_streams
+
+    on_cpu = mx.default_device().type == mx.DeviceType.cpu
+    t = cfg.train
+    streams = train_cpu_streams(t.cpu_streams, t.batch_size, world_size, on_cpu)
+    if streams[0] > 1:
+        order_evals_for_streams()
+    return streams
 
 
 def plan_batches(
@@ -352,6 +371,7 @@ def plan_batches(
     warnings: list[str] | None = None,
     tokenizer: Any = None,
     step_type: Any = None,
+    streams: tuple[int, str] = (1, "one stream"),
 ) -> PlannedRun:
     """The schedule over `batches`, the plan that reports it and the optimizer sized to it:
     one for text and vision models, so both plans say the same things (the lora line too)."""
@@ -375,7 +395,9 @@ def plan_batches(
         problems=problems,
         lora=lora_summary(t),
         warnings=warnings or [],
-        blas_threads=set_blas_threads(t.blas_threads, model),
+        blas_threads=set_blas_threads(t.blas_threads, model, streams[0]),
+        cpu_streams=streams[0],
+        cpu_streams_why=streams[1],
     )
     optimizer = make_optimizer(t, steps)
     optimizer.init(model.trainable_parameters())
@@ -392,14 +414,14 @@ def plan_batches(
     )
 
 
-def set_blas_threads(setting: int, model: Any) -> str | None:
+def set_blas_threads(setting: int, model: Any, streams: int = 1) -> str | None:
     """OpenBLAS's thread count for the steps (process-wide, so before the first one), set per
     `runtime.train_blas_threads`; "N (why)" for the plan, None without OpenBLAS."""
     from mlxtune.runtime import blas_threads, train_blas_threads
 
     if blas_threads() is None:
         return None
-    threads, why = train_blas_threads(setting, model_width(model))
+    threads, why = train_blas_threads(setting, model_width(model), streams)
     return f"{blas_threads(threads)} ({why})"
 
 

@@ -101,6 +101,7 @@ def _train(
         planned.plan.steps,
         len(planned.valid_examples),
         checkpoints=planned.run.checkpoints if writes else None,
+        cpu_streams=planned.plan.cpu_streams,
     )
     if dry_run:
         if not planned.plan.problems and planned.step_type is None:  # text only, for now

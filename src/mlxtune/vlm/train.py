@@ -138,6 +138,7 @@ class VisionTrainStep(TrainStep):
     compiled = False
     trained_positions_only = False  # mlx-vlm's model returns logits only
     fills_short_batches = False  # its rows carry pixels; text filler rows would have none
+    splits_batches = False  # one stream: uncompiled, with host work per batch
 
     def logits(self, model: Any, inputs: Any) -> Any:
         out = model(
@@ -150,7 +151,7 @@ class VisionTrainStep(TrainStep):
     def collate(self, batch: list[Example]) -> Any:
         return collate_vision(batch)
 
-    def to_device(self, batch: Any) -> Any:
+    def to_device(self, batch: Any, split: bool = True) -> Any:
         import mlx.core as mx
 
         features, targets, mask, real = batch
