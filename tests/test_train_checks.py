@@ -108,7 +108,8 @@ def test_train_sets_the_blas_threads_it_is_given(
         "import sys; from mlxtune.config import load_config; from mlxtune.train import train; "
         "from mlxtune.runtime import blas_threads; "
         f"train(load_config({str(cfg)!r}, sys.argv[1:]), dry_run=True); print(blas_threads()); "
-        "import os; print(os.environ.get('MLX_BFS_MAX_WIDTH'))"
+        "import os; from mlxtune.runtime import user_environ; "
+        "print(os.environ.get('MLX_BFS_MAX_WIDTH'), user_environ().get('MLX_BFS_MAX_WIDTH'))"
     )
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     env["PYTHONPATH"] = os.pathsep.join(
@@ -128,10 +129,11 @@ def test_train_sets_the_blas_threads_it_is_given(
     def threads(*sets: str) -> str:
         return probed(*sets)[0]
 
-    assert probed("train.cpu_streams=2")[1] == "100000"
-    assert probed("train.cpu_streams=1")[1] == "None"
+    # (this process's, then what its children get: the user's environment)
+    assert probed("train.cpu_streams=2")[1] == "100000 None"
+    assert probed("train.cpu_streams=1")[1] == "None None"
     env["MLX_BFS_MAX_WIDTH"] = "30"
-    assert probed("train.cpu_streams=2")[1] == "30"  # the user's
+    assert probed("train.cpu_streams=2")[1] == "30 30"  # the user's
     del env["MLX_BFS_MAX_WIDTH"]
 
     if threads("train.blas_threads=1") == "None":

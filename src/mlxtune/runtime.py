@@ -391,12 +391,17 @@ def train_cpu_streams(
     return n, f"one per CPU, at most the batch of {batch_size}"
 
 
+_eval_width_set = False  # by `order_evals_for_streams`, not the user: children do not inherit it
+
+
 def order_evals_for_streams() -> bool:
     """Let MLX interleave the CPU streams' work (`EVAL_WIDTH_ENV`), unless the user set it.
     Before the process's first eval, or it changes nothing; True when it was set here."""
+    global _eval_width_set
     if EVAL_WIDTH_ENV in os.environ:
         return False
     os.environ[EVAL_WIDTH_ENV] = str(EVAL_WIDTH)
+    _eval_width_set = True
     return True
 
 
@@ -440,8 +445,11 @@ def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
 
 def user_environ(env: dict[str, str] | None = None) -> dict[str, str]:
     """A copy of `env` (default: this process's) with the user's PATH and TMPDIR back where
-    `cpu_kernels.use_vector_kernels` changed them."""
+    `cpu_kernels.use_vector_kernels` changed them, and without the eval width that
+    `order_evals_for_streams` set."""
     out = dict(os.environ if env is None else env)
+    if _eval_width_set and out.get(EVAL_WIDTH_ENV) == str(EVAL_WIDTH):
+        del out[EVAL_WIDTH_ENV]
     kernels = sys.modules.get("mlxtune.cpu_kernels")
     return kernels.restore_user_env(out) if kernels is not None else out
 
